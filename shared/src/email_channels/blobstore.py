@@ -1,0 +1,465 @@
+"""Claim-check blob store: big raw MIME and attachments live here, events carry a BlobRef.
+
+Blobs are content-addressed by sha256, so writing the same bytes twice (a re-fetch, a retry,
+two fetchers racing) yields the same reference and stores nothing new. The reference names
+the content, not the place: ``blob://sha256/<hex>`` means the same blob in every store, and
+where the store lives is deployment configuration (:func:`blob_store_from_url`).
+
+Stores:
+
+- :class:`LocalBlobStore` — a directory, ``root/sha256/ab/cd/<hex>``; the embedded default.
+- :class:`S3BlobStore` — any S3-compatible store, key ``<prefix>/sha256/<hex>``.
+- :class:`MemoryBlobStore` — a dict, for unit tests of code that takes a :class:`BlobStore`.
+
+Errors (every store reads and verifies the hash, so a reader never sees wrong bytes)::
+
+    PermanentError
+    ├── BlobNotFound            no blob with that hash in this store
+    └── BlobCorrupted           stored bytes do not hash to the reference
+    TransientError
+    └── BlobStoreUnavailable    I/O or network failure, throttling, credentials, missing bucket
+
+A missing bucket or refused credentials is an operator's problem, not the record's: it is
+retriable so the consume loop backs off instead of dead-lettering every message meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, get_args
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from email_channels.errors import PermanentError, TransientError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
+BLOB_URI_PREFIX = "blob://sha256/"
+
+AddressingStyle = Literal["auto", "path", "virtual"]
+
+
+class BlobNotFound(PermanentError):
+    """The store holds no blob with the reference's hash."""
+
+
+class BlobCorrupted(PermanentError):
+    """The stored bytes do not hash to the reference: never hand them out."""
+
+
+class BlobStoreUnavailable(TransientError):
+    """The store could not be reached or refused the request; try again later."""
+
+
+class BlobRef(BaseModel):
+    """A claim check: which bytes, by their sha256, and how many.
+
+    JSON: ``{"uri": "blob://sha256/<hex>", "sha256": "<hex>", "size": 123}``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str = Field(description="Store-independent name of the content: blob://sha256/<hex>")
+    sha256: str = Field(pattern=SHA256_HEX_PATTERN, description="Lower-case hex sha256")
+    size: int = Field(ge=0, description="Length in bytes")
+
+    @model_validator(mode="after")
+    def _uri_names_the_hash(self) -> Self:
+        if self.uri != BLOB_URI_PREFIX + self.sha256:
+            raise ValueError(f"uri must be {BLOB_URI_PREFIX}<sha256>, got {self.uri!r}")
+        return self
+
+    @classmethod
+    def of(cls, data: bytes) -> BlobRef:
+        """The reference that ``data`` has in every store."""
+        digest = hashlib.sha256(data).hexdigest()
+        return cls(uri=BLOB_URI_PREFIX + digest, sha256=digest, size=len(data))
+
+
+def verified(ref: BlobRef, data: bytes) -> bytes:
+    """Return ``data`` if it is exactly the content ``ref`` names, else raise BlobCorrupted."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != ref.sha256 or len(data) != ref.size:
+        raise BlobCorrupted(
+            f"blob {ref.uri} is corrupted: stored {len(data)} bytes hash to sha256:{actual}"
+        )
+    return data
+
+
+class BlobStore(Protocol):
+    """Where claim-checked bytes live. Every implementation verifies the hash on read."""
+
+    async def put(self, data: bytes) -> BlobRef:
+        """Store ``data`` (idempotent: same bytes, same ref, nothing rewritten)."""
+        ...
+
+    async def get(self, ref: BlobRef) -> bytes:
+        """The bytes ``ref`` names; BlobNotFound / BlobCorrupted / BlobStoreUnavailable."""
+        ...
+
+    async def exists(self, ref: BlobRef) -> bool:
+        """Whether the store holds the blob (does not read or verify it)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the store may not be used afterwards."""
+        ...
+
+
+class MemoryBlobStore:
+    """A dict-backed :class:`BlobStore` for unit tests. ``blobs`` maps sha256 hex to bytes."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    async def put(self, data: bytes) -> BlobRef:
+        ref = BlobRef.of(data)
+        self.blobs.setdefault(ref.sha256, bytes(data))
+        return ref
+
+    async def get(self, ref: BlobRef) -> bytes:
+        try:
+            data = self.blobs[ref.sha256]
+        except KeyError:
+            raise BlobNotFound(f"blob {ref.uri} not found in memory store") from None
+        return verified(ref, data)
+
+    async def exists(self, ref: BlobRef) -> bool:
+        return ref.sha256 in self.blobs
+
+    async def aclose(self) -> None:
+        return None
+
+
+class LocalBlobStore:
+    """Blobs as files under ``root/sha256/ab/cd/<hex>``.
+
+    Writes go to a temporary file in the target directory, are fsync'ed and then renamed
+    over the target with :func:`os.replace`, so a reader never sees a partial blob and two
+    concurrent puts of the same bytes both succeed with the same result. Files are created
+    with mode 0600 (mail content is private).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalBlobStore(root={str(self.root)!r})"
+
+    def path_for(self, ref: BlobRef) -> Path:
+        """Where the blob ``ref`` lives (whether or not it exists)."""
+        digest = ref.sha256
+        return self.root / "sha256" / digest[:2] / digest[2:4] / digest
+
+    async def put(self, data: bytes) -> BlobRef:
+        ref = BlobRef.of(data)
+        await asyncio.to_thread(self._put_sync, ref, data)
+        return ref
+
+    async def get(self, ref: BlobRef) -> bytes:
+        data = await asyncio.to_thread(self._read_sync, ref)
+        return verified(ref, data)
+
+    async def exists(self, ref: BlobRef) -> bool:
+        return await asyncio.to_thread(self._exists_sync, ref)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _put_sync(self, ref: BlobRef, data: bytes) -> None:
+        target = self.path_for(ref)
+        try:
+            if target.is_file() and target.stat().st_size == ref.size:
+                return
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{ref.sha256}.", suffix=".tmp"
+            )
+            try:
+                with os.fdopen(fd, "wb") as tmp:
+                    tmp.write(data)
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                Path(tmp_name).replace(target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    Path(tmp_name).unlink()
+                raise
+            _fsync_directory(target.parent)
+        except OSError as exc:
+            raise BlobStoreUnavailable(
+                f"cannot write blob {ref.uri} under {self.root}: {exc}"
+            ) from exc
+
+    def _read_sync(self, ref: BlobRef) -> bytes:
+        try:
+            return self.path_for(ref).read_bytes()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {ref.uri} not found under {self.root}") from None
+        except OSError as exc:
+            raise BlobStoreUnavailable(
+                f"cannot read blob {ref.uri} under {self.root}: {exc}"
+            ) from exc
+
+    def _exists_sync(self, ref: BlobRef) -> bool:
+        try:
+            return self.path_for(ref).is_file()
+        except OSError as exc:
+            raise BlobStoreUnavailable(
+                f"cannot stat blob {ref.uri} under {self.root}: {exc}"
+            ) from exc
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_S3_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def _map_s3_error(exc: Exception, ref: BlobRef, where: str) -> PermanentError | TransientError:
+    """The one place botocore/aiohttp failures become pipeline errors."""
+    from botocore.exceptions import ClientError  # noqa: PLC0415 - keep botocore off the import path
+
+    if isinstance(exc, ClientError):
+        error: dict[str, Any] = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code in _S3_NOT_FOUND_CODES:
+            return BlobNotFound(f"blob {ref.uri} not found at {where}")
+        return BlobStoreUnavailable(f"S3 refused blob {ref.uri} at {where}: {code}")
+    return BlobStoreUnavailable(
+        f"S3 unreachable for blob {ref.uri} at {where}: {type(exc).__name__}"
+    )
+
+
+class S3BlobStore:
+    """Blobs as objects ``<prefix>/sha256/<hex>`` in an S3-compatible bucket.
+
+    The client is created on first use and kept; call :meth:`aclose` (or use ``async with``)
+    on shutdown. Without ``access_key``/``secret_key`` the standard AWS credential chain is
+    used (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profile, web identity on EKS...).
+    With an ``endpoint_url`` (MinIO, Ceph...) path-style addressing is the default.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        addressing_style: AddressingStyle | None = None,
+    ) -> None:
+        if not bucket:
+            raise ValueError("S3 bucket name is required")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self.addressing_style: AddressingStyle = addressing_style or (
+            "path" if endpoint_url else "auto"
+        )
+        self._client: Any = None
+        self._exit_stack = AsyncExitStack()
+        self._client_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"S3BlobStore(bucket={self.bucket!r}, prefix={self.prefix!r}, "
+            f"endpoint_url={self.endpoint_url!r}, region={self.region!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def key_for(self, ref: BlobRef) -> str:
+        """The object key of ``ref`` in the bucket."""
+        key = f"sha256/{ref.sha256}"
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def put(self, data: bytes) -> BlobRef:
+        ref = BlobRef.of(data)
+        if await self.exists(ref):
+            return ref
+        key = self.key_for(ref)
+        client = await self._get_client()
+        try:
+            await client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentLength=ref.size,
+                ContentType="application/octet-stream",
+                Metadata={"sha256": ref.sha256},
+            )
+        except Exception as exc:
+            raise _map_s3_error(exc, ref, self._where(key)) from exc
+        return ref
+
+    async def get(self, ref: BlobRef) -> bytes:
+        key = self.key_for(ref)
+        client = await self._get_client()
+        try:
+            response = await client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except Exception as exc:
+            raise _map_s3_error(exc, ref, self._where(key)) from exc
+        return verified(ref, data)
+
+    async def exists(self, ref: BlobRef) -> bool:
+        key = self.key_for(ref)
+        client = await self._get_client()
+        try:
+            await client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            error = _map_s3_error(exc, ref, self._where(key))
+            if isinstance(error, BlobNotFound):
+                return False
+            raise error from exc
+        return True
+
+    async def aclose(self) -> None:
+        async with self._client_lock:
+            self._client = None
+            await self._exit_stack.aclose()
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._client_lock:
+            if self._client is None:
+                from aiobotocore.config import AioConfig  # noqa: PLC0415 - heavy import, S3 only
+                from aiobotocore.session import get_session  # noqa: PLC0415
+
+                config = AioConfig(
+                    connect_timeout=10,
+                    read_timeout=60,
+                    retries={"mode": "standard", "max_attempts": 3},
+                    s3={"addressing_style": self.addressing_style},
+                )
+                try:
+                    self._client = await self._exit_stack.enter_async_context(
+                        get_session().create_client(
+                            "s3",
+                            region_name=self.region,
+                            endpoint_url=self.endpoint_url,
+                            aws_access_key_id=self._access_key,
+                            aws_secret_access_key=self._secret_key,
+                            config=config,
+                        )
+                    )
+                except Exception as exc:
+                    raise BlobStoreUnavailable(
+                        f"cannot create S3 client for bucket {self.bucket!r}: {exc}"
+                    ) from exc
+        return self._client
+
+
+_S3_QUERY_PARAMS = frozenset({"endpoint_url", "region", "addressing_style"})
+
+
+def blob_store_from_url(url: str) -> BlobStore:
+    """Build the store a URL names.
+
+    - ``/var/lib/email-channels/blobs``, ``./blobs`` or ``file:///var/lib/...`` → LocalBlobStore
+    - ``s3://bucket/optional/prefix?endpoint_url=http://minio:9000&region=eu-west-1``
+      (optional ``addressing_style=path|virtual|auto``) → S3BlobStore; credentials come from
+      the standard AWS environment, never from the URL.
+    - ``memory://`` → MemoryBlobStore (tests, demos).
+    """
+    url = url.strip()
+    if not url:
+        raise ValueError("blob store URL is empty")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "":
+        return LocalBlobStore(Path(url).expanduser())
+    if scheme == "file":
+        if parts.netloc not in {"", "localhost"}:
+            raise ValueError(f"file blob store URL must be local, got host {parts.netloc!r}")
+        if parts.query:
+            raise ValueError("file blob store URL takes no query parameters")
+        if not parts.path:
+            raise ValueError("file blob store URL has no path")
+        return LocalBlobStore(Path(unquote(parts.path)))
+    if scheme == "s3":
+        return _s3_store_from_url(parts.netloc, parts.path, parts.query)
+    if scheme == "memory":
+        return MemoryBlobStore()
+    raise ValueError(f"unsupported blob store URL scheme {parts.scheme!r} (use file, s3 or memory)")
+
+
+def _s3_store_from_url(netloc: str, path: str, query: str) -> S3BlobStore:
+    if "@" in netloc:
+        raise ValueError("s3 blob store URL must not carry credentials; use AWS_* variables")
+    if not netloc:
+        raise ValueError("s3 blob store URL has no bucket: s3://<bucket>/<prefix>")
+    params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    unknown = sorted(set(params) - _S3_QUERY_PARAMS)
+    if unknown:
+        raise ValueError(
+            f"unknown s3 blob store URL parameter(s) {unknown}; known: {sorted(_S3_QUERY_PARAMS)}"
+        )
+
+    def single(name: str) -> str | None:
+        values = params.get(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise ValueError(f"s3 blob store URL parameter {name!r} given more than once")
+        return values[0] or None
+
+    return S3BlobStore(
+        bucket=netloc,
+        prefix=unquote(path),
+        endpoint_url=single("endpoint_url"),
+        region=single("region"),
+        addressing_style=_addressing_style(single("addressing_style")),
+    )
+
+
+def _addressing_style(value: str | None) -> AddressingStyle | None:
+    match value:
+        case None:
+            return None
+        case "auto" | "path" | "virtual":
+            return value
+        case _:
+            raise ValueError(
+                f"addressing_style must be one of {get_args(AddressingStyle)}, got {value!r}"
+            )

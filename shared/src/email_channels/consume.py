@@ -1,0 +1,201 @@
+"""The one consume loop: handle each record, then apply the error policy, then commit.
+
+Policy (house style, errors as data):
+
+- handler returns            -> done
+- ``err.retriable``          -> retry with capped exponential backoff, up to ``policy.attempts``;
+                                still failing -> dead-letter with ``retriable=True`` so it can be
+                                replayed once the fault is gone
+- any other error            -> dead-letter at once with the error class and message
+                                (a bug in our code is dead-lettered too: never silently dropped)
+
+Offsets are committed only after a record was handled or dead-lettered, so a crash re-delivers
+(at-least-once); handlers are idempotent by their own keys. Stopping in the middle of a retry
+leaves the record uncommitted for the next owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from prometheus_client import Counter
+
+from email_channels.errors import PipelineError
+from email_channels.events import DeadLetter
+
+if TYPE_CHECKING:
+    from email_channels.blobstore import BlobStore
+    from email_channels.producer import EventProducer
+    from email_channels.settings import KafkaSettings
+
+log = structlog.get_logger(__name__)
+
+RECORDS = Counter(
+    "email_channels_records_total",
+    "Records consumed, by stage and outcome (ok, retried, dead_lettered)",
+    ["stage", "outcome"],
+)
+
+Record: TypeAlias = ConsumerRecord  # ConsumerRecord[bytes, bytes]; aiokafka ships no types
+RecordHandler = Callable[[Record], Awaitable[None]]
+
+DLQ_INLINE_MAX = 512 * 1024
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    first_backoff: float = 0.2
+    max_backoff: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.max_backoff, self.first_backoff * 2 ** (attempt - 1)))
+
+
+def make_consumer(
+    settings: KafkaSettings, *topics: str, group_id: str | None, client_id: str
+) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits; offsets are committed by :func:`consume`."""
+    return AIOKafkaConsumer(
+        *topics,
+        **settings.client_kwargs(),
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+
+
+class DeadLetters:
+    """Publishes poison records to ``email.dlq`` with their reason and origin."""
+
+    def __init__(
+        self, producer: EventProducer, *, stage: str, blobs: BlobStore | None = None
+    ) -> None:
+        self._producer = producer
+        self._stage = stage
+        self._blobs = blobs
+
+    async def send(self, record: Record, error: BaseException, *, attempts: int = 1) -> None:
+        value, value_ref = record.value, None
+        if value is not None and len(value) > DLQ_INLINE_MAX and self._blobs is not None:
+            value_ref = await self._blobs.put(value)
+            value = None
+        letter = DeadLetter(
+            stage=self._stage,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_kind=error.kind if isinstance(error, PipelineError) else type(error).__name__,
+            error_message=str(error)[:4000],
+            retriable=isinstance(error, PipelineError) and error.retriable,
+            attempts=attempts,
+            original_key=record.key,
+            original_value=value,
+            original_value_ref=value_ref,
+            original_headers={
+                k: v.decode("utf-8", errors="replace") for k, v in (record.headers or ())
+            },
+        )
+        key = (record.key or b"").decode("utf-8", errors="replace")
+        await self._producer.publish(self._producer.topics.dlq, key, letter)
+        RECORDS.labels(self._stage, "dead_lettered").inc()
+        log.warning(
+            "record dead-lettered",
+            stage=self._stage,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_kind=letter.error_kind,
+            error=letter.error_message,
+        )
+
+
+class _Stopping(Exception):
+    pass
+
+
+async def handle_with_policy(
+    record: Record,
+    handler: RecordHandler,
+    *,
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
+    stopping: asyncio.Event,
+    stage: str,
+) -> None:
+    """Run the handler on one record and apply the error policy. Raises _Stopping on shutdown."""
+    attempt = 1
+    while True:
+        try:
+            await handler(record)
+        except Exception as exc:
+            retriable = isinstance(exc, PipelineError) and exc.retriable
+            if retriable and attempt < policy.attempts:
+                delay = policy.backoff(attempt)
+                RECORDS.labels(stage, "retried").inc()
+                log.info(
+                    "retrying record",
+                    error=str(exc),
+                    attempt=attempt,
+                    delay_s=delay,
+                    topic=record.topic,
+                    offset=record.offset,
+                )
+                try:
+                    await asyncio.wait_for(stopping.wait(), timeout=delay)
+                except TimeoutError:
+                    attempt += 1
+                    continue
+                raise _Stopping from exc
+            if not isinstance(exc, PipelineError):
+                log.exception(
+                    "unexpected error in handler", topic=record.topic, offset=record.offset
+                )
+            await dead_letters.send(record, exc, attempts=attempt)
+            return
+        else:
+            RECORDS.labels(stage, "ok").inc()
+            return
+
+
+async def consume(
+    consumer: AIOKafkaConsumer,
+    handler: RecordHandler,
+    *,
+    dead_letters: DeadLetters,
+    stopping: asyncio.Event,
+    stage: str,
+    policy: RetryPolicy | None = None,
+) -> None:
+    """Consume until ``stopping`` is set; commit after each handled batch of a partition."""
+    policy = policy or RetryPolicy()
+    while not stopping.is_set():
+        batches = await consumer.getmany(timeout_ms=500, max_records=200)
+        for tp, records in batches.items():
+            done: Record | None = None
+            try:
+                for record in records:
+                    await handle_with_policy(
+                        record,
+                        handler,
+                        dead_letters=dead_letters,
+                        policy=policy,
+                        stopping=stopping,
+                        stage=stage,
+                    )
+                    done = record
+            except _Stopping:
+                pass
+            finally:
+                if done is not None:
+                    await consumer.commit({TopicPartition(tp.topic, tp.partition): done.offset + 1})
+            if stopping.is_set():
+                return

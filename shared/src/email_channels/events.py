@@ -1,0 +1,442 @@
+"""Versioned event models: the JSON contract of every topic (design.md §3).
+
+Rules (house style):
+- frozen models, a ``schema_version`` literal, unknown fields ignored by readers;
+- an added optional field keeps the version, a renamed/removed field makes a new version;
+- the JSON Schema of every model is committed under ``shared/schemas`` and checked by a test
+  (regenerate with ``make schemas``).
+
+Header injection: every field that ends up in a mail header is refused when it holds CR or LF.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+)
+
+from email_channels.blobstore import BlobRef
+from email_channels.secretbox import EncryptedSecret
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _decode_b64(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError("not valid base64") from exc
+    raise ValueError("expected base64 text")
+
+
+def _encode_b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+Base64Bytes = Annotated[
+    bytes,
+    PlainValidator(_decode_b64),
+    PlainSerializer(_encode_b64, return_type=str),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+]
+"""Bytes carried as one line of standard base64 in JSON."""
+
+
+def _no_line_breaks(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain CR or LF (header injection)")
+    return value
+
+
+HeaderText = Annotated[str, AfterValidator(_no_line_breaks)]
+"""Text that will be written into a mail header: no CR/LF."""
+
+_ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[^@\s<>\"(),;:]+$")
+
+
+def _email_address(value: str) -> str:
+    value = _no_line_breaks(value.strip())
+    if not _ADDRESS.match(value):
+        raise ValueError("not an email address (expected local@domain)")
+    return value
+
+
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
+Id = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")]
+
+
+class Contract(BaseModel):
+    """Base of every event: frozen, and tolerant of fields added by newer writers."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+# --- config: channels, filters, campaigns ------------------------------------------------------
+
+
+class TlsMode(StrEnum):
+    SSL = "ssl"
+    STARTTLS = "starttls"
+    PLAIN = "plain"
+
+
+class AfterFetch(StrEnum):
+    """What the fetcher does to a message on the server, only after Kafka acknowledged it."""
+
+    DELETE = "delete"
+    MARK_SEEN = "mark_seen"
+    MOVE = "move"
+
+
+class MailServer(Contract):
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    tls: TlsMode = TlsMode.SSL
+    verify_tls: bool = True
+    username: Annotated[str, Field(min_length=1, max_length=320)]
+    password: EncryptedSecret
+
+
+class ImapInbound(MailServer):
+    kind: Literal["imap"] = "imap"
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"])
+    sync_all_folders: bool = False
+    after_fetch: AfterFetch = AfterFetch.MARK_SEEN
+    move_to_folder: str | None = None
+
+
+class Pop3Inbound(MailServer):
+    kind: Literal["pop3"] = "pop3"
+    after_fetch: Literal[AfterFetch.DELETE, AfterFetch.MARK_SEEN] = AfterFetch.DELETE
+
+
+class GraphApp(Contract):
+    """An Exchange Online (Microsoft Graph) app registration and mailbox."""
+
+    tenant_id: Annotated[str, Field(min_length=1)]
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret: EncryptedSecret
+    mailbox: EmailAddress
+    authority_host: str | None = None
+
+
+class GraphInbound(GraphApp):
+    kind: Literal["graph"] = "graph"
+    sync_all_folders: bool = False
+    after_fetch: AfterFetch = AfterFetch.MARK_SEEN
+    move_to_folder: str | None = None
+
+
+class SmtpOutbound(Contract):
+    kind: Literal["smtp"] = "smtp"
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    tls: TlsMode = TlsMode.STARTTLS
+    verify_tls: bool = True
+    username: str | None = None
+    password: EncryptedSecret | None = None
+
+
+class GraphOutbound(GraphApp):
+    kind: Literal["graph"] = "graph"
+
+
+Inbound = Annotated[ImapInbound | Pop3Inbound | GraphInbound, Field(discriminator="kind")]
+Outbound = Annotated[SmtpOutbound | GraphOutbound, Field(discriminator="kind")]
+
+
+class ChannelConfig(Contract):
+    """Value of ``email.channels`` (key: channel id). A tombstone (null value) deletes it."""
+
+    schema_version: Literal[1] = 1
+    id: Id
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    email_address: EmailAddress | None = None
+    default_campaign_id: Id | None = None
+    enabled: bool = False
+    sync_recipient_only: bool = False
+    inbound: Inbound | None = None
+    outbound: Outbound | None = None
+    revision: int = Field(default=1, ge=1, description="increases by one on every write")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Filter(Contract):
+    """One routing rule. Keywords are case-insensitive; any keyword of a field matches."""
+
+    id: Id
+    name: str = ""
+    campaign_id: Id
+    sender_keywords: list[str] = Field(default_factory=list)
+    subject_keywords: list[str] = Field(default_factory=list)
+    body_keywords: list[str] = Field(default_factory=list)
+    all_of: list[str] = Field(default_factory=list, description="every one must appear")
+    regex: str | None = None
+
+
+class ChannelFilters(Contract):
+    """Value of ``email.filters`` (key: channel id): the ordered list; first match wins."""
+
+    schema_version: Literal[1] = 1
+    channel_id: Id
+    filters: list[Filter] = Field(default_factory=list)
+    revision: int = Field(default=1, ge=1)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Campaign(Contract):
+    """Value of ``email.campaigns`` (key: campaign id)."""
+
+    schema_version: Literal[1] = 1
+    id: Id
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ChannelState(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class ChannelStatus(Contract):
+    """Value of ``email.channel-status`` (key: channel id)."""
+
+    schema_version: Literal[1] = 1
+    channel_id: Id
+    direction: Literal["inbound", "outbound"]
+    state: ChannelState
+    reason: str | None = None
+    step: str | None = Field(default=None, description="failing step: dns, tcp, tls, auth, folder")
+    reported_by: str
+    at: datetime = Field(default_factory=utcnow)
+    last_success_at: datetime | None = None
+
+
+# --- fetch --------------------------------------------------------------------------------------
+
+
+class SourceIdentity(Contract):
+    """Where a message came from, stable across re-fetches (the dedup key)."""
+
+    protocol: Literal["imap", "pop3", "graph"]
+    folder: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+    uidl: str | None = None
+    graph_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        match self.protocol:
+            case "imap":
+                return f"imap:{self.folder}:{self.uidvalidity}:{self.uid}"
+            case "pop3":
+                return f"pop3:{self.uidl}"
+            case "graph":
+                return f"graph:{self.graph_id}"
+
+
+class FolderCursor(Contract):
+    uidvalidity: int
+    last_uid: int = 0
+
+
+class FetchCursor(Contract):
+    """Value of ``email.fetch-cursors`` (key: channel id): how far the channel was fetched."""
+
+    schema_version: Literal[1] = 1
+    channel_id: Id
+    folders: dict[str, FolderCursor] = Field(default_factory=dict)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RawEmail(Contract):
+    """Value of ``email.raw`` (key: channel id): one fetched message, MIME untouched.
+
+    Exactly one of ``raw_mime`` (inline, small messages) and ``raw_ref`` (claim-check) is set.
+    """
+
+    schema_version: Literal[1] = 1
+    email_id: Id = Field(description="stable id: derived from channel id and source identity")
+    channel_id: Id
+    source: SourceIdentity
+    fetched_at: datetime = Field(default_factory=utcnow)
+    size: int = Field(ge=0)
+    sha256: str
+    message_id: str | None = None
+    raw_mime: Base64Bytes | None = None
+    raw_ref: BlobRef | None = None
+
+
+# --- route --------------------------------------------------------------------------------------
+
+
+class Address(Contract):
+    name: HeaderText | None = None
+    address: HeaderText
+
+
+class Attachment(Contract):
+    filename: str | None = None
+    content_type: str
+    size: int = Field(ge=0)
+    sha256: str
+    blob: BlobRef | None = None
+    inline: bool = False
+    content_id: str | None = None
+
+
+class RoutingReason(Contract):
+    kind: Literal["filter", "default"]
+    filter_id: str | None = None
+
+
+class EmailFlags(Contract):
+    auto_reply: bool = False
+    bounce: bool = False
+    bounced_message_id: str | None = None
+    bounced_recipients: list[str] = Field(default_factory=list)
+    loop: bool = False
+
+
+class RoutedEmail(Contract):
+    """Value of ``email.routed`` (key: conversation id; header ``campaign-id``)."""
+
+    schema_version: Literal[1] = 1
+    email_id: Id
+    channel_id: Id
+    campaign_id: Id
+    reason: RoutingReason
+    conversation_id: str
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] = Field(default_factory=list)
+    from_: Address | None = Field(default=None, alias="from")
+    reply_to: list[Address] = Field(default_factory=list)
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    subject: str | None = None
+    date: datetime | None = None
+    text_body: str | None = None
+    html_body: str | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    raw_ref: BlobRef | None = None
+    source: SourceIdentity
+    flags: EmailFlags = Field(default_factory=EmailFlags)
+    routed_at: datetime = Field(default_factory=utcnow)
+
+
+# --- send ---------------------------------------------------------------------------------------
+
+
+class OutboundAttachment(Contract):
+    filename: HeaderText
+    content_type: HeaderText = "application/octet-stream"
+    content: Base64Bytes | None = None
+    blob: BlobRef | None = None
+    inline: bool = False
+    content_id: HeaderText | None = None
+
+
+class OutboundEmail(Contract):
+    """Value of ``email.outbound`` (key: conversation id), written by campaign services.
+
+    ``outbound_id`` is the idempotency key: the sender sends each id at most once.
+    """
+
+    schema_version: Literal[1] = 1
+    outbound_id: Id
+    channel_id: Id
+    conversation_id: str | None = None
+    from_: Address | None = Field(
+        default=None, alias="from", description="defaults to the channel's address"
+    )
+    to: list[Address] = Field(min_length=1)
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list)
+    subject: HeaderText = ""
+    text_body: str | None = None
+    html_body: str | None = None
+    in_reply_to: HeaderText | None = None
+    references: list[HeaderText] = Field(default_factory=list)
+    attachments: list[OutboundAttachment] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DeliveryStatus(StrEnum):
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class DeliveryEvent(Contract):
+    """Value of ``email.delivery`` (key: outbound id)."""
+
+    schema_version: Literal[1] = 1
+    outbound_id: Id
+    channel_id: str
+    conversation_id: str | None = None
+    status: DeliveryStatus
+    transport: Literal["smtp", "graph", "none"]
+    reason: str | None = None
+    server_response: str | None = None
+    smtp_code: int | None = None
+    message_id: str | None = None
+    attempt: int = 1
+    at: datetime = Field(default_factory=utcnow)
+
+
+# --- dead letters -------------------------------------------------------------------------------
+
+
+class DeadLetter(Contract):
+    """Value of ``email.dlq`` (key: the original record's key). Nothing is silently dropped."""
+
+    schema_version: Literal[1] = 1
+    stage: str
+    source_topic: str
+    partition: int
+    offset: int
+    error_kind: str
+    error_message: str
+    retriable: bool
+    attempts: int = 1
+    original_key: Base64Bytes | None = None
+    original_value: Base64Bytes | None = None
+    original_value_ref: BlobRef | None = None
+    original_headers: dict[str, str] = Field(default_factory=dict)
+    at: datetime = Field(default_factory=utcnow)
+
+
+TOPIC_MODELS: dict[str, type[Contract]] = {
+    "ChannelConfig": ChannelConfig,
+    "ChannelFilters": ChannelFilters,
+    "Campaign": Campaign,
+    "ChannelStatus": ChannelStatus,
+    "FetchCursor": FetchCursor,
+    "RawEmail": RawEmail,
+    "RoutedEmail": RoutedEmail,
+    "OutboundEmail": OutboundEmail,
+    "DeliveryEvent": DeliveryEvent,
+    "DeadLetter": DeadLetter,
+}
+"""Model name (as in :data:`email_channels.topics.SPECS`) -> model class."""

@@ -1,0 +1,86 @@
+"""Settings shared by every service (pydantic-settings).
+
+Each service builds its own settings class once in ``main()`` and passes it down; there is no
+module-level settings global. Kafka connection settings always honour ``KAFKA_BOOTSTRAP_SERVERS``
+so a user can point everything at their own cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from email_channels.topics import TopicNames
+
+
+class KafkaSettings(BaseSettings):
+    """``KAFKA_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    partitions: int = Field(default=6, ge=1, description="partitions of topics we create")
+    replication_factor: int = Field(default=1, ge=1)
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)
+
+    def client_kwargs(self) -> dict[str, object]:
+        """Connection keyword arguments for aiokafka clients."""
+        kwargs: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in {"SSL", "SASL_SSL"}:
+            from aiokafka.helpers import create_ssl_context  # noqa: PLC0415 - only when used
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs
+
+
+class CommonSettings(BaseSettings):
+    """``EMAIL_CHANNELS_*`` environment variables every service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="EMAIL_CHANNELS_", extra="ignore")
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    blob_store_url: str = Field(
+        default="file://./var/blobs",
+        description="file:///path for local disk, s3://bucket/prefix for S3-compatible stores",
+    )
+    inline_max_bytes: int = Field(
+        default=256 * 1024, ge=0, description="larger raw MIME goes to the blob store"
+    )
+    secret_keys: SecretStr | None = Field(
+        default=None, description="keyring 'kid:base64key,...'; the first key encrypts"
+    )
+    ca_file: Path | None = Field(
+        default=None, description="extra CA bundle trusted for mail servers (besides the system's)"
+    )
+    metrics_port: int | None = Field(default=None, description="Prometheus /metrics port")
+    allowed_hosts: str = Field(
+        default="",
+        description=(
+            "comma-separated hosts or CIDRs that admin-supplied mail hosts may resolve to even "
+            "though they are loopback, link-local or private"
+        ),
+    )
