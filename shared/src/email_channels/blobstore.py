@@ -396,7 +396,8 @@ _S3_QUERY_PARAMS = frozenset({"endpoint_url", "region", "addressing_style"})
 def blob_store_from_url(url: str) -> BlobStore:
     """Build the store a URL names.
 
-    - ``/var/lib/email-channels/blobs``, ``./blobs`` or ``file:///var/lib/...`` → LocalBlobStore
+    - ``/var/lib/email-channels/blobs``, ``./blobs``, ``file:///var/lib/...`` or
+      ``file://./var/blobs`` (relative to the working directory) → LocalBlobStore
     - ``s3://bucket/optional/prefix?endpoint_url=http://minio:9000&region=eu-west-1``
       (optional ``addressing_style=path|virtual|auto``) → S3BlobStore; credentials come from
       the standard AWS environment, never from the URL.
@@ -410,18 +411,25 @@ def blob_store_from_url(url: str) -> BlobStore:
     if scheme == "":
         return LocalBlobStore(Path(url).expanduser())
     if scheme == "file":
-        if parts.netloc not in {"", "localhost"}:
-            raise ValueError(f"file blob store URL must be local, got host {parts.netloc!r}")
-        if parts.query:
-            raise ValueError("file blob store URL takes no query parameters")
-        if not parts.path:
-            raise ValueError("file blob store URL has no path")
-        return LocalBlobStore(Path(unquote(parts.path)))
+        return LocalBlobStore(_file_url_path(parts.netloc, parts.path, parts.query))
     if scheme == "s3":
         return _s3_store_from_url(parts.netloc, parts.path, parts.query)
     if scheme == "memory":
         return MemoryBlobStore()
     raise ValueError(f"unsupported blob store URL scheme {parts.scheme!r} (use file, s3 or memory)")
+
+
+def _file_url_path(netloc: str, path: str, query: str) -> Path:
+    """``file:///abs``, ``file://localhost/abs``; also ``file://./rel`` and ``file://~/x``."""
+    if query:
+        raise ValueError("file blob store URL takes no query parameters")
+    if netloc in {".", "..", "~"}:
+        return Path(netloc + unquote(path)).expanduser()
+    if netloc not in {"", "localhost"}:
+        raise ValueError(f"file blob store URL must be local, got host {netloc!r}")
+    if not path:
+        raise ValueError("file blob store URL has no path")
+    return Path(unquote(path)).expanduser()
 
 
 def _s3_store_from_url(netloc: str, path: str, query: str) -> S3BlobStore:

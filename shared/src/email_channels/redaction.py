@@ -11,8 +11,9 @@ What is masked, at any depth of dicts, lists, tuples and sets, and inside pydant
 - the password in a URL's user-info, in any string (``imap://user:pw@host`` →
   ``imap://user:**********@host``).
 
-An :class:`~email_channels.secretbox.EncryptedSecret` shows as ``EncryptedSecret(kid='k2')``.
-The caller's objects are never modified: changed containers are copies.
+A pydantic model becomes a dict of the fields its own ``repr`` shows (so fields declared with
+``repr=False`` stay hidden, and an :class:`~email_channels.secretbox.EncryptedSecret` shows only
+its key id). The caller's objects are never modified: changed containers are copies.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, SecretBytes, SecretStr
-
-from email_channels.secretbox import EncryptedSecret
 
 if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
@@ -52,7 +51,7 @@ _SECRET_MARKERS: Final = (
     "cookie",
     "clientassertion",
 )
-_SECRET_EXACT: Final = frozenset({"pwd", "pass", "auth", "keys"})
+_SECRET_EXACT: Final = frozenset({"pwd", "pass", "auth"})
 _DESCRIPTIVE_SUFFIXES: Final = (
     "url",
     "uri",
@@ -105,8 +104,6 @@ def _redact(value: Any, depth: int) -> Any:  # noqa: PLR0911 - one return per ki
         return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}@", value) if "://" in value else value
     if isinstance(value, (SecretStr, SecretBytes)):
         return REDACTED
-    if isinstance(value, EncryptedSecret):
-        return str(value)
     if depth >= MAX_DEPTH:
         return (
             REDACTED
@@ -128,5 +125,5 @@ def _redact(value: Any, depth: int) -> Any:  # noqa: PLR0911 - one return per ki
 
 
 def _model_as_dict(model: BaseModel) -> dict[str, Any]:
-    """A pydantic model as a dict of its fields, nested models and secrets left as objects."""
-    return {name: getattr(model, name) for name in type(model).model_fields}
+    """The fields the model's own ``repr`` shows, values left as objects for ``_redact``."""
+    return {name: value for name, value in model.__repr_args__() if name is not None}

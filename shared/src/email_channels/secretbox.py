@@ -30,6 +30,7 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -37,11 +38,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from email_channels.errors import PermanentError
+from email_channels.redaction import redact_secrets
+
+__all__ = [
+    "CIPHERTEXT_PATTERN",
+    "SECRET_KEYS_ENV",
+    "EncryptedSecret",
+    "SecretBox",
+    "SecretDecryptError",
+    "redact_secrets",  # lives in email_channels.redaction; re-exported for logconfig
+]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-SECRET_KEYS_ENV: Final = "EMAIL_CHANNELS_SECRET_KEYS"
+SECRET_KEYS_ENV: Final = "EMAIL_CHANNELS_SECRET_KEYS"  # noqa: S105 - a variable name, not a key
 FORMAT_VERSION: Final = "v1"
 KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
@@ -52,6 +63,8 @@ KID_PATTERN: Final = r"[A-Za-z0-9_.-]{1,64}"
 # SecretBox.decrypt refuses versions it does not know.
 CIPHERTEXT_PATTERN: Final = rf"^v[0-9]+:{KID_PATTERN}:[A-Za-z0-9_-]+$"
 _KID_RE: Final = re.compile(rf"^{KID_PATTERN}$")
+_CIPHERTEXT_RE: Final = re.compile(CIPHERTEXT_PATTERN)
+_HIDDEN_INPUT: Final = "<hidden: not an encrypted secret>"
 
 
 class SecretDecryptError(PermanentError):
@@ -75,10 +88,19 @@ class EncryptedSecret(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _accept_bare_string(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            return {"ciphertext": data}
-        return data
+    def _never_echo_plaintext(cls, data: Any) -> Any:
+        """Accept a bare ciphertext string; swap anything invalid for a placeholder.
+
+        A validation error quotes its input, and the input of an invalid secret is most
+        likely a plaintext pasted where a ciphertext belongs: the placeholder fails the
+        pattern in its place, so the error names the field but never shows the value.
+        """
+        if isinstance(data, EncryptedSecret):
+            return data
+        candidate = data.get("ciphertext") if isinstance(data, Mapping) else data
+        if isinstance(candidate, str) and _CIPHERTEXT_RE.fullmatch(candidate):
+            return {"ciphertext": candidate}
+        return {"ciphertext": _HIDDEN_INPUT}
 
     @property
     def version(self) -> str:

@@ -53,12 +53,16 @@ def make_test_pki(directory: Path, *, hostname: str = "localhost") -> TestPki:
         _builder(ca_name, ca_name, ca_key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(ca=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
 
     server_key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys((hostname, "localhost"))]
+    names: list[x509.GeneralName] = [
+        x509.DNSName(n) for n in dict.fromkeys((hostname, "localhost"))
+    ]
     names.append(x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")))
     server_cert = (
         _builder(

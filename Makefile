@@ -1,0 +1,52 @@
+# Entry points people remember. Every target installs what it needs first (deploy/bootstrap.sh).
+SHELL := /bin/bash
+export PATH := $(HOME)/.local/bin:$(PATH)
+UV := uv
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap run demo test test-unit lint format schemas kafka clean
+
+bootstrap:
+	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
+
+## run: local Kafka (or KAFKA_BOOTSTRAP_SERVERS), the four services and the admin page
+run: WITH_MAIL_SERVERS=0
+run: bootstrap
+	$(UV) run --frozen python -m devstack run
+
+## demo: like run, plus a local Dovecot and SMTP server with a seeded mailbox and channel
+demo: WITH_MAIL_SERVERS=1
+demo: bootstrap
+	$(UV) run --frozen python -m devstack run --demo
+
+## test: the whole suite (unit, integration, end to end) against real Kafka, Dovecot, SMTP
+test: WITH_MAIL_SERVERS=1
+test: bootstrap
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+## test-unit: only what needs no servers (seconds)
+test-unit: WITH_MAIL_SERVERS=0
+test-unit: bootstrap
+	$(UV) run --frozen pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+lint: WITH_MAIL_SERVERS=0
+lint: bootstrap
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy shared/src services/*/src deploy/devstack/src
+
+format:
+	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix .
+
+## schemas: regenerate the committed JSON Schemas of the topic contracts
+schemas:
+	$(UV) run --frozen python -m email_channels.schemas
+
+## kafka: only a local Kafka broker in the foreground
+kafka: WITH_MAIL_SERVERS=0
+kafka: bootstrap
+	$(UV) run --frozen python -m devstack.kafka
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

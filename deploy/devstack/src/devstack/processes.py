@@ -1,0 +1,113 @@
+"""Run the four services as child processes (used by ``make run`` and the end-to-end tests).
+
+Each service is started as ``python -m <package>`` with the given environment, its output going
+to a log file (or inherited, for ``make run``). ``stop`` sends SIGTERM to every child, waits for
+a clean exit and kills what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Self
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+SERVICES: dict[str, str] = {
+    "config-api": "config_api",
+    "router": "router",
+    "fetcher": "fetcher",
+    "sender": "sender",
+}
+
+
+class ServiceFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ServiceProcesses:
+    env: dict[str, str]
+    log_dir: Path | None = None
+    names: tuple[str, ...] = tuple(SERVICES)
+    stop_timeout: float = 20.0
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def start(self) -> None:
+        environment = {**os.environ, **self.env}
+        for name in self.names:
+            output: IO[bytes] | None = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                output = (self.log_dir / f"{name}.log").open("ab")
+                self._logs.append(output)
+            self.children[name] = subprocess.Popen(  # noqa: S603 - our own interpreter/modules
+                [sys.executable, "-m", SERVICES[name]],
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT if output is not None else None,
+            )
+            log.info("service started", service=name, pid=self.children[name].pid)
+
+    def check_alive(self) -> None:
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                raise ServiceFailed(f"{name} exited with {child.returncode}{self._tail(name)}")
+
+    def wait_http_ready(self, url: str, *, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                    if response.status == 200:  # noqa: PLR2004
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise ServiceFailed(f"{url} not ready within {timeout}s")
+            time.sleep(0.3)
+
+    def stop(self) -> dict[str, int]:
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        codes: dict[str, int] = {}
+        deadline = time.monotonic() + self.stop_timeout
+        for name, child in self.children.items():
+            try:
+                codes[name] = child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("service did not stop in time; killing", service=name)
+                child.kill()
+                codes[name] = child.wait()
+        for handle in self._logs:
+            handle.close()
+        self._logs.clear()
+        return codes
+
+    def _tail(self, name: str, lines: int = 40) -> str:
+        if self.log_dir is None:
+            return ""
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        return "\n--- last lines of " + str(path) + " ---\n" + "\n".join(text)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,130 @@
+"""pytest fixtures for real infrastructure: Apache Kafka, Dovecot, an SMTP server.
+
+Loaded by the repository's root ``conftest.py``. Every test gets its own topic prefix (and so
+its own topics and consumer groups) and its own mailbox user, so tests never see each other's
+data. ``KAFKA_BOOTSTRAP_SERVERS`` set means: use that cluster, start nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from devstack.certs import TestPki, make_test_pki
+from devstack.dovecot import Dovecot
+from devstack.kafka import running_kafka
+from devstack.smtp import SmtpServer
+from email_channels.admin import ensure_topics
+from email_channels.secretbox import SecretBox
+from email_channels.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from devstack.kafka import KafkaEndpoint
+
+_KAFKA: dict[str, str] = {}
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:  # noqa: ARG001
+    return ["infrastructure: real Apache Kafka (KRaft), Dovecot, aiosmtpd — started on demand"]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _KAFKA:
+        terminalreporter.write_line(
+            f"Kafka used by this run: {_KAFKA['version']} at {_KAFKA['bootstrap']}"
+        )
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaEndpoint]:
+    """A real Kafka broker for the whole session (or the cluster in KAFKA_BOOTSTRAP_SERVERS)."""
+    with running_kafka() as endpoint:
+        _KAFKA.update(version=endpoint.version, bootstrap=endpoint.bootstrap_servers)
+        print(f"\nKafka: Apache Kafka {endpoint.version} at {endpoint.bootstrap_servers}")  # noqa: T201
+        yield endpoint
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+async def kafka_settings(kafka: KafkaEndpoint, topic_prefix: str) -> KafkaSettings:
+    """Settings pointing at the test broker, with this test's own topics already created."""
+    settings = KafkaSettings(
+        bootstrap_servers=kafka.bootstrap_servers, topic_prefix=topic_prefix, partitions=3
+    )
+    await ensure_topics(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def secret_keys() -> str:
+    """A keyring value for EMAIL_CHANNELS_SECRET_KEYS."""
+    return f"test:{SecretBox.generate_key()}"
+
+
+@pytest.fixture(scope="session")
+def secret_box(secret_keys: str) -> SecretBox:
+    return SecretBox.from_env(secret_keys)
+
+
+@pytest.fixture(scope="session")
+def dovecot(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[Dovecot]:
+    with Dovecot(tmp_path_factory.mktemp("dovecot"), pki=pki) as server:
+        yield server
+
+
+class MailUser:
+    def __init__(self, user: str, password: str) -> None:
+        self.user = user
+        self.password = password
+        self.address = f"{user}@example.test"
+
+
+@pytest.fixture
+def mail_user(dovecot: Dovecot) -> MailUser:
+    """A fresh mailbox user for this test."""
+    user = MailUser(f"u{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(12))
+    dovecot.add_user(user.user, user.password)
+    return user
+
+
+@pytest.fixture(scope="session")
+def smtp_server(pki: TestPki) -> Iterator[SmtpServer]:
+    with SmtpServer(pki=pki, username="sender", password="sender-secret") as server:  # noqa: S106
+        yield server
+
+
+@pytest.fixture
+async def wait_until() -> Any:
+    """``await wait_until(predicate, timeout=...)``: poll a condition in integration tests."""
+
+    async def _wait(predicate: Any, *, timeout: float = 30.0, interval: float = 0.2) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            result = predicate()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"condition not met within {timeout}s")
+            await asyncio.sleep(interval)
+
+    return _wait
+
+
+__all__ = ["MailUser", "Path"]
