@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Self
 
 import pytest
 from aiobotocore.session import get_session
@@ -155,6 +156,10 @@ def test_round_trip_any_bytes_memory(data: bytes):
 # --- LocalBlobStore --------------------------------------------------------------------------
 
 
+def _files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()]
+
+
 async def test_local_layout_is_sha256_fanned_out(tmp_path: Path):
     """Blobs live at root/sha256/ab/cd/<hex>, and nothing else is left behind."""
     store = LocalBlobStore(tmp_path)
@@ -162,7 +167,7 @@ async def test_local_layout_is_sha256_fanned_out(tmp_path: Path):
     expected = tmp_path / "sha256" / MIME_SHA[:2] / MIME_SHA[2:4] / MIME_SHA
     assert store.path_for(ref) == expected
     assert expected.read_bytes() == MIME
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [expected]
+    assert _files(tmp_path) == [expected]
 
 
 async def test_local_concurrent_identical_puts_are_idempotent(tmp_path: Path):
@@ -172,7 +177,7 @@ async def test_local_concurrent_identical_puts_are_idempotent(tmp_path: Path):
     refs = await asyncio.gather(*(store.put(data) for _ in range(16)))
     assert len(set(refs)) == 1
     assert await store.get(refs[0]) == data
-    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [refs[0].sha256]
+    assert [p.name for p in _files(tmp_path)] == [refs[0].sha256]
 
 
 async def test_local_tampered_file_is_detected(tmp_path: Path):
@@ -246,7 +251,7 @@ class _Body:
     def __init__(self, data: bytes) -> None:
         self._data = data
 
-    async def __aenter__(self) -> _Body:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -261,9 +266,7 @@ class _Body:
 
 @pytest.fixture
 async def s3_stubbed():
-    store = S3BlobStore(
-        "mail", "prod", region="us-east-1", access_key="test", secret_key="test"
-    )
+    store = S3BlobStore("mail", "prod", region="us-east-1", access_key="test", secret_key="test")
     async with get_session().create_client(
         "s3", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
     ) as client:
@@ -297,7 +300,9 @@ async def test_s3_put_skips_upload_when_present(s3_stubbed):
     """put of content the bucket already holds does not upload it again."""
     store, stubber = s3_stubbed
     stubber.add_response(
-        "head_object", {"ContentLength": len(MIME)}, {"Bucket": "mail", "Key": f"prod/sha256/{MIME_SHA}"}
+        "head_object",
+        {"ContentLength": len(MIME)},
+        {"Bucket": "mail", "Key": f"prod/sha256/{MIME_SHA}"},
     )
     assert await store.put(MIME) == BlobRef.of(MIME)
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import structlog
 
-from email_channels.secretbox import redact_secrets
+from email_channels.redaction import redact_secrets
 
 
 def configure_logging(

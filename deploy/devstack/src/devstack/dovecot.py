@@ -1,8 +1,8 @@
 """A real Dovecot (IMAP, IMAPS, POP3, POP3S) as a local process with a private configuration.
 
-Everything lives in one working directory: the configuration, the passwd-file that holds the
-users, Dovecot's sockets (`base_dir`), state, log and the users' Maildirs. Ports are free ports
-on 127.0.0.1 chosen at start, so it never collides with a system Dovecot or another instance.
+Everything lives in one working directory: the configuration, one passwd-file per user,
+Dovecot's sockets (`base_dir`), state, log and the users' Maildirs. Ports are free ports on
+127.0.0.1 chosen at start, so it never collides with a system Dovecot or another instance.
 
 How it runs when started as root (the usual case on the dev machines and in CI): the master runs
 as root, login processes as `dovenull`, internal ones as `dovecot` (both created by the Debian
@@ -21,6 +21,7 @@ import base64
 import contextlib
 import fcntl
 import grp
+import math
 import os
 import pwd
 import shutil
@@ -88,7 +89,6 @@ class Dovecot:
         self._start_timeout = start_timeout
         self._identity = _identity()
         self._users: dict[str, str] = {}
-        self._passwd_stamp = 0
         self._process: subprocess.Popen[bytes] | None = None
         self.imap_port = 0
         self.imaps_port = 0
@@ -107,7 +107,7 @@ class Dovecot:
 
     @property
     def ca_file(self) -> Path:
-        """The CA certificate that signed the server certificate (for `ssl.create_default_context`)."""
+        """The CA that signed the server certificate, for `ssl.create_default_context(cafile=)`."""
         return self._ensure_pki().ca_cert
 
     @property
@@ -121,14 +121,9 @@ class Dovecot:
             return self
         started = time.monotonic()
         dovecot = ensure_dovecot_installed()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir.chmod(0o755)  # the mail user must reach its home below it
-        for sub in ("run", "state", "home"):
-            (self.workdir / sub).mkdir(exist_ok=True)
-        self._chown(self.workdir / "home")
+        self._prepare_workdir()
         pki = self._ensure_pki()
         self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = _free_ports(4)
-        self._write_passwd()
         self.config_file.write_text(self._render_config(pki))
         self.log_file.touch()
         output = (self.workdir / "dovecot.out").open("wb")
@@ -192,11 +187,15 @@ class Dovecot:
         """Add a user or change its password; takes effect at once, also while running."""
         if not user or any(c in _FORBIDDEN_IN_USER for c in user) or user in {".", ".."}:
             raise ValueError(f"unusable Dovecot user name: {user!r}")
+        changed = user in self._users and self.running
         self._users[user] = password
+        self._prepare_workdir()
         home = self._home(user)
-        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        home.mkdir(exist_ok=True, mode=0o700)
         self._chown(home)
-        self._write_passwd()
+        written = self._write_passwd(user)
+        if changed:  # Dovecot may have looked at the old file this very second
+            time.sleep(max(0.0, math.floor(written) + 1 - time.time()))
 
     def deliver(
         self,
@@ -208,9 +207,9 @@ class Dovecot:
     ) -> None:
         """Deliver one RFC 5322 message with `dovecot-lda`; the folder is created when missing."""
         self._require_user(user)
+        lda = _libexec("dovecot-lda")
         self._run(
-            [str(_libexec("dovecot-lda")), "-c", str(self.config_file)]
-            + ["-d", user, "-m", folder, "-f", envelope_from],
+            [str(lda), "-c", str(self.config_file), "-d", user, "-m", folder, "-f", envelope_from],
             stdin=raw,
             what=f"delivery to {user}/{folder}",
         )
@@ -218,11 +217,8 @@ class Dovecot:
     def create_folder(self, user: str, name: str) -> None:
         """Create (and subscribe) a folder; `/` separates levels. Existing folders are fine."""
         self._require_user(user)
-        self._run(
-            [str(_find_binary("doveadm")), "-c", str(self.config_file), "mailbox", "create"]
-            + ["-s", "-u", user, name],
-            what=f"creating folder {user}/{name}",
-        )
+        mailbox = [str(_find_binary("doveadm")), "-c", str(self.config_file), "mailbox"]
+        self._run([*mailbox, "create", "-s", "-u", user, name], what=f"creating {user}/{name}")
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -230,6 +226,13 @@ class Dovecot:
         if self._pki is None:
             self._pki = make_test_pki(self.workdir / "pki")
         return self._pki
+
+    def _prepare_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)  # the mail user must reach its home below it
+        for sub in ("run", "state", "home", "users"):
+            (self.workdir / sub).mkdir(mode=0o755, exist_ok=True)
+        self._chown(self.workdir / "home")
 
     def _home(self, user: str) -> Path:
         return self.workdir / "home" / user
@@ -244,28 +247,30 @@ class Dovecot:
         if os.geteuid() == 0:
             os.chown(path, self._identity.mail_uid, self._identity.mail_gid)
 
-    def _write_passwd(self) -> None:
-        """Rewrite the passwd-file atomically with a fresh mtime second.
+    def _write_passwd(self, user: str) -> float:
+        """Write the user's own passwd-file (atomically, with an mtime past the previous one).
 
-        Dovecot re-reads the file when its mtime (whole seconds) or size changed, so every
-        rewrite gets an mtime one second past the previous one.
+        Dovecot looks at a passwd-file at most once a second and re-reads it when its mtime or
+        size changed. One file per user means a new user is seen at once; a changed password
+        is seen from the next second on.
         """
         ident = self._identity
-        lines = [
-            f"{user}:{{PLAIN.BASE64}}{base64.b64encode(password.encode()).decode()}"
-            f":{ident.mail_uid}:{ident.mail_gid}::{self._home(user)}::\n"
-            for user, password in self._users.items()
-        ]
-        target = self.workdir / "passwd"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text("".join(lines))
+        password = base64.b64encode(self._users[user].encode()).decode()
+        uid, gid, home = ident.mail_uid, ident.mail_gid, self._home(user)
+        line = f"{user}:{{PLAIN.BASE64}}{password}:{uid}:{gid}::{home}::\n"
+        target = self.workdir / "users" / user
+        previous = target.stat().st_mtime if target.exists() else 0
+        tmp = target.with_name(f".{user}.tmp")
+        tmp.write_text(line)
         tmp.chmod(0o600)
         if os.geteuid() == 0:  # the auth process reads it as the internal user
             internal = pwd.getpwnam(ident.internal_user)
             os.chown(tmp, internal.pw_uid, internal.pw_gid)
-        self._passwd_stamp = max(int(time.time()), self._passwd_stamp + 1)
-        os.utime(tmp, (self._passwd_stamp, self._passwd_stamp))
+        now = time.time()
+        stamp = max(int(now), int(previous) + 1)
+        os.utime(tmp, (stamp, stamp))
         tmp.replace(target)
+        return now
 
     def _render_config(self, pki: TestPki) -> str:
         ident = self._identity
@@ -274,7 +279,7 @@ class Dovecot:
             base_dir=work / "run",
             state_dir=work / "state",
             log=self.log_file,
-            passwd=work / "passwd",
+            passwd=work / "users" / "%u",
             cert=pki.server_cert,
             key=pki.server_key,
             login_user=ident.login_user,
@@ -363,13 +368,15 @@ def ensure_dovecot_installed() -> Path:
 
 def _stop_system_dovecot() -> None:
     """The package may start the system-wide Dovecot; ours never needs it, so stop it."""
-    quiet = {"capture_output": True, "check": False}
     if Path("/run/systemd/system").is_dir():
-        subprocess.run(  # noqa: S603
+        subprocess.run(
             ["systemctl", "disable", "--now", "dovecot.service", "dovecot.socket"],  # noqa: S607
-            **quiet,
+            capture_output=True,
+            check=False,
         )
-    subprocess.run([str(_find_binary("dovecot")), "stop"], **quiet)  # noqa: S603
+    # Without systemd the package's init script may have started it: stop that master.
+    system_dovecot = [str(_find_binary("dovecot")), "-c", "/etc/dovecot/dovecot.conf", "stop"]
+    subprocess.run(system_dovecot, capture_output=True, check=False)  # noqa: S603
 
 
 def _find_binary(name: str) -> Path:

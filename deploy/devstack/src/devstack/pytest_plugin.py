@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,6 +23,8 @@ from email_channels.secretbox import SecretBox
 from email_channels.settings import KafkaSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from devstack.kafka import KafkaEndpoint
 
 _KAFKA: dict[str, str] = {}
@@ -82,8 +82,9 @@ def secret_box(secret_keys: str) -> SecretBox:
 
 
 @pytest.fixture(scope="session")
-def dovecot(tmp_path_factory: pytest.TempPathFactory, pki: TestPki) -> Iterator[Dovecot]:
-    with Dovecot(tmp_path_factory.mktemp("dovecot"), pki=pki) as server:
+def dovecot(pki: TestPki) -> Iterator[Dovecot]:
+    # Dovecot gets its own work dir: pytest's temp dirs are not traversable by the mail user.
+    with Dovecot(pki=pki) as server:
         yield server
 
 
@@ -104,7 +105,7 @@ def mail_user(dovecot: Dovecot) -> MailUser:
 
 @pytest.fixture(scope="session")
 def smtp_server(pki: TestPki) -> Iterator[SmtpServer]:
-    with SmtpServer(pki=pki, username="sender", password="sender-secret") as server:  # noqa: S106
+    with SmtpServer(pki, credentials=("sender", "sender-secret")) as server:
         yield server
 
 
@@ -127,4 +128,4 @@ async def wait_until() -> Any:
     return _wait
 
 
-__all__ = ["MailUser", "Path"]
+__all__ = ["MailUser"]

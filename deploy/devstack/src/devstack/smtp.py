@@ -13,6 +13,7 @@ to drive a sender's retry and reject paths.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import re
@@ -21,12 +22,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
-from typing import TYPE_CHECKING, Any, Final, Self, cast
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import structlog
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -55,7 +55,7 @@ class ReceivedMail:
 
     def message(self) -> EmailMessage:
         """The raw bytes parsed with the modern `email` policy."""
-        return cast("EmailMessage", message_from_bytes(self.raw, policy=policy.default))
+        return message_from_bytes(self.raw, policy=policy.default)
 
 
 class SmtpServer:
@@ -208,13 +208,13 @@ class SmtpServer:
         log.info("smtp.received", mail_from=mail.mail_from, rcpt_tos=mail.rcpt_tos, tls=mail.tls)
 
 
-class _Controller(Controller):  # type: ignore[misc]  # aiosmtpd ships no type hints
+class _Controller(Controller):
     """Binds port 0 and learns the port the kernel chose, so no port is ever guessed."""
 
     def _trigger_server(self) -> None:
-        assert self.server is not None
+        assert isinstance(self.server, asyncio.Server)
         self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class _Handler:
@@ -224,7 +224,7 @@ class _Handler:
         self._owner = owner
 
     def authenticate(
-        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+        self, _server: Any, _session: Any, _envelope: Any, _mechanism: str, auth_data: Any
     ) -> AuthResult:
         credentials = self._owner.credentials
         if credentials is None or not isinstance(auth_data, LoginPassword):
@@ -236,7 +236,7 @@ class _Handler:
         return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
 
     async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+        self, _server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
     ) -> str:
         if self._owner.credentials is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
@@ -245,7 +245,7 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+        self, _server: Any, _session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         reply = self._owner._reply_for(address)  # noqa: SLF001 - the server's own helper
         if reply is not None:

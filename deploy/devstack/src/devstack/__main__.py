@@ -1,0 +1,191 @@
+"""``python -m devstack run [--demo]``: the whole product on one machine.
+
+Starts a local single-node Kafka (or uses ``KAFKA_BOOTSTRAP_SERVERS``), creates the topics,
+starts the four services as child processes and prints the admin page's URL. ``--demo`` also
+starts a local Dovecot and SMTP server, seeds a mailbox and creates a campaign and a channel
+through config-api, so mail flows end to end. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import urllib.request
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from devstack.kafka import running_kafka
+from devstack.processes import ServiceFailed, ServiceProcesses
+from email_channels.admin import ensure_topics
+from email_channels.logconfig import configure_logging
+from email_channels.secretbox import SecretBox
+from email_channels.settings import KafkaSettings
+
+log = structlog.get_logger("devstack")
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 - a throwaway local demo mailbox
+
+
+def secret_keys(var: Path) -> str:
+    """The keyring from the environment, or one generated once into ``var/secret-keys``."""
+    if value := os.environ.get("EMAIL_CHANNELS_SECRET_KEYS"):
+        return value
+    path = var / "secret-keys"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"local:{SecretBox.generate_key()}\n", encoding="utf-8")
+        path.chmod(0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def _demo_message(number: int) -> bytes:
+    message = EmailMessage()
+    message["From"] = "Alice Customer <alice@customer.example>"
+    message["To"] = "support@demo.example"
+    message["Subject"] = f"Demo message {number}: where is my order?"
+    message["Message-ID"] = make_msgid(domain="customer.example")
+    message.set_content(f"Hello, this is demo message number {number}.\n")
+    return message.as_bytes()
+
+
+def run(*, demo: bool, port: int) -> int:
+    var = Path(os.environ.get("EMAIL_CHANNELS_VAR_DIR", "var")).resolve()
+    var.mkdir(parents=True, exist_ok=True)
+    stack = contextlib.ExitStack()
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    with stack:
+        kafka_dir = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else var / "kafka"
+        kafka = stack.enter_context(running_kafka(data_dir=kafka_dir))
+        settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)
+        asyncio.run(ensure_topics(settings))
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "EMAIL_CHANNELS_SECRET_KEYS": secret_keys(var),
+            "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{var / 'blobs'}",
+            "CONFIG_API_HOST": "127.0.0.1",
+            "CONFIG_API_PORT": str(port),
+        }
+        if demo:
+            env.update(_start_demo_mail(stack, var))
+        services = ServiceProcesses(env)
+        stack.callback(services.stop)
+        services.start()
+        base = f"http://127.0.0.1:{port}"
+        try:
+            services.wait_http_ready(f"{base}/readyz")
+        except ServiceFailed as exc:
+            log.error("a service failed to start", error=str(exc))
+            return 1
+        if demo:
+            _create_demo_channel(base, env)
+        _banner(base, kafka.bootstrap_servers, kafka.version, demo=demo)
+        while not stopping.wait(1.0):
+            try:
+                services.check_alive()
+            except ServiceFailed as exc:
+                log.error("a service stopped", error=str(exc))
+                return 1
+        log.info("stopping")
+    return 0
+
+
+def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
+    from devstack.certs import make_test_pki  # noqa: PLC0415 - only the demo needs mail servers
+    from devstack.dovecot import Dovecot  # noqa: PLC0415
+    from devstack.smtp import SmtpServer  # noqa: PLC0415
+
+    pki = make_test_pki(var / "demo-pki")
+    dovecot = stack.enter_context(Dovecot(pki=pki))
+    dovecot.add_user(DEMO_USER, DEMO_PASSWORD)
+    for number in range(1, 4):
+        dovecot.deliver(DEMO_USER, _demo_message(number))
+    smtp = stack.enter_context(SmtpServer(pki, credentials=("demo", DEMO_PASSWORD)))
+    return {
+        "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
+        "DEMO_IMAPS_PORT": str(dovecot.imaps_port),
+        "DEMO_SMTP_PORT": str(smtp.port),
+    }
+
+
+def _create_demo_channel(base: str, env: dict[str, str]) -> None:
+    campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"})
+    channel = _post(
+        f"{base}/api/v1/channels",
+        {
+            "name": "Demo support mailbox",
+            "email_address": "support@demo.example",
+            "default_campaign_id": campaign["id"],
+            "enabled": True,
+            "inbound": {
+                "kind": "imap",
+                "host": "127.0.0.1",
+                "port": int(env["DEMO_IMAPS_PORT"]),
+                "tls": "ssl",
+                "username": DEMO_USER,
+                "password": DEMO_PASSWORD,
+            },
+            "outbound": {
+                "kind": "smtp",
+                "host": "127.0.0.1",
+                "port": int(env["DEMO_SMTP_PORT"]),
+                "tls": "starttls",
+                "username": DEMO_USER,
+                "password": DEMO_PASSWORD,
+            },
+        },
+    )
+    log.info("demo channel created", channel_id=channel["id"], campaign_id=campaign["id"])
+
+
+def _banner(base: str, bootstrap: str, version: str, *, demo: bool) -> None:
+    lines = [
+        "",
+        "Email Channels is running.",
+        f"  admin page     {base}/",
+        f"  API docs       {base}/docs",
+        f"  Kafka          {bootstrap} (Apache Kafka {version})",
+        "  services       config-api, router, fetcher, sender",
+    ]
+    if demo:
+        lines.append("  demo           3 seeded mails flow from Dovecot to email.routed")
+    lines += ["Press Ctrl-C to stop.", ""]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="start Kafka, the four services and the admin page")
+    run_parser.add_argument("--demo", action="store_true", help="also a seeded local mailbox")
+    run_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    args = parser.parse_args()
+    configure_logging(service="devstack", fmt="console")
+    sys.exit(run(demo=args.demo, port=args.port))
+
+
+if __name__ == "__main__":
+    main()

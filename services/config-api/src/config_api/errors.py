@@ -1,0 +1,81 @@
+"""What can go wrong in a config request, and the HTTP status each error becomes.
+
+The store and the mapping raise these; :mod:`config_api.api` turns them into responses in one
+place (``install_error_handlers``). Kafka's own errors are translated into them in one place
+too (``ConfigStore._publish``), so nothing above the store sees an aiokafka type::
+
+    ConfigApiError                      status
+    ├── NotFound                        404  no such channel / campaign
+    ├── Conflict                        409
+    │   ├── AlreadyExists               409  a client-chosen id is taken
+    │   └── RevisionConflict            409  stale ``revision``: names the current one
+    ├── InvalidInput                    422  names the field (``loc``), never echoes its value
+    └── Unavailable                     503  retriable: Kafka down, not caught up yet, ...
+        └── WriterFenced                503  a newer config-api instance took over the writes
+
+Messages are shown to API clients and logged: they never contain a secret.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ConfigApiError(Exception):
+    """Base of every error the API maps to a response."""
+
+    status_code: ClassVar[int] = 500
+    outcome: ClassVar[str] = "error"
+    """Short label for the canonical log line and the write metrics."""
+
+
+class NotFound(ConfigApiError):
+    status_code = 404
+    outcome = "not_found"
+
+
+class Conflict(ConfigApiError):
+    status_code = 409
+    outcome = "conflict"
+
+
+class AlreadyExists(Conflict):
+    pass
+
+
+class RevisionConflict(Conflict):
+    """The client edited an old revision; it must reload and apply its change again."""
+
+    def __init__(self, entity: str, entity_id: str, *, sent: int, current: int) -> None:
+        super().__init__(
+            f"{entity} {entity_id!r} was changed meanwhile: its current revision is {current}, "
+            f"the request was based on revision {sent}; reload it and apply the change again"
+        )
+        self.current_revision = current
+
+
+class InvalidInput(ConfigApiError):
+    """Input that is well-formed but breaks a rule; ``loc`` names the field like FastAPI does."""
+
+    status_code = 422
+    outcome = "invalid"
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+class Unavailable(ConfigApiError):
+    """Try again shortly: the same request may well succeed."""
+
+    status_code = 503
+    outcome = "unavailable"
+    retry_after_s: ClassVar[int] = 2
+
+
+class WriterFenced(Unavailable):
+    """Kafka fenced this instance's producer: another config-api instance now writes."""
+
+    outcome = "fenced"
+    retry_after_s = 5
