@@ -71,7 +71,7 @@ def dovecot(pki: TestPki) -> Iterator[Dovecot]:
 
 @pytest.fixture
 def mailbox(dovecot: Dovecot) -> Mailbox:
-    box = Mailbox(user=f"agent-{uuid.uuid4().hex[:8]}@example.com", password="pa:ss wörd")
+    box = Mailbox(user=f"agent-{uuid.uuid4().hex[:8]}@example.com", password="pa:ss w0rd")
     dovecot.add_user(box.user, box.password)
     return box
 
@@ -176,21 +176,27 @@ def test_folders_can_be_created_and_delivered_to(
 def test_wrong_password_is_refused_over_imap(
     dovecot: Dovecot, mailbox: Mailbox, tls: ssl.SSLContext
 ) -> None:
-    with imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=tls) as imap:
-        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
-            imap.login(mailbox.user, "wrong")
+    with (
+        imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=tls) as imap,
+        pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"),
+    ):
+        imap.login(mailbox.user, "wrong")
 
 
 def test_password_change_applies_while_running(
     dovecot: Dovecot, mailbox: Mailbox, tls: ssl.SSLContext
 ) -> None:
     """add_user() on an existing user replaces the password at once (same length, same second)."""
-    dovecot.add_user(mailbox.user, "pa:ss w0rd")
     with imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=tls) as imap:
-        with pytest.raises(imaplib.IMAP4.error):
-            imap.login(mailbox.user, mailbox.password)
+        assert imap.login(mailbox.user, mailbox.password)[0] == "OK"
+    dovecot.add_user(mailbox.user, "pa:ss W0rd")
+    with (
+        imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=tls) as imap,
+        pytest.raises(imaplib.IMAP4.error),
+    ):
+        imap.login(mailbox.user, mailbox.password)
     with imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=tls) as imap:
-        assert imap.login(mailbox.user, "pa:ss w0rd")[0] == "OK"
+        assert imap.login(mailbox.user, "pa:ss W0rd")[0] == "OK"
 
 
 def test_certificate_from_another_ca_is_rejected(dovecot: Dovecot) -> None:
@@ -324,6 +330,8 @@ def test_open_smtp_server_needs_no_auth(pki: TestPki, tls: ssl.SSLContext) -> No
 def test_implicit_tls_smtp_server(pki: TestPki, tls: ssl.SSLContext) -> None:
     with SmtpServer(pki, credentials=("u", "p"), implicit_tls=True) as server:
         with smtplib.SMTP_SSL("localhost", server.port, context=tls, timeout=10) as client:
+            client.ehlo()
+            assert client.has_extn("auth")
             code, _ = client.mail("a@example.com")
             assert code == 530
             client.rset()

@@ -1,0 +1,54 @@
+"""The sender's own errors, as leaves of the shared taxonomy (:mod:`email_channels.errors`).
+
+::
+
+    PipelineError
+    ├── TransientError
+    │   └── SendDeferred            the server said "later" (SMTP 4xx, Graph 429/503); carries the reply
+    └── PermanentError
+        ├── MessageRejected         refused for what the message is: SMTP 5xx, a bad address,
+        │                           too large; carries the server reply when there is one
+        ├── ChannelUnavailable      unknown channel, disabled, no outbound settings, or an
+        │                           outbound kind this release cannot send through
+        └── ChannelMisconfigured    (shared) auth failed, certificate not trusted, STARTTLS missing
+
+Which delivery status each one becomes is decided in one place:
+:func:`sender.handlers.delivery_outcome`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from email_channels.errors import PermanentError, TransientError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReply:
+    """What a mail server answered: an SMTP code (None for non-SMTP transports) and its text."""
+
+    code: int | None
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}" if self.code is not None else self.text
+
+
+class SendDeferred(TransientError):
+    """The server asked us to try again later; the reply goes into the deferred event."""
+
+    def __init__(self, message: str, *, reply: ServerReply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class MessageRejected(PermanentError):
+    """This message will never be accepted as it is (the same bytes fail again)."""
+
+    def __init__(self, message: str, *, reply: ServerReply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class ChannelUnavailable(PermanentError):
+    """The channel named by the outbound email cannot send at all right now."""

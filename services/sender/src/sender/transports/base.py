@@ -1,0 +1,56 @@
+"""What every transport (SMTP now, Exchange Online / Graph next) looks like from the handler.
+
+A transport is built for one channel (:class:`~sender.transports.factory.TransportFactory`)
+and sends one composed message. It raises only errors of the shared taxonomy — each
+transport maps its library's exceptions in exactly one function — so the handler never sees
+``aiosmtplib`` (or ``msal``/``httpx``) types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+TransportName = Literal["smtp", "graph"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Who the message is sent as and to, independent of its headers.
+
+    Bcc recipients live only here: they are never written into the message headers.
+    """
+
+    mail_from: str
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The server accepted the message (for at least one recipient)."""
+
+    transport: TransportName
+    message_id: str
+    response: str = ""
+    """The server's final reply, e.g. "250 2.0.0 Ok: queued as 4F1A"."""
+    code: int | None = None
+    refused: dict[str, str] = field(default_factory=dict)
+    """Recipients the server refused while accepting the others: address -> reply."""
+
+
+class Transport(Protocol):
+    """Sends one composed message for one channel."""
+
+    @property
+    def name(self) -> TransportName: ...
+
+    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
+        """Hand the message over; raise TransientError / PermanentError subclasses otherwise.
+
+        Must not return before the server took responsibility for the message, and must not
+        raise after it did (a failure while saying goodbye is not a failed send).
+        """
+        ...
