@@ -218,7 +218,11 @@ class Dovecot:
         """Create (and subscribe) a folder; `/` separates levels. Existing folders are fine."""
         self._require_user(user)
         mailbox = [str(_find_binary("doveadm")), "-c", str(self.config_file), "mailbox"]
-        self._run([*mailbox, "create", "-s", "-u", user, name], what=f"creating {user}/{name}")
+        self._run(
+            [*mailbox, "create", "-s", "-u", user, name],
+            what=f"creating folder {user}/{name}",
+            tolerate="Mailbox already exists",
+        )
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -317,16 +321,17 @@ class Dovecot:
             f"{self._start_timeout:.0f}s ({last_error})\n{self.log_tail()}"
         )
 
-    def _run(self, argv: list[str], *, what: str, stdin: bytes | None = None) -> bytes:
+    def _run(
+        self, argv: list[str], *, what: str, stdin: bytes | None = None, tolerate: str = ""
+    ) -> None:
         result = subprocess.run(  # noqa: S603 - fixed argv, no shell
             argv, input=stdin, capture_output=True, timeout=60, check=False
         )
-        if result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace").strip()
+        if result.returncode != 0 and not (tolerate and tolerate in stderr):
             raise DovecotError(
-                f"{what} failed (exit {result.returncode}): "
-                f"{result.stderr.decode(errors='replace').strip()}\n{self.log_tail()}"
+                f"{what} failed (exit {result.returncode}): {stderr}\n{self.log_tail()}"
             )
-        return result.stdout
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of Dovecot's log and of the master's own output, for error messages."""
