@@ -1,0 +1,227 @@
+"""Pure: an outbound email and its channel become a MIME message and an SMTP envelope.
+
+No I/O here — attachment bytes are loaded beforehand (:mod:`sender.attachments`) — so the
+whole mapping is testable in microseconds and the same on every retry:
+
+- **From** is the outbound's ``from`` or else the channel's email address;
+- **To / Cc** become headers; **Bcc** goes only into the envelope, never into a header;
+- **Message-ID** is derived from the outbound id and the sender's domain, so a retry (or a
+  re-delivery after a crash) sends the *same* Message-ID and receivers can drop the copy;
+- **Date** is the outbound's ``created_at`` (when the campaign service wrote the mail);
+- **In-Reply-To / References** thread the reply; the parent is appended to References;
+- text and/or html bodies (``multipart/alternative`` when both), inline parts with a
+  Content-ID next to the html (``multipart/related``), other attachments after it.
+
+Header injection (CR/LF in a header field) is already refused by the event models'
+validators; what remains to check here — addresses the ``email`` package cannot write, a
+malformed message id — raises :class:`~sender.errors.MessageRejected`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import errors as email_errors
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import TYPE_CHECKING
+
+from sender.errors import MessageRejected
+from sender.transports.base import Envelope
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from email_channels.events import Address, ChannelConfig, OutboundAttachment, OutboundEmail
+
+_MSG_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
+_MIME_TYPE = re.compile(r"^([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ComposedEmail:
+    message: EmailMessage
+    envelope: Envelope
+    message_id: str
+
+
+def compose(
+    outbound: OutboundEmail,
+    channel: ChannelConfig,
+    attachments: Sequence[bytes] = (),
+) -> ComposedEmail:
+    """Build the message; ``attachments[i]`` holds the bytes of ``outbound.attachments[i]``."""
+    if len(attachments) != len(outbound.attachments):
+        raise ValueError(
+            f"{len(outbound.attachments)} attachments declared, {len(attachments)} loaded"
+        )
+    sender = _sender(outbound, channel)
+    message_id = make_message_id(outbound.outbound_id, sender.domain)
+
+    to = [_address(a, f"to[{i}]") for i, a in enumerate(outbound.to)]
+    cc = [_address(a, f"cc[{i}]") for i, a in enumerate(outbound.cc)]
+    bcc = [_address(a, f"bcc[{i}]") for i, a in enumerate(outbound.bcc)]
+    references = thread_references(outbound.references, outbound.in_reply_to)
+
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    if cc:
+        message["Cc"] = cc
+    message["Subject"] = outbound.subject
+    message["Date"] = format_datetime(_aware(outbound.created_at))
+    message["Message-ID"] = message_id
+    if outbound.in_reply_to:
+        message["In-Reply-To"] = _msg_id(outbound.in_reply_to, "in_reply_to")
+    if references:
+        message["References"] = " ".join(references)
+    _set_bodies(message, outbound)
+    _add_attachments(message, outbound, attachments)
+
+    envelope = Envelope(
+        mail_from=channel.email_address or sender.addr_spec,
+        recipients=_unique(a.addr_spec for a in [*to, *cc, *bcc]),
+    )
+    return ComposedEmail(message=message, envelope=envelope, message_id=message_id)
+
+
+def make_message_id(outbound_id: str, domain: str) -> str:
+    """``<32 hex digits@domain>``: the same outbound id always gives the same Message-ID.
+
+    The id is hashed rather than copied because outbound ids may hold characters
+    (``:``, ``@``) that are not allowed on the left of a Message-ID.
+    """
+    digest = hashlib.sha256(outbound_id.encode("utf-8")).hexdigest()[:32]
+    return f"<{digest}@{_ascii_domain(domain)}>"
+
+
+def thread_references(references: Iterable[str], in_reply_to: str | None) -> list[str]:
+    """References as given (normalised, duplicates dropped), with the parent appended."""
+    ids = [_msg_id(r, f"references[{i}]") for i, r in enumerate(references)]
+    if in_reply_to:
+        ids.append(_msg_id(in_reply_to, "in_reply_to"))
+    return list(_unique(ids))
+
+
+# --- headers -----------------------------------------------------------------------------------
+
+
+def _sender(outbound: OutboundEmail, channel: ChannelConfig) -> HeaderAddress:
+    if outbound.from_ is not None:
+        return _address(outbound.from_, "from")
+    if channel.email_address:
+        return _address_of(None, channel.email_address, "channel email_address")
+    raise MessageRejected(
+        f"no sender: the outbound email has no 'from' and channel {channel.id} has no email address"
+    )
+
+
+def _address(address: Address, field: str) -> HeaderAddress:
+    return _address_of(address.name, address.address, field)
+
+
+def _address_of(name: str | None, addr_spec: str, field: str) -> HeaderAddress:
+    try:
+        parsed = HeaderAddress(display_name=name or "", addr_spec=addr_spec.strip())
+    except (ValueError, IndexError, email_errors.MessageError) as exc:
+        raise MessageRejected(f"{field}: {addr_spec!r} is not a sendable address ({exc})") from exc
+    if not parsed.username or not parsed.domain:
+        raise MessageRejected(f"{field}: {addr_spec!r} is not an address of the form local@domain")
+    return parsed
+
+
+def _msg_id(value: str, field: str) -> str:
+    candidate = value.strip()
+    if not candidate.startswith("<"):
+        candidate = f"<{candidate}>"
+    if not _MSG_ID.match(candidate):
+        raise MessageRejected(f"{field}: {value!r} is not a message id (<left@right>)")
+    return candidate
+
+
+def _ascii_domain(domain: str) -> str:
+    domain = domain.strip().lower().rstrip(".")
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    """Order kept, duplicates (compared case-insensitively) dropped."""
+    seen: set[str] = set()
+    result: list[str] = []
+    for value in values:
+        if value.lower() not in seen:
+            seen.add(value.lower())
+            result.append(value)
+    return tuple(result)
+
+
+# --- body and attachments ----------------------------------------------------------------------
+
+
+def _set_bodies(message: EmailMessage, outbound: OutboundEmail) -> None:
+    text, html = outbound.text_body, outbound.html_body
+    if text is not None and html is not None:
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+    elif html is not None:
+        message.set_content(html, subtype="html")
+    else:
+        message.set_content(text or "")
+
+
+def _add_attachments(
+    message: EmailMessage, outbound: OutboundEmail, contents: Sequence[bytes]
+) -> None:
+    html_part = message.get_body(("html",)) if outbound.html_body is not None else None
+    pairs = list(zip(outbound.attachments, contents, strict=True))
+    # Inline parts referenced from the html first (multipart/related), then the rest.
+    for attachment, data in pairs:
+        if attachment.inline and attachment.content_id and isinstance(html_part, EmailMessage):
+            maintype, subtype = _mime_type(attachment)
+            html_part.add_related(
+                data,
+                maintype,
+                subtype,
+                cid=_content_id(attachment.content_id),
+                disposition="inline",
+                filename=attachment.filename,
+            )
+    for attachment, data in pairs:
+        if attachment.inline and attachment.content_id and isinstance(html_part, EmailMessage):
+            continue
+        maintype, subtype = _mime_type(attachment)
+        message.add_attachment(
+            data,
+            maintype,
+            subtype,
+            disposition="inline" if attachment.inline else "attachment",
+            filename=attachment.filename,
+            cid=_content_id(attachment.content_id) if attachment.content_id else None,
+        )
+
+
+def _mime_type(attachment: OutboundAttachment) -> tuple[str, str]:
+    """The declared type, or application/octet-stream when it is malformed or a container.
+
+    ``multipart/*`` and ``message/*`` cannot be attached as opaque bytes; they travel as
+    octet-stream under their file name, which mail clients open just the same.
+    """
+    match = _MIME_TYPE.match(attachment.content_type.strip().lower())
+    if match is None or match.group(1) in {"multipart", "message"}:
+        return "application", "octet-stream"
+    return match.group(1), match.group(2)
+
+
+def _content_id(value: str) -> str:
+    value = value.strip().strip("<>")
+    return f"<{value}>"
