@@ -24,6 +24,7 @@ from devstack.smtp import SmtpServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +163,8 @@ def test_folders_can_be_created_and_delivered_to(
 
     with imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=tls) as imap:
         imap.login(mailbox.user, mailbox.password)
-        _, listed = imap.list()
+        _, response = imap.list()
+        listed = [line for line in response if isinstance(line, bytes)]
         names = {line.decode().rsplit(' "/" ', 1)[1].strip('"') for line in listed}
         assert {"INBOX", "Orders/2025", "Junk", "R&APw-ckfragen"} <= names
         assert any(b"\\Junk" in line for line in listed)
@@ -210,6 +212,16 @@ def test_certificate_from_another_ca_is_rejected(dovecot: Dovecot) -> None:
 def test_deliver_to_unknown_user_fails(dovecot: Dovecot) -> None:
     with pytest.raises(DovecotError, match="add_user"):
         dovecot.deliver("nobody-here@example.com", make_message("lost"))
+
+
+def test_failed_start_reports_the_dovecot_log(pki: TestPki, tmp_path: Path) -> None:
+    """A Dovecot that cannot start says why, quoting its own log."""
+    broken = TestPki(pki.ca_cert, pki.server_cert, tmp_path / "missing.key")
+    server = Dovecot(pki=broken)
+    with pytest.raises(DovecotError, match=r"(?s)dovecot exited.*missing\.key"):
+        server.start()
+    assert not server.running
+    assert not server.workdir.exists()
 
 
 # -- POP3 -------------------------------------------------------------------------------------

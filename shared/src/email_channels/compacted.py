@@ -135,6 +135,27 @@ class CompactedView(Generic[M]):
                     f"{self.topic}[{partition}]@{offset} not read back within {timeout}s"
                 ) from exc
 
+    async def catch_up(self, *, timeout: float = 10.0) -> None:
+        """Return once the view holds everything written to the topic before this call.
+
+        For a reader that finds a key missing and must know whether it is missing or merely
+        not read yet (e.g. a record that refers to a channel created a moment ago).
+        """
+        consumer = self._consumer
+        if consumer is None:
+            raise TransientError(f"view of {self.topic} is not started")
+        tps = list(consumer.assignment())
+        ends = await consumer.end_offsets(tps) if tps else {}
+
+        def applied() -> bool:
+            return all(self._positions.get(tp.partition, 0) >= end for tp, end in ends.items())
+
+        async with self._advanced:
+            try:
+                await asyncio.wait_for(self._advanced.wait_for(applied), timeout)
+            except TimeoutError as exc:
+                raise TransientError(f"{self.topic} not caught up within {timeout}s") from exc
+
     # --- the reader ---
 
     def _check_caught_up(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -30,8 +30,10 @@ from email_channels.events import DeadLetter
 
 if TYPE_CHECKING:
     from email_channels.blobstore import BlobStore
-    from email_channels.producer import EventProducer
+    from email_channels.codec import Headers
+    from email_channels.events import Contract
     from email_channels.settings import KafkaSettings
+    from email_channels.topics import TopicNames
 
 log = structlog.get_logger(__name__)
 
@@ -73,12 +75,28 @@ def make_consumer(
     )
 
 
+class Publisher(Protocol):
+    """What :class:`DeadLetters` needs: an :class:`~email_channels.producer.EventProducer`, or
+    any adapter with the same two members (e.g. over a faust app's producer)."""
+
+    @property
+    def topics(self) -> TopicNames: ...
+
+    async def publish(
+        self,
+        topic: str,
+        key: str,
+        event: Contract | None,
+        *,
+        headers: Headers | None = None,
+        **header_values: str,
+    ) -> object: ...
+
+
 class DeadLetters:
     """Publishes poison records to ``email.dlq`` with their reason and origin."""
 
-    def __init__(
-        self, producer: EventProducer, *, stage: str, blobs: BlobStore | None = None
-    ) -> None:
+    def __init__(self, producer: Publisher, *, stage: str, blobs: BlobStore | None = None) -> None:
         self._producer = producer
         self._stage = stage
         self._blobs = blobs

@@ -62,6 +62,7 @@ class _Identity:
     mail_gid: int
     login_user: str
     internal_user: str
+    internal_group: str
 
 
 class Dovecot:
@@ -122,6 +123,8 @@ class Dovecot:
         started = time.monotonic()
         dovecot = ensure_dovecot_installed()
         self._prepare_workdir()
+        for user in self._users:  # added before Dovecot (and its system users) was installed
+            self._write_passwd(user)
         pki = self._ensure_pki()
         self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = _free_ports(4)
         self.config_file.write_text(self._render_config(pki))
@@ -153,19 +156,18 @@ class Dovecot:
         return self
 
     def stop(self) -> None:
-        """SIGTERM the master, wait, then kill the whole process group; remove an owned workdir."""
+        """SIGTERM Dovecot's processes, wait, then SIGKILL what is left; remove an owned workdir."""
         atexit.unregister(self.stop)
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if process is not None:
+            # The whole group, not just the master: alone it waits ~1 s for its children.
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                log.warning("dovecot.kill", pid=process.pid)
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # stragglers of the session
-            process.wait()
+                log.warning("dovecot.kill", pid=process.pid, log=self.log_tail(5))
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
             log.info("dovecot.stopped", workdir=str(self.workdir))
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -267,9 +269,10 @@ class Dovecot:
         tmp = target.with_name(f".{user}.tmp")
         tmp.write_text(line)
         tmp.chmod(0o600)
-        if os.geteuid() == 0:  # the auth process reads it as the internal user
+        with contextlib.suppress(KeyError):  # the user appears with the package; see start()
             internal = pwd.getpwnam(ident.internal_user)
-            os.chown(tmp, internal.pw_uid, internal.pw_gid)
+            if os.geteuid() == 0:  # the auth process reads it as the internal user
+                os.chown(tmp, internal.pw_uid, internal.pw_gid)
         now = time.time()
         stamp = max(int(now), int(previous) + 1)
         os.utime(tmp, (stamp, stamp))
@@ -288,6 +291,9 @@ class Dovecot:
             key=pki.server_key,
             login_user=ident.login_user,
             internal_user=ident.internal_user,
+            internal_group=ident.internal_group,
+            # Only root may chroot; rootless Dovecot runs its login processes without one.
+            chroot="# chroot: default" if os.geteuid() == 0 else "chroot =",
             uid=ident.mail_uid,
             gid=ident.mail_gid,
             host=self.host,
@@ -306,6 +312,8 @@ class Dovecot:
             if process is None or process.poll() is not None:
                 code = None if process is None else process.returncode
                 raise DovecotError(f"dovecot exited with {code} while starting\n{self.log_tail()}")
+            if " Fatal: " in self.log_file.read_text(errors="replace"):
+                raise DovecotError(f"dovecot failed to start\n{self.log_tail()}")
             try:
                 with socket.create_connection((self.host, self.imap_port), timeout=1) as sock:
                     greeting = sock.recv(512)
@@ -384,6 +392,13 @@ def _stop_system_dovecot() -> None:
     subprocess.run(system_dovecot, capture_output=True, check=False)  # noqa: S603
 
 
+def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    """Signal the master's process group; only while the master is unreaped, so it is ours."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+
+
 def _find_binary(name: str) -> Path:
     search = f"{os.environ.get('PATH', '')}:{_SBIN_PATH}"
     found = shutil.which(name, path=search)
@@ -406,9 +421,10 @@ def _identity() -> _Identity:
             gid = grp.getgrnam("nogroup").gr_gid
         except KeyError:
             gid = nobody.pw_gid
-        return _Identity(nobody.pw_uid, gid, login_user="dovenull", internal_user="dovecot")
+        return _Identity(nobody.pw_uid, gid, "dovenull", "dovecot", "dovecot")
     me = pwd.getpwuid(os.geteuid())
-    return _Identity(me.pw_uid, os.getegid(), login_user=me.pw_name, internal_user=me.pw_name)
+    group = grp.getgrgid(os.getegid()).gr_name
+    return _Identity(me.pw_uid, os.getegid(), me.pw_name, me.pw_name, group)
 
 
 def _make_workdir() -> Path:
@@ -437,6 +453,7 @@ shutdown_clients = yes
 
 default_login_user = {login_user}
 default_internal_user = {internal_user}
+default_internal_group = {internal_group}
 first_valid_uid = {uid}
 last_valid_uid = {uid}
 first_valid_gid = {gid}
@@ -497,6 +514,7 @@ protocol pop3 {{
 }}
 
 service imap-login {{
+  {chroot}
   inet_listener imap {{
     port = {imap}
   }}
@@ -506,6 +524,7 @@ service imap-login {{
   }}
 }}
 service pop3-login {{
+  {chroot}
   inet_listener pop3 {{
     port = {pop3}
   }}
@@ -516,6 +535,7 @@ service pop3-login {{
 }}
 # No anvil penalty socket: repeated failed logins from 127.0.0.1 are not slowed down.
 service anvil {{
+  {chroot}
   unix_listener anvil-auth-penalty {{
     mode = 0
   }}

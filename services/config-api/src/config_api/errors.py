@@ -18,7 +18,7 @@ Messages are shown to API clients and logged: they never contain a secret.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 
 class ConfigApiError(Exception):
@@ -54,16 +54,27 @@ class RevisionConflict(Conflict):
         self.current_revision = current
 
 
+class Problem(NamedTuple):
+    """One broken rule: where (a FastAPI ``loc``: ``("body", "inbound", "password")``) and why."""
+
+    loc: tuple[str | int, ...]
+    message: str
+
+    @property
+    def field(self) -> str:
+        """The dotted field name without the ``body`` / ``query`` / ``path`` part."""
+        return ".".join(str(part) for part in self.loc[1:]) or str(self.loc[0])
+
+
 class InvalidInput(ConfigApiError):
-    """Input that is well-formed but breaks a rule; ``loc`` names the field like FastAPI does."""
+    """Input that is well-formed but breaks one or more rules, each naming its field."""
 
     status_code = 422
     outcome = "invalid"
 
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
+    def __init__(self, *problems: Problem) -> None:
+        super().__init__("; ".join(f"{problem.field}: {problem.message}" for problem in problems))
+        self.problems = problems
 
 
 class Unavailable(ConfigApiError):

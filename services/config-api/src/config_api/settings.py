@@ -37,6 +37,13 @@ class ConfigApiSettings(BaseSettings):
     write_timeout_s: Annotated[float, Field(gt=0)] = Field(
         default=10.0, description="bound of reading a write back before answering it"
     )
+    ensure_topics: bool = Field(
+        default=False,
+        description=(
+            "create missing contract topics at start (handy locally; in production topics "
+            "are managed resources)"
+        ),
+    )
     access_log: bool = True
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -4,7 +4,8 @@
 
     PipelineError
     ├── TransientError
-    │   └── SendDeferred            the server said "later" (SMTP 4xx, Graph 429/503); carries the reply
+    │   └── SendDeferred            the server said "later" (SMTP 4xx, Graph 429/503),
+    │                               with its reply
     └── PermanentError
         ├── MessageRejected         refused for what the message is: SMTP 5xx, a bad address,
         │                           too large; carries the server reply when there is one

@@ -1,0 +1,274 @@
+"""HTTP routes (``/api/v1``), health probes, and the one place errors become responses."""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route signatures at runtime.
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from config_api import mapping
+from config_api.errors import ConfigApiError, InvalidInput, RevisionConflict, Unavailable
+from config_api.schemas import (
+    CampaignIn,
+    CampaignList,
+    CampaignOut,
+    ChannelIn,
+    ChannelList,
+    ChannelOut,
+    ChannelUpdate,
+    StatusFilter,
+)
+from config_api.search import ChannelQuery, select_channels
+from config_api.settings import ConfigApiSettings
+from config_api.store import ConfigStore
+from email_channels.events import ChannelConfig
+from email_channels.secretbox import SecretBox
+
+
+@dataclass
+class Runtime:
+    """What the running app holds; ``store`` is set once it has connected and caught up."""
+
+    settings: ConfigApiSettings
+    box: SecretBox
+    store: ConfigStore | None = None
+    start_problem: str | None = None
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_store(runtime: RuntimeDep) -> ConfigStore:
+    """The store, or 503 until it has read the config topics to their end."""
+    store = runtime.store
+    if store is None:
+        raise Unavailable(runtime.start_problem or "starting: still reading the config topics")
+    if not store.ready:
+        raise Unavailable(store.not_ready_reason or "not ready")
+    return store
+
+
+def get_box(runtime: RuntimeDep) -> SecretBox:
+    return runtime.box
+
+
+StoreDep = Annotated[ConfigStore, Depends(get_store)]
+BoxDep = Annotated[SecretBox, Depends(get_box)]
+ChannelId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")]
+CampaignId = ChannelId
+
+api = APIRouter(prefix="/api/v1")
+health = APIRouter(tags=["health"])
+
+
+# --- campaigns ----------------------------------------------------------------------------------
+
+
+@api.post(
+    "/campaigns",
+    status_code=HTTPStatus.CREATED,
+    tags=["campaigns"],
+    responses={409: {"description": "a campaign with this id exists"}},
+)
+async def create_campaign(
+    body: CampaignIn, store: StoreDep, request: Request, response: Response
+) -> CampaignOut:
+    campaign = mapping.campaign_event(body.name, campaign_id=body.id or mapping.new_id())
+    saved = await store.create_campaign(campaign)
+    response.headers["Location"] = str(request.url_for("get_campaign", campaign_id=saved.id))
+    return mapping.campaign_out(saved)
+
+
+@api.get("/campaigns", tags=["campaigns"])
+async def list_campaigns(store: StoreDep) -> CampaignList:
+    campaigns = sorted(store.campaigns.values(), key=lambda c: (c.name.casefold(), c.id))
+    return CampaignList(items=[mapping.campaign_out(c) for c in campaigns], total=len(campaigns))
+
+
+@api.get("/campaigns/{campaign_id}", tags=["campaigns"])
+async def get_campaign(campaign_id: CampaignId, store: StoreDep) -> CampaignOut:
+    return mapping.campaign_out(store.campaign(campaign_id))
+
+
+# --- channels -----------------------------------------------------------------------------------
+
+
+def _channel_out(store: ConfigStore, channel: ChannelConfig) -> ChannelOut:
+    campaign_id = channel.default_campaign_id
+    return mapping.channel_out(
+        channel,
+        campaign=store.campaigns.get(campaign_id) if campaign_id else None,
+        filters=store.filters.get(channel.id),
+        status=store.statuses.get(channel.id),
+    )
+
+
+@api.post(
+    "/channels",
+    status_code=HTTPStatus.CREATED,
+    tags=["channels"],
+    responses={422: {"description": "invalid input; each error names its field"}},
+)
+async def create_channel(
+    body: ChannelIn, store: StoreDep, box: BoxDep, request: Request, response: Response
+) -> ChannelOut:
+    config = mapping.channel_config(body, channel_id=mapping.new_id(), box=box)
+    saved = await store.create_channel(config)
+    response.headers["Location"] = str(request.url_for("get_channel", channel_id=saved.id))
+    return _channel_out(store, saved)
+
+
+@api.get("/channels", tags=["channels"])
+async def list_channels(
+    store: StoreDep,
+    *,
+    q: Annotated[str | None, Query(max_length=200, description="part of the name")] = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    email_address: Annotated[str | None, Query(max_length=320)] = None,
+    default_campaign_id: Annotated[
+        str | None, Query(max_length=200, description="only channels using it as default")
+    ] = None,
+    status: StatusFilter = "all",
+) -> ChannelList:
+    query = ChannelQuery(
+        q=q,
+        name=name,
+        email_address=email_address,
+        default_campaign_id=default_campaign_id,
+        status=status,
+    )
+    channels = select_channels(store.channels.values(), query, store.statuses.get)
+    return ChannelList(items=[_channel_out(store, c) for c in channels], total=len(channels))
+
+
+@api.get("/channels/{channel_id}", tags=["channels"])
+async def get_channel(channel_id: ChannelId, store: StoreDep) -> ChannelOut:
+    return _channel_out(store, store.channel(channel_id))
+
+
+@api.put(
+    "/channels/{channel_id}",
+    tags=["channels"],
+    responses={409: {"description": "stale revision; the body names the current one"}},
+)
+async def update_channel(
+    channel_id: ChannelId, body: ChannelUpdate, store: StoreDep, box: BoxDep
+) -> ChannelOut:
+    def change(current: ChannelConfig) -> ChannelConfig:
+        return mapping.channel_config(body, channel_id=channel_id, box=box, current=current)
+
+    saved = await store.update_channel(channel_id, revision=body.revision, change=change)
+    return _channel_out(store, saved)
+
+
+@api.delete(
+    "/channels/{channel_id}",
+    status_code=HTTPStatus.NO_CONTENT,
+    tags=["channels"],
+    responses={409: {"description": "stale revision (when one was given)"}},
+)
+async def delete_channel(
+    channel_id: ChannelId,
+    store: StoreDep,
+    revision: Annotated[
+        int | None, Query(ge=1, description="refuse with 409 unless this is still current")
+    ] = None,
+) -> None:
+    """Delete permanently: tombstones on email.channels and email.filters."""
+    await store.delete_channel(channel_id, revision=revision)
+
+
+# --- health -------------------------------------------------------------------------------------
+
+
+@health.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@health.get("/readyz", responses={503: {"description": "not caught up with Kafka yet"}})
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Ready once the config topics have been read to their end (readiness)."""
+    store = runtime.store
+    if store is None or not store.ready:
+        reason = (
+            store.not_ready_reason
+            if store is not None
+            else runtime.start_problem or "starting: connecting to Kafka"
+        )
+        return JSONResponse(
+            {"status": "not ready", "reason": reason}, status_code=503, headers={"Retry-After": "2"}
+        )
+    return JSONResponse(
+        {"status": "ready", "channels": len(store.channels), "campaigns": len(store.campaigns)}
+    )
+
+
+@health.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error to its response, in this one place. Bodies never echo input values."""
+
+    async def on_config_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ConfigApiError)
+        headers: dict[str, str] = {}
+        body: dict[str, Any]
+        if isinstance(exc, InvalidInput):
+            body = {
+                "detail": [
+                    {
+                        "type": "value_error",
+                        "loc": list(p.loc),
+                        "field": p.field,
+                        "msg": p.message,
+                    }
+                    for p in exc.problems
+                ]
+            }
+        elif isinstance(exc, RevisionConflict):
+            body = {"detail": str(exc), "current_revision": exc.current_revision}
+        else:
+            body = {"detail": str(exc)}
+        if isinstance(exc, Unavailable):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    async def on_request_invalid(_request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's default echoes the offending input, and for a missing field the whole
+        # parent object — a password included. Keep only where and why.
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(
+            {"detail": [_safe_error(error) for error in exc.errors()]},
+            status_code=HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+
+    app.add_exception_handler(ConfigApiError, on_config_error)
+    app.add_exception_handler(RequestValidationError, on_request_invalid)
+
+
+def _safe_error(error: Any) -> dict[str, Any]:
+    loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
+    msg = str(error.get("msg", "invalid"))
+    return {
+        "type": str(error.get("type", "value_error")),
+        "loc": loc,
+        "field": ".".join(str(part) for part in loc[1:]) or (str(loc[0]) if loc else ""),
+        "msg": msg.removeprefix("Value error, "),
+    }

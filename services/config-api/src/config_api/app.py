@@ -1,0 +1,122 @@
+"""Wiring only: settings -> secret box -> store (Kafka) -> FastAPI app with its lifespan.
+
+The HTTP server answers ``/healthz`` at once; connecting to Kafka and reading the config
+topics happens in the background (retried with backoff while Kafka is unreachable), and the
+API and ``/readyz`` answer 503 until that is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI
+
+from config_api import admin_page
+from config_api.api import Runtime, api, health, install_error_handlers
+from config_api.metrics import HttpMetricsMiddleware
+from config_api.store import ConfigStore
+from email_channels.admin import ensure_topics
+from email_channels.errors import PipelineError
+from email_channels.secretbox import SECRET_KEYS_ENV, SecretBox
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from config_api.settings import ConfigApiSettings
+    from email_channels.settings import CommonSettings
+
+log = structlog.get_logger(__name__)
+
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 30.0
+
+
+class StartupError(Exception):
+    """The service cannot run with this configuration; the message says what to fix."""
+
+
+def secret_box(common: CommonSettings) -> SecretBox:
+    """The keyring secrets are encrypted with; refuses to run without one."""
+    if common.secret_keys is None or not common.secret_keys.get_secret_value().strip():
+        raise StartupError(
+            f"{SECRET_KEYS_ENV} is not set: config-api encrypts every password before it "
+            f"reaches Kafka and needs a key. Generate one with\n  {SECRET_KEYS_ENV}=k1:$(python "
+            '-c "from email_channels.secretbox import SecretBox; print(SecretBox.generate_key())")'
+            "\nand give every service the same value."
+        )
+    try:
+        return SecretBox.from_env(common.secret_keys.get_secret_value())
+    except ValueError as exc:
+        raise StartupError(f"{SECRET_KEYS_ENV} is invalid: {exc}") from None
+
+
+def create_app(settings: ConfigApiSettings) -> FastAPI:
+    """The config API; raises :class:`StartupError` when the configuration cannot work."""
+    runtime = Runtime(settings=settings, box=secret_box(settings.common))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        starting = asyncio.create_task(_connect(runtime), name="config-api-connect")
+        try:
+            yield
+        finally:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            if runtime.store is not None:
+                await runtime.store.stop()
+                runtime.store = None
+            log.info("config-api stopped")
+
+    app = FastAPI(
+        title="Email Channels config API",
+        summary="Channels, campaigns and their settings; the state lives in Kafka.",
+        version="1",
+        root_path=settings.root_path,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware)
+    app.include_router(api)
+    app.include_router(health)
+    admin_page.install(app)
+    return app
+
+
+async def _connect(runtime: Runtime) -> None:
+    """Connect and catch up, retrying with capped backoff until it works or the app stops."""
+    settings = runtime.settings
+    delay = FIRST_RETRY_S
+    while True:
+        store = ConfigStore(
+            settings.kafka,
+            transactional_id=settings.transactional_id,
+            write_timeout_s=settings.write_timeout_s,
+        )
+        try:
+            if settings.ensure_topics:
+                await ensure_topics(settings.kafka, client_id="config-api-admin")
+            await store.start(timeout=settings.startup_timeout_s)
+        except Exception as exc:
+            # Kafka unreachable, topics missing, ...: stay up, unready, and say why.
+            runtime.start_problem = f"cannot read the config from Kafka yet: {exc}"
+            expected = isinstance(exc, (PipelineError, KafkaError, OSError))
+            (log.warning if expected else log.exception)(
+                "kafka not ready, retrying",
+                error=str(exc),
+                error_kind=type(exc).__name__,
+                retry_in_s=delay,
+                bootstrap_servers=settings.kafka.bootstrap_servers,
+            )
+            await asyncio.sleep(delay)
+            delay = min(MAX_RETRY_S, delay * 2)
+            continue
+        runtime.store = store
+        runtime.start_problem = None
+        log.info("config-api ready", topic_prefix=settings.kafka.topic_prefix)
+        return

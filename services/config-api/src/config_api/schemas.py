@@ -1,0 +1,276 @@
+"""The HTTP API's request and response bodies — distinct from the Kafka event models.
+
+Requests take secrets in plain text (``SecretStr``, write-only); responses never carry a
+secret, only whether one is set (``password_set``). Text a human typed is trimmed (names,
+hosts, user names, folders); a secret is never trimmed — a stray space is refused with an error
+naming the field, because a silently altered password fails much later and far away.
+
+Request models forbid unknown fields, so a typo (``pasword``) is a 422 naming it instead of a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+)
+
+from email_channels.events import AfterFetch, ChannelState, EmailAddress, Id, TlsMode
+
+# --- field types --------------------------------------------------------------------------------
+
+
+def _blank_to_none(value: Any) -> Any:
+    """An empty or all-blank optional text field (as HTML forms send it) means "not set"."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _single_line(value: str) -> str:
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError("must not contain control characters (line breaks, tabs, NUL)")
+    return value
+
+
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+
+
+def _host(value: str) -> str:
+    """A DNS name or an IP literal; not resolved here (the host policy applies at connect time)."""
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        if not _HOST_NAME.match(value):
+            raise ValueError(
+                "not a host name or IP address (expected e.g. imap.example.com, without "
+                "scheme, port or path)"
+            ) from None
+        return value.lower()
+    return value.strip("[]")
+
+
+def _clean_secret(value: SecretStr) -> SecretStr:
+    """Refuse, never trim: the error names the field and never shows the value."""
+    plain = value.get_secret_value()
+    if plain != plain.strip():
+        raise ValueError(
+            "must not start or end with a space or line break (a stray space from copy and "
+            "paste?); enter it without them"
+        )
+    if any(char in plain for char in "\r\n\0"):
+        raise ValueError("must not contain line breaks or NUL characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_single_line),
+]
+HostName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=253),
+    AfterValidator(_host),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+UserName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=320),
+    AfterValidator(_single_line),
+]
+Password = Annotated[
+    SecretStr,
+    Field(min_length=1, max_length=1024),
+    AfterValidator(_clean_secret),
+]
+FolderName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+    AfterValidator(_single_line),
+]
+OptionalEmail = Annotated[EmailAddress | None, BeforeValidator(_blank_to_none)]
+OptionalId = Annotated[Id | None, BeforeValidator(_blank_to_none)]
+OptionalUserName = Annotated[UserName | None, BeforeValidator(_blank_to_none)]
+OptionalFolder = Annotated[FolderName | None, BeforeValidator(_blank_to_none)]
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: unknown fields refused, input never echoed in errors."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# --- campaigns ----------------------------------------------------------------------------------
+
+
+class CampaignIn(RequestModel):
+    name: Name
+    id: OptionalId = Field(
+        default=None,
+        description=(
+            "optional stable id (campaign services filter email.routed by it); generated "
+            "when omitted"
+        ),
+    )
+
+
+class CampaignOut(ResponseModel):
+    id: str
+    name: str
+    updated_at: datetime
+
+
+class CampaignList(ResponseModel):
+    items: list[CampaignOut]
+    total: int
+
+
+# --- channels: requests -------------------------------------------------------------------------
+
+
+class ImapInboundIn(RequestModel):
+    """Read the mailbox over IMAP."""
+
+    kind: Literal["imap"] = "imap"
+    host: HostName
+    port: Port | None = Field(default=None, description="default: 993 with ssl, else 143")
+    tls: TlsMode = TlsMode.SSL
+    verify_tls: bool = Field(
+        default=True, description="verify the server certificate; turn off only knowingly"
+    )
+    username: UserName
+    password: Password | None = Field(
+        default=None, description="write-only; omit it on update to keep the stored one"
+    )
+    folders: Annotated[list[FolderName], Field(max_length=100)] = Field(
+        default_factory=lambda: ["INBOX"]
+    )
+    sync_all_folders: bool = Field(
+        default=False, description="take mail from every receiving folder, not only `folders`"
+    )
+    after_fetch: AfterFetch = Field(
+        default=AfterFetch.MARK_SEEN,
+        description="what happens on the server once Kafka has the message",
+    )
+    move_to_folder: OptionalFolder = Field(
+        default=None, description="target folder when after_fetch is `move`"
+    )
+
+
+class SmtpOutboundIn(RequestModel):
+    """Send over SMTP."""
+
+    kind: Literal["smtp"] = "smtp"
+    host: HostName
+    port: Port | None = Field(
+        default=None, description="default: 465 with ssl, 587 with starttls, 25 plain"
+    )
+    tls: TlsMode = TlsMode.STARTTLS
+    verify_tls: bool = True
+    username: OptionalUserName = Field(default=None, description="omit for no authentication")
+    password: Password | None = Field(
+        default=None, description="write-only; omit it on update to keep the stored one"
+    )
+
+
+class ChannelIn(RequestModel):
+    """Body of ``POST /channels``."""
+
+    name: Name
+    email_address: OptionalEmail = None
+    default_campaign_id: OptionalId = None
+    enabled: bool = Field(default=False, description="needs a default campaign")
+    sync_recipient_only: bool = Field(
+        default=False,
+        description="take only mail addressed to email_address (To, Cc, Bcc/Delivered-To)",
+    )
+    inbound: ImapInboundIn | None = None
+    outbound: SmtpOutboundIn | None = None
+
+
+class ChannelUpdate(ChannelIn):
+    """Body of ``PUT /channels/{id}``: the whole channel, plus the revision it was based on."""
+
+    revision: int = Field(
+        ge=1, description="the revision the client read; a stale one is refused with 409"
+    )
+
+
+# --- channels: responses ------------------------------------------------------------------------
+
+
+class ImapInboundOut(ResponseModel):
+    kind: Literal["imap"] = "imap"
+    host: str
+    port: int
+    tls: TlsMode
+    verify_tls: bool
+    username: str
+    password_set: bool
+    folders: list[str]
+    sync_all_folders: bool
+    after_fetch: AfterFetch
+    move_to_folder: str | None
+
+
+class SmtpOutboundOut(ResponseModel):
+    kind: Literal["smtp"] = "smtp"
+    host: str
+    port: int
+    tls: TlsMode
+    verify_tls: bool
+    username: str | None
+    password_set: bool
+
+
+class StatusOut(ResponseModel):
+    """Active: validated and working. Inactive: never validated, or failing now (why, since)."""
+
+    state: ChannelState
+    reason: str | None = None
+    step: str | None = None
+    direction: Literal["inbound", "outbound"] | None = None
+    at: datetime | None = None
+    last_success_at: datetime | None = None
+
+
+class ChannelOut(ResponseModel):
+    id: str
+    name: str
+    email_address: str | None
+    default_campaign_id: str | None
+    default_campaign_name: str | None
+    enabled: bool
+    sync_recipient_only: bool
+    inbound: ImapInboundOut | None
+    outbound: SmtpOutboundOut | None
+    filter_count: int
+    status: StatusOut
+    revision: int
+    updated_at: datetime
+
+
+class ChannelList(ResponseModel):
+    items: list[ChannelOut]
+    total: int
+
+
+StatusFilter = Literal["all", "active", "inactive"]

@@ -1,0 +1,294 @@
+"""The config state: in-memory views of the compacted topics, and the writes to them.
+
+Kafka is the database. At start the views read the config topics from the beginning, and the
+API serves only once they have caught up, so a restarted config-api sees exactly what was
+there before. Every write
+
+1. runs under one lock and checks the channel's ``revision`` (optimistic concurrency: a stale
+   revision is a 409 naming the current one — no lost update between clients of this
+   instance);
+2. is published in a Kafka transaction with a fixed transactional id: an instance starting with
+   the same id fences the previous one, so there is one writer at a time and a fenced instance
+   can never overwrite a newer one's work (it answers 503 and reports itself not ready);
+3. returns only after the view has read the record back (read-your-writes).
+
+Kafka errors are translated into :mod:`config_api.errors` here, in :meth:`ConfigStore._publish`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from config_api.errors import (
+    AlreadyExists,
+    ConfigApiError,
+    InvalidInput,
+    NotFound,
+    RevisionConflict,
+    Unavailable,
+    WriterFenced,
+)
+from config_api.metrics import WRITE_SECONDS, WRITES
+from config_api.rules import channel_problems
+from email_channels.compacted import CompactedView
+from email_channels.errors import PipelineError, TransientError
+from email_channels.events import Campaign, ChannelConfig, ChannelFilters, ChannelStatus
+from email_channels.producer import EventProducer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    from email_channels.events import Contract
+    from email_channels.settings import KafkaSettings
+
+log = structlog.get_logger(__name__)
+
+_CLIENT_OUTCOMES = frozenset({"ok", "invalid", "conflict", "not_found"})
+
+Write = tuple[CompactedView[Any], str, "Contract | None"]
+"""One record of a write: the view of its topic, the key, the value (None = tombstone)."""
+
+
+class ConfigStore:
+    """Views of email.channels, email.filters, email.campaigns, email.channel-status + writes."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        transactional_id: str,
+        client_id: str = "config-api",
+        write_timeout_s: float = 10.0,
+    ) -> None:
+        topics = kafka.topics
+        self.channels = CompactedView(
+            kafka, topics.channels, ChannelConfig, client_id=f"{client_id}-channels"
+        )
+        self.filters = CompactedView(
+            kafka, topics.filters, ChannelFilters, client_id=f"{client_id}-filters"
+        )
+        self.campaigns = CompactedView(
+            kafka, topics.campaigns, Campaign, client_id=f"{client_id}-campaigns"
+        )
+        self.statuses = CompactedView(
+            kafka, topics.channel_status, ChannelStatus, client_id=f"{client_id}-status"
+        )
+        self._views: tuple[CompactedView[Any], ...] = (
+            self.channels,
+            self.filters,
+            self.campaigns,
+            self.statuses,
+        )
+        self._producer = EventProducer(
+            kafka, client_id=client_id, transactional_id=transactional_id
+        )
+        self._write_timeout_s = write_timeout_s
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._fenced = False
+
+    # --- lifecycle ---
+
+    async def start(self, *, timeout: float = 60.0) -> None:
+        """Connect, fence older writers, and read every view up to the end of its topic.
+
+        The producer goes first: registering the transactional id aborts any transaction a
+        previous instance left open, so the views then catch up to a settled log.
+        """
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._producer.start()
+            except TimeoutError as exc:
+                msg = f"the Kafka producer did not initialise within {timeout}s"
+                raise TransientError(msg) from exc
+            await self._start_views(timeout)
+        except BaseException:
+            await self.stop()
+            raise
+        self._started = True
+        log.info(
+            "config read from kafka",
+            channels=len(self.channels),
+            campaigns=len(self.campaigns),
+            filters=len(self.filters),
+            statuses=len(self.statuses),
+        )
+
+    async def _start_views(self, timeout: float) -> None:
+        # gather, not a TaskGroup: every view's start ends by itself (bounded by ``timeout``),
+        # so none is cancelled half-way through opening its consumer.
+        results = await asyncio.gather(
+            *(view.start(timeout=timeout) for view in self._views), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def stop(self) -> None:
+        self._started = False
+        for view in self._views:
+            with contextlib.suppress(Exception):
+                await view.stop()
+        with contextlib.suppress(Exception):
+            await self._producer.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.not_ready_reason is None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        if self._fenced:
+            return "fenced: a newer config-api instance writes the config now"
+        if not self._started or not all(view.caught_up for view in self._views):
+            return "starting: still reading the config topics"
+        return None
+
+    # --- reads ---
+
+    def channel(self, channel_id: str) -> ChannelConfig:
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            raise NotFound(f"channel {channel_id!r} does not exist")
+        return channel
+
+    def campaign(self, campaign_id: str) -> Campaign:
+        campaign = self.campaigns.get(campaign_id)
+        if campaign is None:
+            raise NotFound(f"campaign {campaign_id!r} does not exist")
+        return campaign
+
+    # --- writes ---
+
+    async def create_campaign(self, campaign: Campaign) -> Campaign:
+        async with self._write("campaign", "create", campaign_id=campaign.id):
+            if campaign.id in self.campaigns:
+                raise AlreadyExists(f"campaign {campaign.id!r} already exists")
+            await self._publish([(self.campaigns, campaign.id, campaign)])
+            return self.campaign(campaign.id)
+
+    async def create_channel(self, channel: ChannelConfig) -> ChannelConfig:
+        async with self._write("channel", "create", channel_id=channel.id) as line:
+            if channel.id in self.channels:
+                raise AlreadyExists(f"channel {channel.id!r} already exists")
+            self._check(channel)
+            await self._publish([(self.channels, channel.id, channel)])
+            saved = self.channel(channel.id)
+            line.update(revision=saved.revision, enabled=saved.enabled)
+            return saved
+
+    async def update_channel(
+        self,
+        channel_id: str,
+        *,
+        revision: int,
+        change: Callable[[ChannelConfig], ChannelConfig],
+    ) -> ChannelConfig:
+        """Replace the channel by ``change(current)`` if ``revision`` is still the current one."""
+        async with self._write("channel", "update", channel_id=channel_id) as line:
+            current = self.channel(channel_id)
+            if current.revision != revision:
+                raise RevisionConflict(
+                    "channel", channel_id, sent=revision, current=current.revision
+                )
+            channel = change(current)
+            if channel.id != channel_id or channel.revision != current.revision + 1:
+                msg = "a channel update must keep the id and increase the revision by one"
+                raise AssertionError(msg)
+            self._check(channel)
+            await self._publish([(self.channels, channel_id, channel)])
+            saved = self.channel(channel_id)
+            line.update(revision=saved.revision, enabled=saved.enabled)
+            return saved
+
+    async def delete_channel(self, channel_id: str, *, revision: int | None = None) -> None:
+        """Tombstone the channel and its filters, atomically (one transaction)."""
+        async with self._write("channel", "delete", channel_id=channel_id) as line:
+            current = self.channel(channel_id)
+            if revision is not None and current.revision != revision:
+                raise RevisionConflict(
+                    "channel", channel_id, sent=revision, current=current.revision
+                )
+            await self._publish(
+                [(self.channels, channel_id, None), (self.filters, channel_id, None)]
+            )
+            line.update(revision=current.revision)
+
+    # --- internals ---
+
+    def _check(self, channel: ChannelConfig) -> None:
+        problems = channel_problems(channel, campaign_exists=self.campaigns.__contains__)
+        if problems:
+            raise InvalidInput(*problems)
+
+    @contextlib.asynccontextmanager
+    async def _write(
+        self, entity: str, operation: str, **ids: str
+    ) -> AsyncIterator[dict[str, object]]:
+        """Serialise writes; log one canonical line and count the outcome."""
+        line: dict[str, object] = {}
+        outcome = "error"
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(**ids):
+            try:
+                async with self._lock:
+                    yield line
+                outcome = "ok"
+            except ConfigApiError as exc:
+                outcome = exc.outcome
+                line["error"] = str(exc)
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                WRITES.labels(entity, operation, outcome).inc()
+                WRITE_SECONDS.labels(entity, operation).observe(elapsed)
+                # A client's mistake is routine (info); a system fault needs a look (error).
+                emit = log.info if outcome in _CLIENT_OUTCOMES else log.error
+                emit(
+                    f"{entity} {operation}",
+                    outcome=outcome,
+                    duration_ms=round(elapsed * 1000, 1),
+                    **line,
+                )
+
+    async def _publish(self, writes: Sequence[Write]) -> None:
+        """Publish in one transaction, then wait until every view has read its record back."""
+        if self._fenced:
+            raise WriterFenced(self.not_ready_reason or "fenced")
+        try:
+            async with self._producer.raw.transaction():
+                acks = [
+                    (view, await self._producer.publish(view.topic, key, value))
+                    for view, key, value in writes
+                ]
+        except (KafkaError, PipelineError) as exc:
+            raise self._translate(exc) from exc
+        for view, ack in acks:
+            try:
+                await view.wait_for(ack.partition, ack.offset, timeout=self._write_timeout_s)
+            except TransientError as exc:
+                raise Unavailable(
+                    f"saved, but not read back within {self._write_timeout_s}s; reload before "
+                    "changing it again"
+                ) from exc
+
+    def _translate(self, exc: BaseException) -> ConfigApiError:
+        """The one place Kafka's errors become API errors."""
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ProducerFenced):
+                self._fenced = True
+                log.error("producer fenced: another config-api instance took over the writes")
+                return WriterFenced(
+                    "another config-api instance took over writing the config; "
+                    "nothing was saved, send the request again"
+                )
+            cause = cause.__cause__
+        return Unavailable(f"Kafka did not take the write, nothing was saved: {exc}")

@@ -1,0 +1,277 @@
+"""API bodies -> Kafka events -> API responses: secrets encrypted, kept, and never shown."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from config_api import mapping
+from config_api.errors import InvalidInput
+from config_api.schemas import ChannelIn, ChannelUpdate, ImapInboundIn, SmtpOutboundIn
+from email_channels.events import AfterFetch, ChannelConfig, ImapInbound, SmtpOutbound, TlsMode
+from email_channels.secretbox import SecretBox
+
+IMAP_PASSWORD = "imap-Pa55 word"
+SMTP_PASSWORD = "smtp-Pa55"
+
+
+@pytest.fixture(scope="module")
+def box() -> SecretBox:
+    return SecretBox.from_env(f"k1:{SecretBox.generate_key()}")
+
+
+def channel_body(**changes: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "name": "  Support  ",
+        "email_address": " support@example.com ",
+        "default_campaign_id": "sales",
+        "enabled": True,
+        "inbound": {
+            "host": " IMAP.Example.com ",
+            "tls": "ssl",
+            "username": " support@example.com ",
+            "password": IMAP_PASSWORD,
+            "folders": ["INBOX", " Support "],
+        },
+        "outbound": {
+            "host": "smtp.example.com",
+            "tls": "starttls",
+            "username": "support",
+            "password": SMTP_PASSWORD,
+        },
+    }
+    body.update(changes)
+    return body
+
+
+def test_create_encrypts_passwords_and_trims_typed_text(box: SecretBox) -> None:
+    """Passwords reach the event encrypted (and decrypt back); names and hosts are trimmed."""
+    config = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
+    )
+
+    assert isinstance(config.inbound, ImapInbound)
+    assert isinstance(config.outbound, SmtpOutbound)
+    assert config.name == "Support"
+    assert config.email_address == "support@example.com"
+    assert config.inbound.host == "imap.example.com"
+    assert config.inbound.username == "support@example.com"
+    assert config.inbound.folders == ["INBOX", "Support"]
+    assert config.revision == 1
+    event_json = config.model_dump_json()
+    assert IMAP_PASSWORD not in event_json
+    assert SMTP_PASSWORD not in event_json
+    assert box.decrypt(config.inbound.password) == IMAP_PASSWORD
+    assert config.outbound.password is not None
+    assert box.decrypt(config.outbound.password) == SMTP_PASSWORD
+
+
+def test_default_ports_follow_the_tls_mode(box: SecretBox) -> None:
+    """Without a port: IMAP 993 (ssl) / 143; SMTP 465 (ssl) / 587 (starttls) / 25 (plain)."""
+    cases = [
+        ("ssl", "ssl", 993, 465),
+        ("starttls", "starttls", 143, 587),
+        ("plain", "plain", 143, 25),
+    ]
+    for imap_tls, smtp_tls, imap_port, smtp_port in cases:
+        body = channel_body()
+        body["inbound"] = {**body["inbound"], "tls": imap_tls}  # type: ignore[dict-item]
+        body["outbound"] = {**body["outbound"], "tls": smtp_tls}  # type: ignore[dict-item]
+        config = mapping.channel_config(ChannelIn.model_validate(body), channel_id="c", box=box)
+        assert config.inbound is not None
+        assert config.outbound is not None
+        assert (config.inbound.port, config.outbound.port) == (imap_port, smtp_port)  # type: ignore[union-attr]
+
+
+def test_update_without_password_keeps_the_stored_one(box: SecretBox) -> None:
+    """An omitted password keeps the stored ciphertext; a new one replaces it."""
+    current = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
+    )
+    body = channel_body(revision=1, name="Support EU")
+    del body["inbound"]["password"]  # type: ignore[attr-defined]
+    del body["outbound"]["password"]  # type: ignore[attr-defined]
+
+    updated = mapping.channel_config(
+        ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
+    )
+
+    assert updated.revision == 2
+    assert updated.name == "Support EU"
+    assert updated.inbound is not None
+    assert updated.outbound is not None
+    assert updated.inbound.password == current.inbound.password  # type: ignore[union-attr]
+    assert updated.outbound.password == current.outbound.password  # type: ignore[union-attr]
+
+    body["inbound"]["password"] = "new-one"  # type: ignore[index]
+    replaced = mapping.channel_config(
+        ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=updated
+    )
+    assert replaced.inbound is not None
+    assert box.decrypt(replaced.inbound.password) == "new-one"  # type: ignore[union-attr]
+
+
+def test_kept_password_moves_to_the_active_key() -> None:
+    """After a key rotation, re-saving a channel re-encrypts the stored secret with the new key."""
+    old_key, new_key = SecretBox.generate_key(), SecretBox.generate_key()
+    old_box = SecretBox.from_env(f"old:{old_key}")
+    rotated_box = SecretBox.from_env(f"new:{new_key},old:{old_key}")
+    current = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=old_box
+    )
+    body = channel_body(revision=1)
+    del body["inbound"]["password"]  # type: ignore[attr-defined]
+
+    updated = mapping.channel_config(
+        ChannelUpdate.model_validate(body), channel_id="c1", box=rotated_box, current=current
+    )
+
+    assert updated.inbound is not None
+    assert updated.inbound.password.kid == "new"  # type: ignore[union-attr]
+    assert rotated_box.decrypt(updated.inbound.password) == IMAP_PASSWORD  # type: ignore[union-attr]
+
+
+def test_new_imap_settings_need_a_password(box: SecretBox) -> None:
+    """Creating IMAP settings without a password names inbound.password."""
+    body = channel_body()
+    del body["inbound"]["password"]  # type: ignore[attr-defined]
+
+    with pytest.raises(InvalidInput) as caught:
+        mapping.channel_config(ChannelIn.model_validate(body), channel_id="c1", box=box)
+
+    assert [p.loc for p in caught.value.problems] == [("body", "inbound", "password")]
+
+
+def test_undecryptable_stored_password_asks_for_it_again(box: SecretBox) -> None:
+    """A stored secret whose key left the keyring cannot be kept: the error says to resend it."""
+    other = SecretBox.from_env(f"gone:{SecretBox.generate_key()}")
+    current = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=other
+    )
+    body = channel_body(revision=1)
+    del body["inbound"]["password"]  # type: ignore[attr-defined]
+
+    with pytest.raises(InvalidInput) as caught:
+        mapping.channel_config(
+            ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
+        )
+
+    assert caught.value.problems[0].loc == ("body", "inbound", "password")
+    assert "gone" in caught.value.problems[0].message
+
+
+def test_response_shows_password_set_never_the_secret(box: SecretBox) -> None:
+    """The response names whether a password is set, and holds no secret in any form."""
+    config = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
+    )
+
+    out = mapping.channel_out(config, campaign=None, filters=None, status=None)
+
+    dumped = out.model_dump_json()
+    assert out.inbound is not None
+    assert out.outbound is not None
+    assert out.inbound.password_set
+    assert out.outbound.password_set
+    assert IMAP_PASSWORD not in dumped
+    assert SMTP_PASSWORD not in dumped
+    assert "ciphertext" not in dumped
+    assert config.inbound is not None
+    assert config.inbound.password.ciphertext not in dumped  # type: ignore[union-attr]
+    assert out.status.state == "inactive"
+    assert out.status.reason == mapping.NOT_VALIDATED
+
+
+def test_smtp_without_login_has_no_password(box: SecretBox) -> None:
+    """Dropping the SMTP username drops the stored password with it (no orphan secret)."""
+    current = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
+    )
+    body = channel_body(revision=1, outbound={"host": "relay.example.com", "tls": "plain"})
+
+    updated = mapping.channel_config(
+        ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
+    )
+
+    assert updated.outbound is not None
+    assert updated.outbound.username is None
+    assert updated.outbound.password is None
+    out = mapping.channel_out(updated, campaign=None, filters=None, status=None)
+    assert out.outbound is not None
+    assert not out.outbound.password_set
+
+
+# --- request validation -------------------------------------------------------------------------
+
+
+def locs(error: ValidationError) -> list[tuple[str | int, ...]]:
+    return [tuple(e["loc"]) for e in error.errors()]
+
+
+@pytest.mark.parametrize("password", [" leading", "trailing ", "line\nbreak", "\tTab"])
+def test_secret_with_stray_whitespace_is_refused_not_trimmed(password: str) -> None:
+    """A stray space in a secret is an error naming the field; the value is never echoed."""
+    with pytest.raises(ValidationError) as caught:
+        ImapInboundIn.model_validate(
+            {"host": "imap.example.com", "username": "u", "password": password}
+        )
+
+    assert locs(caught.value) == [("password",)]
+    assert password not in str(caught.value)
+    assert "must not" in caught.value.errors()[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    "host", ["imap example.com", "imaps://imap.example.com", "imap.example.com:993", "a/b", ""]
+)
+def test_host_must_be_a_bare_name_or_address(host: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        SmtpOutboundIn.model_validate({"host": host})
+    assert locs(caught.value) == [("host",)]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "mail-1.example.co.uk", "localhost"])
+def test_host_names_and_ip_literals_are_accepted_unresolved(host: str) -> None:
+    """Host names are not resolved on save (the host policy applies at connect time)."""
+    SmtpOutboundIn.model_validate({"host": host})
+
+
+def test_username_with_line_break_is_refused() -> None:
+    """CR/LF in a login would inject protocol commands."""
+    with pytest.raises(ValidationError) as caught:
+        ImapInboundIn.model_validate(
+            {"host": "h.example", "username": "u\r\nA1 DELETE INBOX", "password": "p"}
+        )
+    assert locs(caught.value) == [("username",)]
+
+
+def test_unknown_fields_are_refused_by_name() -> None:
+    """A typo is a 422 naming it, not a silently ignored setting."""
+    with pytest.raises(ValidationError) as caught:
+        ChannelIn.model_validate({"name": "x", "pasword": "p"})
+    assert locs(caught.value) == [("pasword",)]
+
+
+def test_blank_optional_fields_mean_not_set() -> None:
+    """HTML forms send empty strings for empty optional fields."""
+    body = ChannelIn.model_validate({"name": "x", "email_address": " ", "default_campaign_id": ""})
+    assert body.email_address is None
+    assert body.default_campaign_id is None
+
+
+def test_event_round_trip_keeps_the_mapping(box: SecretBox) -> None:
+    """What the mapping produces is a valid contract event, byte-for-byte stable through JSON."""
+    body = channel_body()
+    body["inbound"] = {  # type: ignore[assignment]
+        **body["inbound"],  # type: ignore[dict-item]
+        "after_fetch": "move",
+        "move_to_folder": "Archive",
+    }
+    config = mapping.channel_config(ChannelIn.model_validate(body), channel_id="c1", box=box)
+
+    again = ChannelConfig.model_validate_json(config.model_dump_json())
+
+    assert again == config
+    assert isinstance(again.inbound, ImapInbound)
+    assert again.inbound.after_fetch is AfterFetch.MOVE
+    assert again.inbound.tls is TlsMode.SSL

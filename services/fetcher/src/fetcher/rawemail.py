@@ -1,0 +1,65 @@
+"""From fetched bytes to the RawEmail event: stable id, Message-ID, inline MIME or claim check.
+
+The MIME is never parsed beyond its header block here (the router does that); a message whose
+headers are garbage still goes through, only without a ``message_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import TYPE_CHECKING, Final
+
+from email_channels.events import RawEmail
+
+if TYPE_CHECKING:
+    from email_channels.blobstore import BlobStore
+    from email_channels.events import SourceIdentity
+
+MESSAGE_ID_MAX: Final = 998  # RFC 5322 line length limit
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def email_id_for(channel_id: str, source: SourceIdentity) -> str:
+    """Stable across re-fetches: the same mailbox message always gets the same id."""
+    return hashlib.sha256(f"{channel_id}\x00{source.key}".encode()).hexdigest()[:32]
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID header (unfolded), or None when missing or unreadable."""
+    end = _HEADER_END.search(raw)
+    head = raw[: end.end()] if end else raw
+    try:
+        value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Message-ID")
+    except Exception:  # malformed headers must never stop a message  # noqa: BLE001
+        return None
+    if value is None:
+        return None
+    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = _WHITESPACE.sub(" ", text).strip()
+    return text[:MESSAGE_ID_MAX] or None
+
+
+async def build_raw_email(
+    channel_id: str,
+    source: SourceIdentity,
+    raw: bytes,
+    *,
+    blobs: BlobStore,
+    inline_max_bytes: int,
+) -> RawEmail:
+    """The event for one fetched message; MIME above ``inline_max_bytes`` goes to the blob store."""
+    inline = len(raw) <= inline_max_bytes
+    return RawEmail(
+        email_id=email_id_for(channel_id, source),
+        channel_id=channel_id,
+        source=source,
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        message_id=message_id_of(raw),
+        raw_mime=raw if inline else None,
+        raw_ref=None if inline else await blobs.put(raw),
+    )

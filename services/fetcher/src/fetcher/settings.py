@@ -1,0 +1,79 @@
+"""Fetcher settings: ``FETCHER_*`` variables, plus the shared ``KAFKA_*`` and
+``EMAIL_CHANNELS_*`` ones (each nested group reads its own prefix).
+
+Built once in ``main()`` and passed down; there is no module-level settings object.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from email_channels.settings import CommonSettings, KafkaSettings
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class FetcherSettings(BaseSettings):
+    """``FETCHER_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="FETCHER_", extra="ignore")
+
+    instance_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        default_factory=socket.gethostname,
+        description="who reports channel status (ChannelStatus.reported_by); the pod name",
+    )
+    ensure_topics: bool = Field(
+        default=True,
+        description="create missing topics at start-up and check co-partitioning of the cursors",
+    )
+
+    # --- waiting for mail ---
+    poll_interval_s: Seconds = Field(
+        default=60.0, description="how often to look for new mail when the server has no IDLE"
+    )
+    idle_renew_s: Annotated[float, Field(gt=0, lt=29 * 60)] = Field(
+        default=25 * 60.0,
+        description="re-issue IMAP IDLE after this long (servers may drop it after 30 minutes)",
+    )
+
+    # --- talking to mail servers ---
+    command_timeout_s: Seconds = Field(
+        default=30.0, description="bound of connecting, logging in and each IMAP command"
+    )
+    fetch_timeout_s: Seconds = Field(
+        default=300.0, description="bound of downloading one message (20 MB on a slow link)"
+    )
+
+    # --- failures ---
+    retry_first_backoff_s: Seconds = Field(
+        default=1.0, description="first wait after a transient failure (doubles each time)"
+    )
+    retry_max_backoff_s: Seconds = Field(
+        default=300.0, description="cap of the wait between reconnects after transient failures"
+    )
+    misconfigured_backoff_s: Seconds = Field(
+        default=300.0,
+        description="wait before retrying a channel a human must fix (a config change restarts "
+        "it at once)",
+    )
+    inactive_after_failures: Annotated[int, Field(ge=1)] = Field(
+        default=3,
+        description="consecutive transient failures after which the channel is reported inactive",
+    )
+    stop_timeout_s: Seconds = Field(
+        default=20.0,
+        description="on shutdown or revocation, how long a worker may finish its in-flight "
+        "message before it is cancelled",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    common: CommonSettings = Field(default_factory=CommonSettings)
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group whose assignment of email.channels decides ownership."""
+        return f"{self.kafka.topic_prefix}email-fetcher"

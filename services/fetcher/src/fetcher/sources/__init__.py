@@ -1,0 +1,111 @@
+"""Mail sources: where a channel's mail comes from, behind one small Protocol.
+
+A source turns a mailbox into "the messages after this cursor", the bytes of one message and
+the after-fetch action on one message. It knows its protocol and what its cursor means; it
+does not know Kafka. The worker owns the order that makes "no mail lost" true::
+
+    pending(cursor) -> for each message: fetch -> publish (Kafka ack) -> settle -> advance cursor
+
+Messages are named by :class:`~email_channels.events.SourceIdentity` (IMAP folder + UIDVALIDITY
++ UID, POP3 UIDL, Graph id), the same identity the raw event carries, so a source needs no
+handle type of its own. Errors leave a source only as the pipeline taxonomy
+(:mod:`email_channels.errors`): each adapter maps its library's exceptions in one function.
+
+Adapters: :mod:`fetcher.sources.imap` (POP3 and Graph come later, behind the same Protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from email_channels.errors import ChannelMisconfigured, TransientError
+
+if TYPE_CHECKING:
+    from email_channels.events import ChannelConfig, FetchCursor, SourceIdentity
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What a source offers after a cursor.
+
+    ``cursor`` is where to continue from: the cursor given, or a corrected one (an IMAP
+    folder whose UIDVALIDITY changed is reset). The worker stores it when it differs.
+    """
+
+    cursor: FetchCursor
+    messages: Sequence[SourceIdentity]
+
+
+class MailSource(Protocol):
+    """One open connection to one channel's mailbox."""
+
+    async def open(self) -> None:
+        """Connect and authenticate (ChannelMisconfigured / TransientError on failure)."""
+        ...
+
+    async def close(self) -> None:
+        """Log out and release the connection; never raises."""
+        ...
+
+    async def pending(self, cursor: FetchCursor) -> Pending:
+        """The messages after ``cursor``, oldest first."""
+        ...
+
+    async def fetch(self, message: SourceIdentity) -> bytes | None:
+        """The raw MIME of ``message``, or None if it vanished from the server meanwhile."""
+        ...
+
+    async def settle(self, message: SourceIdentity) -> None:
+        """Apply the channel's after-fetch action (seen / move / delete).
+
+        Called only after Kafka acknowledged the message.
+        """
+        ...
+
+    def advance(self, cursor: FetchCursor, message: SourceIdentity) -> FetchCursor:
+        """``cursor`` moved past ``message`` (pure)."""
+        ...
+
+    async def wait_for_news(self) -> None:
+        """Return when there may be new mail: pushed (IDLE), or after a poll interval."""
+        ...
+
+
+SourceFactory = Callable[["ChannelConfig"], MailSource]
+"""Builds the source for a channel's inbound settings (not connected yet)."""
+
+
+class SourceUnavailable(TransientError):
+    """The mail server could not be reached or did not answer; reconnect after a backoff.
+
+    ``step`` names where it failed (dns, tcp, tls, auth, folder, fetch, settle), like
+    :class:`~email_channels.errors.ChannelMisconfigured` does.
+    """
+
+    def __init__(self, message: str, *, step: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class SourceRegistry:
+    """Picks the source factory for a channel by its inbound kind (imap; pop3, graph later)."""
+
+    def __init__(self, factories: Mapping[str, SourceFactory]) -> None:
+        self._factories = dict(factories)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(self._factories)
+
+    def supports(self, channel: ChannelConfig) -> bool:
+        return channel.inbound is not None and channel.inbound.kind in self._factories
+
+    def __call__(self, channel: ChannelConfig) -> MailSource:
+        if channel.inbound is None or channel.inbound.kind not in self._factories:
+            kind = channel.inbound.kind if channel.inbound else None
+            raise ChannelMisconfigured(
+                f"inbound kind {kind!r} is not fetched by this release", step="config"
+            )
+        return self._factories[channel.inbound.kind](channel)

@@ -1,0 +1,281 @@
+"""RawEmail in -> RoutedEmail out: plain async functions, no faust and no Kafka client.
+
+:class:`EmailRouter` turns one fetched message into its routed form (raw MIME from the record
+or the blob store, parsed, routed by the channel's filters, attachments and raw MIME stored as
+blobs). :class:`RawRecordHandler` is the per-record unit of work the consume loop drives:
+decode the record, route, publish to email.routed keyed by conversation id with the
+``campaign-id`` header. Errors follow :mod:`email_channels.errors`; the consume loop applies
+the policy (retry transient, dead-letter permanent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import structlog
+
+from email_channels.codec import decode, encode
+from email_channels.consume import handle_with_policy
+from email_channels.errors import PermanentError
+from email_channels.events import (
+    Attachment,
+    ChannelConfig,
+    ChannelFilters,
+    RawEmail,
+    RoutedEmail,
+)
+from router.parsing import conversation_id, parse_email
+from router.rules import route
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from email_channels.blobstore import BlobRef, BlobStore
+    from email_channels.consume import (
+        DeadLetters,
+        Publisher,
+        Record,
+        RecordHandler,
+        RetryPolicy,
+    )
+    from router.parsing import ParsedEmail
+
+log = structlog.get_logger(__name__)
+
+M_co = TypeVar("M_co", covariant=True)
+
+CAMPAIGN_HEADER = "campaign-id"
+MAX_ROUTED_BYTES = 900_000
+"""Default upper bound of one routed record's JSON (the broker's default limit is ~1 MiB)."""
+TRUNCATION_NOTE = "\n[truncated by the router: the full message is in the raw MIME (raw_ref)]"
+
+
+class Lookup(Protocol[M_co]):
+    """Read access by key: a ``dict`` or a :class:`email_channels.compacted.CompactedView`."""
+
+    def get(self, key: str, /) -> M_co | None: ...
+
+
+class UnknownChannel(PermanentError):
+    """The record names a channel the (caught-up) config does not hold, e.g. deleted."""
+
+
+class MissingContent(PermanentError):
+    """A RawEmail with neither inline MIME nor a blob reference."""
+
+
+class RoutedTooLarge(PermanentError):
+    """Even with truncated bodies the routed record exceeds the record size limit."""
+
+
+class EmailRouter:
+    """Routes one RawEmail; holds only read access to config and the blob store."""
+
+    def __init__(
+        self,
+        *,
+        channels: Lookup[ChannelConfig],
+        filters: Lookup[ChannelFilters],
+        blobs: BlobStore,
+        catch_up: Callable[[], Awaitable[None]] | None = None,
+        max_routed_bytes: int = MAX_ROUTED_BYTES,
+    ) -> None:
+        self._channels = channels
+        self._filters = filters
+        self._blobs = blobs
+        self._catch_up = catch_up
+        self._max_routed_bytes = max_routed_bytes
+
+    async def channel(self, channel_id: str) -> ChannelConfig:
+        """The channel's config; when unknown, catch up with the config topic once first."""
+        channel = self._channels.get(channel_id)
+        if channel is None and self._catch_up is not None:
+            await self._catch_up()
+            channel = self._channels.get(channel_id)
+        if channel is None:
+            raise UnknownChannel(f"channel {channel_id} is not configured (unknown or deleted)")
+        return channel
+
+    async def route(self, raw: RawEmail) -> RoutedEmail:
+        channel = await self.channel(raw.channel_id)
+        mime, raw_ref = await self._raw_mime(raw)
+        parsed = await asyncio.to_thread(parse_email, mime, own_address=channel.email_address)
+        decision = route(parsed, self._filters.get(channel.id), channel)
+        routed = RoutedEmail(
+            email_id=raw.email_id,
+            channel_id=channel.id,
+            campaign_id=decision.campaign_id,
+            reason=decision.reason,
+            conversation_id=conversation_id(
+                channel.id,
+                references=parsed.references,
+                in_reply_to=parsed.in_reply_to,
+                message_id=parsed.message_id,
+                email_id=raw.email_id,
+            ),
+            message_id=parsed.message_id,
+            in_reply_to=parsed.in_reply_to,
+            references=list(parsed.references),
+            from_=parsed.from_,
+            reply_to=list(parsed.reply_to),
+            to=list(parsed.to),
+            cc=list(parsed.cc),
+            subject=parsed.subject,
+            date=parsed.date,
+            text_body=parsed.text_body,
+            html_body=parsed.html_body,
+            attachments=await self._store_attachments(parsed),
+            raw_ref=raw_ref,
+            source=raw.source,
+            flags=parsed.flags,
+        )
+        if parsed.defects:
+            log.info("message had MIME defects", email_id=raw.email_id, defects=parsed.defects)
+        return fit_record(routed, self._max_routed_bytes)
+
+    async def _raw_mime(self, raw: RawEmail) -> tuple[bytes, BlobRef]:
+        """The raw MIME and its blob reference (inline MIME is stored, so the ref always exists)."""
+        if raw.raw_ref is not None:
+            return await self._blobs.get(raw.raw_ref), raw.raw_ref
+        if raw.raw_mime is None:
+            raise MissingContent(f"email {raw.email_id} carries neither raw_mime nor raw_ref")
+        digest = hashlib.sha256(raw.raw_mime).hexdigest()
+        if digest != raw.sha256.lower():
+            log.warning(
+                "raw MIME does not hash to the record's sha256",
+                email_id=raw.email_id,
+                record_sha256=raw.sha256,
+                actual_sha256=digest,
+            )
+        return raw.raw_mime, await self._blobs.put(raw.raw_mime)
+
+    async def _store_attachments(self, parsed: ParsedEmail) -> list[Attachment]:
+        attachments: list[Attachment] = []
+        for part in parsed.attachments:
+            ref = await self._blobs.put(part.content)
+            attachments.append(
+                Attachment(
+                    filename=part.filename,
+                    content_type=part.content_type,
+                    size=ref.size,
+                    sha256=ref.sha256,
+                    blob=ref,
+                    inline=part.inline,
+                    content_id=part.content_id,
+                )
+            )
+        return attachments
+
+
+def fit_record(routed: RoutedEmail, max_bytes: int) -> RoutedEmail:
+    """Truncate the html, then the text body until the record fits ``max_bytes``.
+
+    Nothing is lost: the full message stays in the blob store under ``raw_ref``.
+    """
+    size = len(encode(routed))
+    truncated = False
+    for name in ("html_body", "text_body"):
+        value: str | None = getattr(routed, name)
+        for _ in range(8):
+            if size <= max_bytes or not value:
+                break
+            encoded_field = len(json.dumps(value, ensure_ascii=False).encode())
+            keep = max(0, encoded_field - (size - max_bytes) - len(TRUNCATION_NOTE) - 64)
+            value = value[: int(len(value) * keep / encoded_field)]
+            routed = routed.model_copy(update={name: value + TRUNCATION_NOTE})
+            size = len(encode(routed))
+            truncated = True
+    if size > max_bytes:
+        raise RoutedTooLarge(
+            f"routed email {routed.email_id} is {size} bytes even without bodies "
+            f"(limit {max_bytes})"
+        )
+    if truncated:
+        log.warning("bodies truncated to fit the record limit", email_id=routed.email_id)
+    return routed
+
+
+class RawRecordHandler:
+    """One email.raw record -> one email.routed record (the consume loop's handler)."""
+
+    def __init__(self, router: EmailRouter, publisher: Publisher) -> None:
+        self._router = router
+        self._publisher = publisher
+
+    async def __call__(self, record: Record) -> None:
+        raw = decode(RawEmail, record.value)
+        with structlog.contextvars.bound_contextvars(
+            channel_id=raw.channel_id, email_id=raw.email_id
+        ):
+            routed = await self._router.route(raw)
+            await self._publisher.publish(
+                self._publisher.topics.routed,
+                routed.conversation_id,
+                routed,
+                headers=[(CAMPAIGN_HEADER, routed.campaign_id.encode())],
+            )
+            log.info(
+                "email routed",
+                campaign_id=routed.campaign_id,
+                reason=routed.reason.kind,
+                filter_id=routed.reason.filter_id,
+                conversation_id=routed.conversation_id,
+                attachments=len(routed.attachments),
+                auto_reply=routed.flags.auto_reply,
+                bounce=routed.flags.bounce,
+                loop=routed.flags.loop,
+            )
+
+
+class RecordProcessor:
+    """Applies the shared error policy to one record and returns only when it is settled.
+
+    Settled means routed, or dead-lettered with the reason (``handle_with_policy``: transient
+    errors retried with capped backoff, everything else dead-lettered). If even the dead letter
+    cannot be published, it waits and tries the whole record again: the record is never acked
+    unsettled. Cancellation (shutdown) propagates, leaving the record unacked for re-delivery.
+    """
+
+    def __init__(
+        self,
+        handler: RecordHandler,
+        *,
+        dead_letters: DeadLetters,
+        policy: RetryPolicy,
+        stage: str,
+    ) -> None:
+        self._handler = handler
+        self._dead_letters = dead_letters
+        self._policy = policy
+        self._stage = stage
+        self._never = asyncio.Event()  # shutdown arrives as cancellation, not via this event
+
+    async def __call__(self, record: Record) -> None:
+        attempt = 1
+        while True:
+            try:
+                await handle_with_policy(
+                    record,
+                    self._handler,
+                    dead_letters=self._dead_letters,
+                    policy=self._policy,
+                    stopping=self._never,
+                    stage=self._stage,
+                )
+            except Exception as exc:
+                delay = self._policy.backoff(attempt)
+                log.exception(
+                    "record neither handled nor dead-lettered; retrying",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=str(exc),
+                    delay_s=delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+            else:
+                return

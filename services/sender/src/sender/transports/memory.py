@@ -1,0 +1,39 @@
+"""An in-memory transport for tests and demos: keeps what it was given, fails on request.
+
+Like httpx's ``MockTransport``: shipped beside the real transports, so the handler can be
+tested without a network. ``fail_with`` is a queue of errors raised by the next sends, one
+per send, before any message is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sender.transports.base import Envelope, SendResult, TransportName
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+
+@dataclass
+class MemoryTransport:
+    name: TransportName = "smtp"
+    response: str = "250 2.0.0 Ok: queued"
+    sent: list[tuple[EmailMessage, Envelope]] = field(default_factory=list)
+    fail_with: list[Exception] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    attempts: int = 0
+
+    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
+        self.attempts += 1
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        self.sent.append((message, envelope))
+        return SendResult(
+            transport=self.name,
+            message_id=str(message["Message-ID"]),
+            response=self.response,
+            code=int(self.response[:3]) if self.response[:3].isdigit() else None,
+            refused=dict(self.refused),
+        )

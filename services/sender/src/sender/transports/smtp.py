@@ -1,0 +1,256 @@
+"""SMTP transport (aiosmtplib): SSL/TLS, STARTTLS or plain; AUTH when the channel has a user.
+
+One session per message: host policy check, connect, STARTTLS, AUTH, MAIL/RCPT/DATA, QUIT.
+Each step is named, so an error says where it happened (``dns``, ``tcp``, ``tls``, ``auth``,
+``send``) — the same steps the validate button reports.
+
+:func:`map_smtp_error` is the only place aiosmtplib, socket and TLS exceptions become errors of
+the shared taxonomy:
+
+=================================================  ==========================================
+4xx reply (any step), connection refused/reset,    TransientError (:class:`SendDeferred` when
+timeouts, TLS handshake cut short                  there is a reply)
+5xx reply to MAIL/RCPT/DATA, every recipient       :class:`MessageRejected` with code and text
+refused, an address the library cannot send
+AUTH refused, "530 authentication required",       ChannelMisconfigured(step="auth")
+no AUTH offered, password not decryptable
+certificate not trusted, TLS on a plain port,      ChannelMisconfigured(step="tls")
+STARTTLS not offered
+5xx greeting / EHLO                                ChannelMisconfigured(step="tcp")
+=================================================  ==========================================
+
+The password is decrypted just before AUTH and never logged or put into an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import TYPE_CHECKING, Literal
+
+import aiosmtplib
+import structlog
+
+from email_channels.errors import (
+    ChannelMisconfigured,
+    PermanentError,
+    PipelineError,
+    TransientError,
+)
+from email_channels.events import TlsMode
+from email_channels.secretbox import SecretDecryptError
+from email_channels.tls import client_context
+from sender.errors import MessageRejected, SendDeferred, ServerReply
+from sender.transports.base import Envelope, SendResult, TransportName
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+    from pathlib import Path
+
+    from email_channels.events import SmtpOutbound
+    from email_channels.hostpolicy import HostPolicy
+    from email_channels.secretbox import SecretBox
+
+log = structlog.get_logger(__name__)
+
+Step = Literal["dns", "tcp", "tls", "auth", "send"]
+
+_AUTH_CODES = frozenset({530, 534, 535, 538})
+"""5xx replies that mean "who are you?": auth required, too weak, bad credentials, TLS first."""
+
+_TLS_CONFIG_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION"}
+)
+"""Handshake failures that retrying cannot fix (a TLS mode that does not match the port)."""
+
+QUIT_TIMEOUT = 5.0
+
+
+class SmtpTransport:
+    """Sends through one channel's SMTP server."""
+
+    name: TransportName = "smtp"
+
+    def __init__(
+        self,
+        server: SmtpOutbound,
+        *,
+        host_policy: HostPolicy,
+        secrets: SecretBox | None,
+        ca_file: Path | None = None,
+        timeout: float = 60.0,
+        local_hostname: str | None = None,
+    ) -> None:
+        self._server = server
+        self._host_policy = host_policy
+        self._secrets = secrets
+        self._ca_file = ca_file
+        self._timeout = timeout
+        self._local_hostname = local_hostname
+
+    def __repr__(self) -> str:
+        s = self._server
+        return f"SmtpTransport({s.host}:{s.port}, tls={s.tls.value}, user={s.username!r})"
+
+    @property
+    def where(self) -> str:
+        return f"{self._server.host}:{self._server.port}"
+
+    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
+        server = self._server
+        step: Step = "dns"
+        client: aiosmtplib.SMTP | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._host_policy.check(server.host, server.port)
+            password = self._password()
+            step = "tcp"
+            client = aiosmtplib.SMTP(
+                hostname=server.host,
+                port=server.port,
+                use_tls=server.tls is TlsMode.SSL,
+                start_tls=False,  # done below as its own step
+                tls_context=self._tls_context(),
+                timeout=self._timeout,
+                local_hostname=self._local_hostname,
+            )
+            await client.connect()
+            if server.tls is TlsMode.STARTTLS:
+                step = "tls"
+                await client.starttls()
+            if server.username is not None and password is not None:
+                step = "auth"
+                await client.login(server.username, password)
+            step = "send"
+            refused, reply = await client.send_message(
+                message, sender=envelope.mail_from, recipients=list(envelope.recipients)
+            )
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise map_smtp_error(exc, step=step, where=self.where) from exc
+        finally:
+            if client is not None:
+                await _quit(client)
+        log.debug("smtp accepted", server=self.where, tls=server.tls.value, refused=len(refused))
+        return SendResult(
+            transport="smtp",
+            message_id=str(message["Message-ID"]),
+            response=f"250 {reply}",
+            code=250,
+            refused={address: f"{r.code} {r.message}" for address, r in refused.items()},
+        )
+
+    def _password(self) -> str | None:
+        server = self._server
+        if server.username is None:
+            return None
+        if server.password is None:
+            raise ChannelMisconfigured(
+                f"SMTP user {server.username!r} is set but no password", step="auth"
+            )
+        if self._secrets is None:
+            raise ChannelMisconfigured(
+                "the SMTP password cannot be decrypted: the sender has no "
+                "EMAIL_CHANNELS_SECRET_KEYS",
+                step="auth",
+            )
+        try:
+            return self._secrets.decrypt(server.password)
+        except SecretDecryptError as exc:
+            raise ChannelMisconfigured(
+                f"the SMTP password cannot be decrypted: {exc}", step="auth"
+            ) from exc
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self._server.tls is TlsMode.PLAIN:
+            return None
+        return client_context(verify=self._server.verify_tls, extra_ca_file=self._ca_file)
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """Say goodbye; a failure here never turns an accepted message into a failed send."""
+    try:
+        if client.is_connected:
+            async with asyncio.timeout(QUIT_TIMEOUT):
+                await client.quit()
+    except Exception as exc:
+        log.debug("smtp quit failed", error=str(exc))
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def map_smtp_error(exc: BaseException, *, step: Step, where: str) -> PipelineError:  # noqa: PLR0911 - a table
+    """Translate an aiosmtplib / socket / TLS failure at ``step`` into the shared taxonomy."""
+    tls_error = _tls_cause(exc)
+    if tls_error is not None:
+        return _map_tls(tls_error, where)
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return _map_refused_recipients(exc, where)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _map_reply(ServerReply(exc.code, exc.message.strip()), step=step, where=where)
+    if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts subclass it
+        return TransientError(f"{where}: timed out at step {step}")
+    if isinstance(exc, OSError):  # refused, reset, unreachable; SMTPConnectError and
+        return TransientError(f"{where}: connection failed at step {step}: {exc}")  # Disconnected
+    if isinstance(exc, aiosmtplib.SMTPException):
+        # Raised without a reply: STARTTLS or AUTH not offered, no common AUTH mechanism,
+        # SMTPUTF8 needed but missing.
+        if step in {"tls", "auth"}:
+            return ChannelMisconfigured(f"{where}: {exc.message}", step=step)
+        return MessageRejected(f"{where}: {exc.message}")
+    if isinstance(exc, ValueError):  # aiosmtplib refuses an address it cannot send safely
+        return MessageRejected(f"address not sendable: {exc}")
+    return PermanentError(f"{where}: unexpected {type(exc).__name__} at step {step}: {exc}")
+
+
+def _map_reply(reply: ServerReply, *, step: Step, where: str) -> PipelineError:
+    code = reply.code or 0
+    if 400 <= code < 500:  # noqa: PLR2004 - the SMTP reply classes
+        return SendDeferred(f"{where} answered {reply} at step {step}", reply=reply)
+    if step == "auth" or code in _AUTH_CODES:
+        return ChannelMisconfigured(f"{where} refused authentication: {reply}", step="auth")
+    if step in {"tcp", "tls"}:
+        return ChannelMisconfigured(f"{where} refused the session: {reply}", step=step)
+    return MessageRejected(f"{where} rejected the message: {reply}", reply=reply)
+
+
+def _map_refused_recipients(exc: aiosmtplib.SMTPRecipientsRefused, where: str) -> PipelineError:
+    details = "; ".join(f"{r.recipient}: {r.code} {r.message.strip()}" for r in exc.recipients)
+    replies = [ServerReply(r.code, r.message.strip()) for r in exc.recipients]
+    temporary = [r for r in replies if r.code is not None and 400 <= r.code < 500]  # noqa: PLR2004
+    if temporary:
+        return SendDeferred(f"{where} refused every recipient: {details}", reply=temporary[0])
+    return MessageRejected(
+        f"{where} refused every recipient: {details}", reply=replies[0] if replies else None
+    )
+
+
+def _map_tls(error: ssl.SSLError, where: str) -> PipelineError:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return ChannelMisconfigured(
+            f"TLS certificate of {where} is not trusted: {error.verify_message} "
+            "(add its CA to EMAIL_CHANNELS_CA_FILE, or turn verify_tls off for this channel)",
+            step="tls",
+        )
+    reason = error.reason or type(error).__name__
+    if reason in _TLS_CONFIG_REASONS:
+        return ChannelMisconfigured(
+            f"TLS handshake with {where} failed: {reason} (does the TLS mode match the port?)",
+            step="tls",
+        )
+    return TransientError(f"TLS handshake with {where} failed: {reason}")
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl.SSLError behind ``exc`` (aiosmtplib wraps some in SMTPConnectError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
