@@ -49,8 +49,10 @@ def test_message_id_is_the_same_on_every_retry(make_outbound, make_channel):
     """A retry re-sends the same Message-ID, so receivers can drop a duplicate."""
     outbound = make_outbound(outbound_id="out:42@campaign")
     first = compose(outbound, make_channel())
-    again = compose(OutboundEmail.model_validate_json(outbound.model_dump_json(by_alias=True)),
-                    make_channel(revision=7))
+    again = compose(
+        OutboundEmail.model_validate_json(outbound.model_dump_json(by_alias=True)),
+        make_channel(revision=7),
+    )
 
     assert first.message_id == again.message_id
     assert parsed(first)["Message-ID"] == first.message_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -25,11 +26,12 @@ from email_channels.events import (
     DeliveryStatus,
     GraphOutbound,
 )
+from email_channels.hostpolicy import HostPolicy
 from email_channels.topics import TopicNames
 from sender.errors import MessageRejected, SendDeferred, ServerReply
 from sender.handlers import OutboundHandler, delivery_outcome
 from sender.ledger import DeliveryOutcome, SentLedger
-from sender.transports import MemoryTransport
+from sender.transports import ChannelTransports, MemoryTransport
 
 TOPICS = TopicNames("t.")
 POLICY = RetryPolicy(attempts=3, first_backoff=0.001, max_backoff=0.001)
@@ -63,7 +65,17 @@ class Harness:
     async def feed(self, value: Contract | bytes | None) -> ConsumerRecord:
         raw = encode(value) if isinstance(value, Contract) else value
         record = ConsumerRecord(
-            TOPICS.outbound, 0, next(self._offsets), 0, 0, b"conv-1", raw, None, 6, len(raw or b""), ()
+            TOPICS.outbound,
+            0,
+            next(self._offsets),
+            0,
+            0,
+            b"conv-1",
+            raw,
+            None,
+            6,
+            len(raw or b""),
+            (),
         )
         await handle_with_policy(
             record,
@@ -98,7 +110,7 @@ async def test_sent_publishes_delivery_with_response_and_message_id(harness, mak
     outbound = make_outbound()
     await harness.feed(outbound)
 
-    (message, envelope), = harness.transport.sent
+    ((message, envelope),) = harness.transport.sent
     (event,) = harness.deliveries()
     assert event.status is DeliveryStatus.SENT
     assert event.outbound_id == outbound.outbound_id
@@ -158,7 +170,9 @@ async def test_ids_sent_earlier_are_learned_from_the_delivery_topic(harness, mak
         ("ch-noout", "channel ch-noout has no outbound settings"),
     ],
 )
-async def test_unusable_channel_fails_with_a_clear_reason(harness, make_outbound, channel_id, reason):
+async def test_unusable_channel_fails_with_a_clear_reason(
+    harness, make_outbound, channel_id, reason
+):
     await harness.feed(make_outbound(channel_id=channel_id))
 
     (event,) = harness.deliveries()
@@ -168,17 +182,19 @@ async def test_unusable_channel_fails_with_a_clear_reason(harness, make_outbound
     assert len(harness.dead) == 1  # kept in email.dlq, replayable once the channel is fixed
 
 
-async def test_graph_channel_fails_until_graph_is_supported(publisher, make_channel, make_outbound):
+async def test_graph_channel_fails_until_graph_is_supported(
+    publisher, make_channel, make_outbound, unit_secret_box
+):
     graph = GraphOutbound(
         tenant_id="t",
         client_id="c",
-        client_secret=publisher_secret(),
+        client_secret=unit_secret_box.encrypt("s"),
         mailbox="support@shop.example",
     )
     harness = Harness(publisher, [make_channel(outbound=graph)])
-    harness.handler._transports = __import__(
-        "sender.transports.factory", fromlist=["ChannelTransports"]
-    ).ChannelTransports(host_policy=None, secrets=None, ca_file=None, smtp_timeout=1)
+    harness.handler._transports = ChannelTransports(
+        host_policy=HostPolicy(), secrets=None, ca_file=None, smtp_timeout=1
+    )
 
     await harness.feed(make_outbound())
 
@@ -186,12 +202,6 @@ async def test_graph_channel_fails_until_graph_is_supported(publisher, make_chan
     assert event.status is DeliveryStatus.FAILED
     assert event.transport == "graph"
     assert "Exchange Online" in event.reason
-
-
-def publisher_secret():
-    from email_channels.secretbox import SecretBox  # noqa: PLC0415
-
-    return SecretBox.from_env(f"k:{SecretBox.generate_key()}").encrypt("s")
 
 
 async def test_5xx_is_rejected_with_code_and_text(harness, make_outbound):
@@ -231,7 +241,7 @@ async def test_transient_failures_exhaust_into_deferred_and_the_dlq(harness, mak
     assert event.smtp_code == 451
     assert "email.dlq" in event.reason
     assert harness.transport.attempts == POLICY.attempts
-    (_record, error, attempts), = harness.dead
+    ((_record, error, attempts),) = harness.dead
     assert error.retriable
     assert attempts == POLICY.attempts
 
@@ -262,7 +272,7 @@ async def test_crlf_in_subject_is_rejected_and_dead_lettered(harness, make_outbo
     valid = make_outbound()
     payload = valid.model_dump(mode="json", by_alias=True)
     payload["subject"] = "Hi\r\nBcc: everyone@victim.example"
-    raw = __import__("json").dumps(payload).encode()
+    raw = json.dumps(payload).encode()
 
     await harness.feed(raw)
 
@@ -272,7 +282,7 @@ async def test_crlf_in_subject_is_rejected_and_dead_lettered(harness, make_outbo
     assert event.outbound_id == valid.outbound_id
     assert "subject" in event.reason
     assert "CR or LF" in event.reason
-    (_record, error, _attempts), = harness.dead
+    ((_record, error, _attempts),) = harness.dead
     assert isinstance(error, PoisonRecord)
 
 
@@ -294,13 +304,24 @@ async def test_sent_event_lost_on_publish_is_republished_not_resent(harness, mak
     assert [e.status for e in harness.deliveries()] == [DeliveryStatus.SENT]
 
 
+async def test_sent_event_is_still_published_when_the_loop_gives_up(harness, make_outbound):
+    """Kafka down for every retry: the give-up path publishes 'sent', not a failure."""
+    harness.publisher.fail_with = [TransientError("broker not available")] * POLICY.attempts
+
+    await harness.feed(make_outbound())
+
+    assert harness.transport.attempts == 1
+    assert [e.status for e in harness.deliveries()] == [DeliveryStatus.SENT]
+    assert len(harness.dead) == 1  # the record itself is dead-lettered as usual
+
+
 async def test_a_later_failure_of_a_sent_id_is_not_reported(harness, make_outbound):
     """A corrupted copy of an outbound already sent must not turn its status into 'rejected'."""
     outbound = make_outbound()
     await harness.feed(outbound)
     payload = outbound.model_dump(mode="json", by_alias=True) | {"subject": "x\ny"}
 
-    await harness.feed(__import__("json").dumps(payload).encode())
+    await harness.feed(json.dumps(payload).encode())
 
     assert [e.status for e in harness.deliveries()] == [DeliveryStatus.SENT]
     assert len(harness.dead) == 1
@@ -316,8 +337,8 @@ async def test_attachments_from_inline_content_and_blob_store(harness, make_outb
     )
     await harness.feed(outbound)
 
-    (message, _envelope), = harness.transport.sent
-    contents = {p.get_filename(): p.get_content() for p in message.iter_attachments()}
+    ((message, _envelope),) = harness.transport.sent
+    contents = {p.get_filename(): p.get_payload(decode=True) for p in message.iter_attachments()}
     assert contents == {"a.txt": b"inline", "b.bin": b"blob bytes"}
 
 

@@ -103,7 +103,10 @@ def test_recipients_refused_with_any_4xx_is_deferred():
 @pytest.mark.parametrize(
     ("exc", "step"),
     [
-        (aiosmtplib.SMTPAuthenticationError(535, "5.7.8 Authentication credentials invalid"), "auth"),
+        (
+            aiosmtplib.SMTPAuthenticationError(535, "5.7.8 Authentication credentials invalid"),
+            "auth",
+        ),
         (aiosmtplib.SMTPResponseException(530, "5.7.0 Authentication required"), "send"),
         (aiosmtplib.SMTPException("SMTP AUTH extension not supported by server."), "auth"),
     ],

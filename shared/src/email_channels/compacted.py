@@ -30,6 +30,27 @@ log = structlog.get_logger(__name__)
 M = TypeVar("M", bound=Contract)
 ChangeCallback = Callable[[str, "M | None"], Awaitable[None]]
 
+TOPIC_WAIT = 10.0
+"""Seconds :meth:`CompactedView.start` waits for a topic that was only just created."""
+
+
+async def _partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait: float) -> set[int]:
+    """The topic's partition ids from fresh metadata; empty if it does not appear in ``wait`` s.
+
+    ``consumer.partitions_for_topic`` only knows topics the client already tracks (a consumer
+    without a subscription tracks none), so ask the cluster directly. A topic created a moment
+    ago may be listed only once its partitions have leaders: poll briefly.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        # aiokafka has no public call that returns a fresh partition list.
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        available = cluster.partitions_for_topic(topic)
+        if available or loop.time() >= deadline:
+            return set(available or ())
+        await asyncio.sleep(0.2)
+
 
 class CompactedView(Generic[M]):
     def __init__(
@@ -69,10 +90,10 @@ class CompactedView(Generic[M]):
         )
         await consumer.start()
         self._consumer = consumer
-        await consumer.topics()
-        available = consumer.partitions_for_topic(self.topic)
+        available = await _partitions_of(consumer, self.topic, wait=min(timeout, TOPIC_WAIT))
         if not available:
             await consumer.stop()
+            self._consumer = None
             raise TransientError(f"topic {self.topic} does not exist (run ensure-topics)")
         wanted = sorted(available if self._partitions is None else available & self._partitions)
         tps = [TopicPartition(self.topic, p) for p in wanted]

@@ -242,6 +242,10 @@ class OutboundHandler:
             return
         outbound_id, channel_id, conversation_id = identity
         with bound_contextvars(outbound_id=outbound_id, channel_id=channel_id):
+            pending = self._unpublished.get(outbound_id)
+            if pending is not None:  # sent; only its event kept failing to reach Kafka
+                await self._publish_sent(pending)
+                return
             if outbound_id in self._ledger:
                 # It was sent (by us or another replica); a failure now must not say otherwise.
                 log.warning(

@@ -35,7 +35,9 @@ class SenderSettings(BaseSettings):
         default=60.0, gt=0, description="seconds for each SMTP step (connect, command, DATA)"
     )
     local_hostname: str | None = Field(
-        default=None, description="name sent in EHLO (default: this machine's FQDN)"
+        default=None,
+        pattern=r"^[A-Za-z0-9.:\[\]-]+$",
+        description="name sent in EHLO (default: this machine's FQDN)",
     )
     max_attachment_bytes: int = Field(default=DEFAULT_MAX_TOTAL_BYTES, ge=0)
     retry_attempts: int = Field(

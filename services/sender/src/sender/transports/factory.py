@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from email_channels.events import GraphOutbound, SmtpOutbound
+from email_channels.tls import client_context
 from sender.errors import ChannelUnavailable
 from sender.transports.smtp import SmtpTransport
 
@@ -37,7 +38,10 @@ class ChannelTransports:
     ) -> None:
         self._host_policy = host_policy
         self._secrets = secrets
-        self._ca_file = ca_file
+        # Built once: a missing CA file fails start-up, and contexts are reused per send.
+        self._tls = {
+            verify: client_context(verify=verify, extra_ca_file=ca_file) for verify in (True, False)
+        }
         self._smtp_timeout = smtp_timeout
         self._local_hostname = local_hostname
 
@@ -48,7 +52,7 @@ class ChannelTransports:
                     smtp,
                     host_policy=self._host_policy,
                     secrets=self._secrets,
-                    ca_file=self._ca_file,
+                    tls_context=self._tls[smtp.verify_tls],
                     timeout=self._smtp_timeout,
                     local_hostname=self._local_hostname,
                 )

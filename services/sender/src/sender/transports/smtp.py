@@ -46,7 +46,6 @@ from sender.transports.base import Envelope, SendResult, TransportName
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
-    from pathlib import Path
 
     from email_channels.events import SmtpOutbound
     from email_channels.hostpolicy import HostPolicy
@@ -68,7 +67,12 @@ QUIT_TIMEOUT = 5.0
 
 
 class SmtpTransport:
-    """Sends through one channel's SMTP server."""
+    """Sends through one channel's SMTP server.
+
+    ``tls_context`` must match the channel's ``verify_tls`` (the factory keeps one of each,
+    built at start-up so a missing CA file stops the service instead of every send); without
+    one, a verifying context on the system store is used.
+    """
 
     name: TransportName = "smtp"
 
@@ -78,14 +82,14 @@ class SmtpTransport:
         *,
         host_policy: HostPolicy,
         secrets: SecretBox | None,
-        ca_file: Path | None = None,
+        tls_context: ssl.SSLContext | None = None,
         timeout: float = 60.0,
         local_hostname: str | None = None,
     ) -> None:
         self._server = server
         self._host_policy = host_policy
         self._secrets = secrets
-        self._ca_file = ca_file
+        self._tls_context = tls_context or client_context(verify=server.verify_tls)
         self._timeout = timeout
         self._local_hostname = local_hostname
 
@@ -111,7 +115,7 @@ class SmtpTransport:
                 port=server.port,
                 use_tls=server.tls is TlsMode.SSL,
                 start_tls=False,  # done below as its own step
-                tls_context=self._tls_context(),
+                tls_context=self._tls_context if server.tls is not TlsMode.PLAIN else None,
                 timeout=self._timeout,
                 local_hostname=self._local_hostname,
             )
@@ -119,7 +123,7 @@ class SmtpTransport:
             if server.tls is TlsMode.STARTTLS:
                 step = "tls"
                 await client.starttls()
-            if server.username is not None and password is not None:
+            if server.username and password is not None:
                 step = "auth"
                 await client.login(server.username, password)
             step = "send"
@@ -144,7 +148,7 @@ class SmtpTransport:
 
     def _password(self) -> str | None:
         server = self._server
-        if server.username is None:
+        if not server.username:
             return None
         if server.password is None:
             raise ChannelMisconfigured(
@@ -162,11 +166,6 @@ class SmtpTransport:
             raise ChannelMisconfigured(
                 f"the SMTP password cannot be decrypted: {exc}", step="auth"
             ) from exc
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if self._server.tls is TlsMode.PLAIN:
-            return None
-        return client_context(verify=self._server.verify_tls, extra_ca_file=self._ca_file)
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:

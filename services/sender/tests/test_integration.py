@@ -1,0 +1,397 @@
+"""The sender against real Apache Kafka and a real SMTP server (aiosmtpd: STARTTLS + AUTH).
+
+Each test has its own topic prefix (so its own topics and consumer group) and its own
+recipient addresses on the session's SMTP server, so tests never see each other's mail.
+Nothing is mocked: records go through the broker, mail through TLS and AUTH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from typing import TYPE_CHECKING, Any, Self
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from devstack.smtp import SmtpServer
+from email_channels.codec import decode, encode_key
+from email_channels.errors import ChannelMisconfigured
+from email_channels.events import (
+    ChannelConfig,
+    ChannelState,
+    ChannelStatus,
+    DeadLetter,
+    DeliveryEvent,
+    DeliveryStatus,
+    OutboundEmail,
+    SmtpOutbound,
+    TlsMode,
+)
+from email_channels.hostpolicy import HostPolicy, HostRefused
+from email_channels.producer import EventProducer
+from email_channels.settings import CommonSettings
+from email_channels.tls import client_context
+from sender.app import SenderApp
+from sender.compose import compose, make_message_id
+from sender.settings import SenderSettings
+from sender.transports.smtp import SmtpTransport
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from devstack.smtp import ReceivedMail
+
+pytestmark = pytest.mark.integration
+
+CHANNEL_ADDRESS = "support@shop.example"
+
+
+class TopicTail:
+    """Every record of a topic, from the beginning, as it arrives."""
+
+    def __init__(self, kafka_settings, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            topic,
+            **kafka_settings.client_kwargs(),
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        self.records: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        async for record in self._consumer:
+            self.records.append(record)
+
+    def events(self, model):
+        return [decode(model, r.value) for r in self.records if r.value is not None]
+
+
+@pytest.fixture
+def settings(kafka_settings, pki, secret_keys, tmp_path) -> SenderSettings:
+    return SenderSettings(
+        kafka=kafka_settings,
+        common=CommonSettings(
+            allowed_hosts="127.0.0.1",
+            ca_file=pki.ca_cert,
+            secret_keys=secret_keys,
+            blob_store_url=f"file://{tmp_path}/blobs",
+        ),
+        smtp_timeout=10,
+        retry_attempts=3,
+        retry_first_backoff=0.05,
+        retry_max_backoff=0.2,
+    )
+
+
+@pytest.fixture
+async def producer(kafka_settings) -> AsyncIterator[EventProducer]:
+    async with EventProducer(kafka_settings, client_id="sender-test") as producer:
+        yield producer
+
+
+@pytest.fixture
+async def deliveries(kafka_settings) -> AsyncIterator[TopicTail]:
+    async with TopicTail(kafka_settings, kafka_settings.topics.delivery) as tail:
+        yield tail
+
+
+@pytest.fixture
+async def dead_letters(kafka_settings) -> AsyncIterator[TopicTail]:
+    async with TopicTail(kafka_settings, kafka_settings.topics.dlq) as tail:
+        yield tail
+
+
+@contextlib.asynccontextmanager
+async def running(settings: SenderSettings) -> AsyncIterator[SenderApp]:
+    """The sender service in this event loop, ready (views caught up) when entered."""
+    app = SenderApp(settings)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(app.run(stopping))
+    ready = asyncio.create_task(app.ready.wait())
+    await asyncio.wait({task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # start-up failed: raise its error here
+    assert app.ready.is_set(), "sender not ready within 60 s"
+    try:
+        yield app
+    finally:
+        stopping.set()
+        ready.cancel()
+        await asyncio.wait_for(task, timeout=30)
+
+
+def smtp_channel(secret_box, smtp_server, *, password: str = "sender-secret", **extra: Any):
+    return ChannelConfig(
+        id=f"ch-{uuid.uuid4().hex[:8]}",
+        name="Support",
+        email_address=CHANNEL_ADDRESS,
+        default_campaign_id="camp-1",
+        enabled=True,
+        outbound=SmtpOutbound(
+            host=smtp_server.host,
+            port=smtp_server.port,
+            tls=TlsMode.STARTTLS,
+            username="sender",
+            password=secret_box.encrypt(password),
+        ),
+        **extra,
+    )
+
+
+def outbound_for(channel: ChannelConfig, *, to: str, **extra: Any) -> OutboundEmail:
+    values: dict[str, Any] = {
+        "outbound_id": f"out-{uuid.uuid4().hex[:12]}",
+        "channel_id": channel.id,
+        "conversation_id": "conv-1",
+        "to": [{"name": "Ada", "address": to}],
+        "subject": "Re: where is my parcel?",
+        "text_body": "It left the warehouse today.\n",
+    }
+    values.update(extra)
+    return OutboundEmail.model_validate(values)
+
+
+def recipient(tag: str = "ada") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:10]}@customer.example"
+
+
+async def received(smtp_server: SmtpServer, address: str, timeout: float = 30) -> ReceivedMail:
+    """Wait (off the event loop: the sender runs on it) for mail to ``address``."""
+    return await asyncio.to_thread(smtp_server.wait_for, lambda m: address in m.rcpt_tos, timeout)
+
+
+def delivery(tail: TopicTail, outbound_id: str) -> list[DeliveryEvent]:
+    return [e for e in tail.events(DeliveryEvent) if e.outbound_id == outbound_id]
+
+
+async def test_outbound_email_is_sent_over_starttls_with_auth_and_reported(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    channel = smtp_channel(secret_box, smtp_server)
+    await producer.publish(settings.kafka.topics.channels, channel.id, channel)
+    to, bcc = recipient(), recipient("audit")
+    outbound = outbound_for(
+        channel, to=to, bcc=[{"address": bcc}], in_reply_to="<parent@customer.example>"
+    )
+
+    async with running(settings):
+        await producer.publish(settings.kafka.topics.outbound, "conv-1", outbound)
+        mail = await received(smtp_server, to)
+        (sent,) = await wait_until(lambda: delivery(deliveries, outbound.outbound_id))
+
+    assert mail.tls
+    assert mail.authenticated_as == "sender"
+    assert mail.mail_from == CHANNEL_ADDRESS
+    assert set(mail.rcpt_tos) == {to, bcc}
+    message = mail.message()
+    assert "Bcc" not in message
+    assert bcc.encode() not in mail.raw
+    assert message["Message-ID"] == make_message_id(outbound.outbound_id, "shop.example")
+    assert message["In-Reply-To"] == "<parent@customer.example>"
+    assert message["Subject"] == "Re: where is my parcel?"
+
+    assert sent.status is DeliveryStatus.SENT
+    assert sent.message_id == message["Message-ID"]
+    assert sent.server_response is not None
+    assert sent.server_response.startswith("250")
+    assert sent.transport == "smtp"
+
+
+async def test_same_outbound_id_is_delivered_once_even_across_restarts(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    """Idempotency by outbound_id, in one run and after a restart (ledger from email.delivery)."""
+    channel = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    to = recipient()
+    outbound = outbound_for(channel, to=to)
+
+    def copies() -> int:
+        return sum(
+            1
+            for m in smtp_server.messages
+            if to in m.rcpt_tos
+            and m.message()["Message-ID"] == make_message_id(outbound.outbound_id, "shop.example")
+        )
+
+    async with running(settings):
+        await producer.publish(topics.outbound, "conv-1", outbound)
+        await producer.publish(topics.outbound, "conv-1", outbound)
+        marker = outbound_for(channel, to=recipient("marker"))
+        await producer.publish(topics.outbound, "conv-1", marker)  # same key: after both copies
+        await received(smtp_server, marker.to[0].address)
+    assert copies() == 1
+
+    async with running(settings):  # a fresh sender rebuilds its ledger from email.delivery
+        await producer.publish(topics.outbound, "conv-1", outbound)
+        marker = outbound_for(channel, to=recipient("marker"))
+        await producer.publish(topics.outbound, "conv-1", marker)
+        await received(smtp_server, marker.to[0].address)
+    assert copies() == 1
+    await wait_until(lambda: delivery(deliveries, marker.outbound_id))
+    assert [e.status for e in delivery(deliveries, outbound.outbound_id)] == [DeliveryStatus.SENT]
+
+
+async def test_garbage_and_header_injection_go_to_the_dlq(
+    settings, producer, deliveries, dead_letters, smtp_server, secret_box, wait_until
+):
+    channel = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    injected = outbound_for(channel, to=recipient()).model_dump(mode="json", by_alias=True)
+    injected["subject"] = "Hello\r\nBcc: everyone@victim.example"
+    after = outbound_for(channel, to=recipient("after"))
+
+    async with running(settings):
+        await producer.publish_raw(topics.outbound, encode_key("junk"), b"\xff not json", [])
+        await producer.publish_raw(
+            topics.outbound, encode_key("conv-x"), json.dumps(injected).encode(), []
+        )
+        await producer.publish(topics.outbound, "conv-1", after)
+        letters = await wait_until(
+            lambda: len(dead_letters.events(DeadLetter)) >= 2 and dead_letters.events(DeadLetter)
+        )
+        (rejected,) = await wait_until(lambda: delivery(deliveries, injected["outbound_id"]))
+        await received(smtp_server, after.to[0].address)  # a bad record blocks nothing
+
+    by_key = {letter.original_key: letter for letter in letters}
+    assert by_key[b"junk"].stage == "sender"
+    assert by_key[b"junk"].error_kind == "PoisonRecord"
+    assert by_key[b"junk"].original_value == b"\xff not json"
+    assert by_key[b"conv-x"].error_kind == "PoisonRecord"
+    assert "subject" in by_key[b"conv-x"].error_message
+    assert rejected.status is DeliveryStatus.REJECTED
+    assert "CR or LF" in (rejected.reason or "")
+    assert not any("everyone@victim.example" in m.rcpt_tos for m in smtp_server.messages)
+
+
+async def test_5xx_is_rejected_and_4xx_deferred_after_retries(
+    settings, producer, deliveries, dead_letters, smtp_server, secret_box, wait_until
+):
+    channel = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    gone, busy = recipient("gone"), recipient("busy")
+    smtp_server.reply_to_recipients(gone.replace(".", r"\."), "550 5.1.1 No such user")
+    smtp_server.reply_to_recipients(busy.replace(".", r"\."), "451 4.3.0 Try again later")
+    to_gone = outbound_for(channel, to=gone)
+    to_busy = outbound_for(channel, to=busy)
+
+    async with running(settings):
+        await producer.publish(topics.outbound, "conv-1", to_gone)
+        await producer.publish(topics.outbound, "conv-1", to_busy)
+        (rejected,) = await wait_until(lambda: delivery(deliveries, to_gone.outbound_id))
+        (deferred,) = await wait_until(lambda: delivery(deliveries, to_busy.outbound_id))
+        letters = await wait_until(
+            lambda: len(dead_letters.events(DeadLetter)) >= 2 and dead_letters.events(DeadLetter)
+        )
+
+    assert rejected.status is DeliveryStatus.REJECTED
+    assert rejected.smtp_code == 550
+    assert rejected.server_response == "550 5.1.1 No such user"
+    assert deferred.status is DeliveryStatus.DEFERRED
+    assert deferred.smtp_code == 451
+    assert deferred.attempt == settings.retry_attempts
+    assert [(letter.retriable, letter.attempts) for letter in letters] == [
+        (False, 1),
+        (True, settings.retry_attempts),
+    ]
+
+
+async def test_wrong_password_fails_delivery_and_marks_channel_inactive(
+    settings, producer, deliveries, smtp_server, secret_box, kafka_settings, wait_until
+):
+    channel = smtp_channel(secret_box, smtp_server, password="not-the-password")
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    outbound = outbound_for(channel, to=recipient())
+
+    async with (
+        TopicTail(kafka_settings, topics.channel_status) as statuses,
+        running(settings),
+    ):
+        await producer.publish(topics.outbound, "conv-1", outbound)
+        (failed,) = await wait_until(lambda: delivery(deliveries, outbound.outbound_id))
+        (status,) = await wait_until(lambda: statuses.events(ChannelStatus))
+
+    assert failed.status is DeliveryStatus.FAILED
+    assert "step auth" in (failed.reason or "")
+    assert "not-the-password" not in failed.model_dump_json()
+    assert status.channel_id == channel.id
+    assert status.direction == "outbound"
+    assert status.state is ChannelState.INACTIVE
+    assert status.step == "auth"
+
+
+# --- the SMTP transport alone, against real servers ---------------------------------------------
+
+
+def transport_for(channel: ChannelConfig, secret_box, *, ca_file, allowed: str = "127.0.0.1"):
+    assert isinstance(channel.outbound, SmtpOutbound)
+    return SmtpTransport(
+        channel.outbound,
+        host_policy=HostPolicy.parse(allowed),
+        secrets=secret_box,
+        tls_context=client_context(extra_ca_file=ca_file),
+        timeout=10,
+    )
+
+
+async def test_implicit_tls_server(pki, secret_box):
+    """tls=ssl speaks TLS from the first byte (port 465 style)."""
+    with SmtpServer(pki, credentials=("sender", "sender-secret"), implicit_tls=True) as server:
+        channel = smtp_channel(secret_box, server)
+        channel = channel.model_copy(
+            update={"outbound": channel.outbound.model_copy(update={"tls": TlsMode.SSL})}
+        )
+        to = recipient()
+        composed = compose(outbound_for(channel, to=to), channel)
+
+        result = await transport_for(channel, secret_box, ca_file=pki.ca_cert).send(
+            composed.message, composed.envelope
+        )
+        mail = await received(server, to)
+
+    assert mail.tls
+    assert mail.authenticated_as == "sender"
+    assert result.message_id == composed.message_id
+
+
+async def test_untrusted_certificate_is_a_tls_misconfiguration(smtp_server, secret_box):
+    channel = smtp_channel(secret_box, smtp_server)
+    composed = compose(outbound_for(channel, to=recipient()), channel)
+
+    with pytest.raises(ChannelMisconfigured) as caught:
+        await transport_for(channel, secret_box, ca_file=None).send(
+            composed.message, composed.envelope
+        )
+    assert caught.value.step == "tls"
+
+
+async def test_loopback_host_is_refused_without_the_allow_list(smtp_server, secret_box, pki):
+    channel = smtp_channel(secret_box, smtp_server)
+    composed = compose(outbound_for(channel, to=recipient()), channel)
+
+    with pytest.raises(HostRefused) as caught:
+        await transport_for(channel, secret_box, ca_file=pki.ca_cert, allowed="").send(
+            composed.message, composed.envelope
+        )
+    assert caught.value.step == "dns"

@@ -1,0 +1,90 @@
+"""``python -m sender`` as a real process: sends, logs with context, stops cleanly on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+
+import pytest
+
+from email_channels.events import ChannelConfig, OutboundEmail, SmtpOutbound, TlsMode
+from email_channels.producer import EventProducer
+
+pytestmark = pytest.mark.integration
+
+
+async def _read_until(stream: asyncio.StreamReader, lines: list[str], marker: str) -> None:
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise AssertionError(f"process ended before logging {marker!r}:\n" + "\n".join(lines))
+        lines.append(raw.decode())
+        if marker in lines[-1]:
+            return
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_main_sends_and_stops_cleanly_on_signal(
+    sig, kafka_settings, smtp_server, secret_box, secret_keys, pki, tmp_path
+):
+    env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "EMAIL_CHANNELS_SECRET_KEYS": secret_keys,
+        "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1",
+        "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
+        "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path}/blobs",
+        "EMAIL_CHANNELS_LOG_FORMAT": "json",
+    }
+    channel = ChannelConfig(
+        id=f"ch-{uuid.uuid4().hex[:8]}",
+        name="Support",
+        email_address="support@shop.example",
+        enabled=True,
+        outbound=SmtpOutbound(
+            host=smtp_server.host,
+            port=smtp_server.port,
+            tls=TlsMode.STARTTLS,
+            username="sender",
+            password=secret_box.encrypt("sender-secret"),
+        ),
+    )
+    to = f"main-{uuid.uuid4().hex[:8]}@customer.example"
+    outbound = OutboundEmail.model_validate(
+        {
+            "outbound_id": f"out-{uuid.uuid4().hex[:8]}",
+            "channel_id": channel.id,
+            "to": [{"address": to}],
+        }
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sender", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with EventProducer(kafka_settings, client_id="main-test") as producer:
+            await producer.publish(kafka_settings.topics.channels, channel.id, channel)
+            await asyncio.wait_for(_read_until(process.stderr, lines, "sender ready"), 60)
+            await producer.publish(kafka_settings.topics.outbound, "conv", outbound)
+        await asyncio.wait_for(_read_until(process.stderr, lines, "outbound handled"), 60)
+        process.send_signal(sig)
+        _, rest = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines.extend(rest.decode().splitlines())
+
+    assert process.returncode == 0
+    assert any(to in m.rcpt_tos for m in smtp_server.messages)
+    handled = json.loads(next(line for line in lines if "outbound handled" in line))
+    assert handled["outbound_id"] == outbound.outbound_id
+    assert handled["channel_id"] == channel.id
+    assert handled["outcome"] == "sent"
+    assert any("sender stopped" in line for line in lines)
+    assert not any("sender-secret" in line for line in lines)
