@@ -63,7 +63,7 @@ async def ensure_topics(
 
 async def _check(admin: AIOKafkaAdminClient, names: dict[str, Any]) -> None:
     responses = await admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, name, ["cleanup.policy"]) for name in names]
+        [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names]
     )
     for response in responses:
         for resource in response.resources:

@@ -217,7 +217,7 @@ class ChannelState(StrEnum):
 
 
 class ChannelStatus(Contract):
-    """Value of ``email.channel-status`` (key: channel id)."""
+    """Value of ``email.channel-status`` (key: ``<channel id>/<direction>``, see :attr:`key`)."""
 
     schema_version: Literal[1] = 1
     channel_id: Id
@@ -228,6 +228,16 @@ class ChannelStatus(Contract):
     reported_by: str
     at: datetime = Field(default_factory=utcnow)
     last_success_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        """Record key: ``<channel id>/<direction>``, so the fetcher's inbound health and the
+        sender's outbound health do not overwrite each other in the compacted topic."""
+        return status_key(self.channel_id, self.direction)
+
+
+def status_key(channel_id: str, direction: Literal["inbound", "outbound"]) -> str:
+    return f"{channel_id}/{direction}"
 
 
 # --- fetch --------------------------------------------------------------------------------------

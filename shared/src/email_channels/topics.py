@@ -69,7 +69,7 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.CAMPAIGNS, "campaign id", "compact", "Campaign", "campaign id and name"),
     TopicSpec(
         Topic.CHANNEL_STATUS,
-        "channel id",
+        "channel id/direction",
         "compact",
         "ChannelStatus",
         "health: active/inactive, reason, last success",

@@ -57,6 +57,7 @@ from email_channels.events import (
     OutboundEmail,
     utcnow,
 )
+from email_channels.events import status_key as shared_status_key
 from sender.attachments import DEFAULT_MAX_TOTAL_BYTES, load_attachments
 from sender.compose import compose
 from sender.errors import ChannelUnavailable, MessageRejected, ServerReply
@@ -91,8 +92,8 @@ class Channels(Protocol):
 
 
 def status_key(channel_id: str) -> str:
-    """Key of this service's records on email.channel-status (the contract: the channel id)."""
-    return channel_id
+    """Key of this service's records on email.channel-status: ``<channel id>/outbound``."""
+    return shared_status_key(channel_id, "outbound")
 
 
 @dataclass(frozen=True, slots=True)
