@@ -56,7 +56,8 @@ class RetryPolicy:
     max_backoff: float = 30.0
 
     def backoff(self, attempt: int) -> float:
-        return float(min(self.max_backoff, self.first_backoff * 2 ** (attempt - 1)))
+        # The exponent is capped: with (nearly) unlimited attempts 2**n would overflow a float.
+        return float(min(self.max_backoff, self.first_backoff * 2 ** min(attempt - 1, 60)))
 
 
 def make_consumer(

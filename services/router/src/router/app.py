@@ -19,7 +19,10 @@ Choices, and why:
 - **Acks by hand.** faust acks an event when the agent moves on *or* when the agent is torn down
   in the middle of it; the router iterates a ``noack`` stream and acks only after the routed
   record (or the dead letter) was acknowledged by Kafka, so a shutdown mid-retry re-delivers
-  instead of committing past an unrouted email.
+  instead of committing past an unrouted email. For the same reason faust must not wait for
+  in-flight events on stop or rebalance (``stream_wait_empty=False``): a record retried until
+  the blob store is back would otherwise hold up SIGTERM and every rebalance; the unacked
+  record is simply delivered again to whoever owns the partition next (at-least-once).
 - **One agent instance, records in order.** Concurrency would process a partition's records
   out of order and leave gaps in the acked offsets; mail volume does not need it. Scale by
   adding router processes (partitions of email.raw are spread by the consumer group).
@@ -194,6 +197,7 @@ def build_app(settings: RouterSettings, *, blobs: BlobStore) -> faust.App:
         producer_compression_type="gzip",
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
+        stream_wait_empty=False,  # a record stuck in retries must not block stop or rebalance
         topic_allow_declare=False,
         topic_disable_leader=True,
         store="memory://",

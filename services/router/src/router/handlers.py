@@ -27,8 +27,8 @@ from email_channels.events import (
     RawEmail,
     RoutedEmail,
 )
+from router import rules
 from router.parsing import conversation_id, parse_email
-from router.rules import route
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -103,7 +103,7 @@ class EmailRouter:
         channel = await self.channel(raw.channel_id)
         mime, raw_ref = await self._raw_mime(raw)
         parsed = await asyncio.to_thread(parse_email, mime, own_address=channel.email_address)
-        decision = route(parsed, self._filters.get(channel.id), channel)
+        decision = rules.route(parsed, self._filters.get(channel.id), channel)
         routed = RoutedEmail(
             email_id=raw.email_id,
             channel_id=channel.id,
