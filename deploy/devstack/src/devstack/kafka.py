@@ -283,6 +283,7 @@ def ensure_kafka_jars(
     started = time.monotonic()
     version_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".lib-", dir=version_dir))
+    staging.chmod(0o755)  # mkdtemp's 0700 would be the final directory's mode after the rename
     try:
         (fetch_with_maven if fetch is None else fetch)(staging)
         verify_jars(staging, expected)
@@ -316,6 +317,9 @@ def _publish(staging: Path, lib_dir: Path, fingerprint: str) -> None:
         _log.debug("kafka.jars_published_by_another_process", cache=str(lib_dir))
 
 
+_ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*m")  # Maven colours even with -B at times
+
+
 def fetch_with_maven(destination: Path) -> None:
     """Copy the runtime classpath of the committed pom into ``destination`` (offline first)."""
     mvn = _require_executable("mvn", "Maven (`mvn`) is needed once, to download the Kafka jars")
@@ -346,20 +350,22 @@ def fetch_with_maven(destination: Path) -> None:
         )
 
 
-_ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*m")  # Maven colours even with -B at times
-
-
 def _run_maven(command: list[str], *, cwd: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed arguments, no shell
-        command,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=_MAVEN_TIMEOUT_S,
-        check=False,
-    )
+    try:
+        return subprocess.run(  # noqa: S603 - fixed arguments, no shell
+            command,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=_MAVEN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise KafkaDistributionError(
+            f"mvn did not finish within {_MAVEN_TIMEOUT_S:.0f} s: {' '.join(command)}"
+        ) from error
 
 
 def _require_executable(name: str, why: str) -> str:
@@ -384,7 +390,8 @@ class KafkaBroker:
 
     ``with KafkaBroker() as broker: ... broker.bootstrap_servers ...`` — ports are chosen free
     unless given; without ``data_dir`` a temporary one is used and removed on `stop`. The JVM
-    runs in its own process group and is also stopped at interpreter exit.
+    runs in its own process group under a small ``sh`` supervisor; it is stopped by `stop`, at
+    interpreter exit (atexit), and when this process dies without either (SIGKILL, os._exit).
     """
 
     version: str = KAFKA_VERSION
@@ -458,14 +465,13 @@ class KafkaBroker:
             try:
                 self._launch(java, lib_dir, data_dir, properties, port)
                 self._wait_until_ready()
-            except KafkaStartError as error:
+            except BaseException as error:  # Ctrl-C while waiting must not leave a JVM either
                 self._terminate()
-                ports_were_ours = self._fixed_ports == (None, None)
-                if ports_were_ours and attempt < _PORT_ATTEMPTS and "already in use" in str(error):
-                    _log.warning("kafka.port_taken_retrying", port=port, attempt=attempt)
-                    continue
                 self._forget_process()
-                raise
+                if not self._may_retry(error, attempt):
+                    raise
+                _log.warning("kafka.port_taken_retrying", port=port, attempt=attempt)
+                continue
             break
         _log.info(
             "kafka.ready",
@@ -477,7 +483,7 @@ class KafkaBroker:
         return self
 
     def stop(self) -> None:
-        """SIGTERM the broker's process group, SIGKILL it after ``stop_timeout``; idempotent."""
+        """SIGTERM the broker, SIGKILL its process group after ``stop_timeout``; idempotent."""
         if self._process is None:
             return
         started = time.monotonic()
@@ -534,15 +540,15 @@ class KafkaBroker:
     def _launch(
         self, java: str, lib_dir: Path, data_dir: Path, properties: Path, port: int
     ) -> None:
-        command = [*_jvm(java, lib_dir, data_dir, self._heap), "kafka.Kafka", str(properties)]
+        jvm = [*_jvm(java, lib_dir, data_dir, self._heap), "kafka.Kafka", str(properties)]
         with (data_dir / "logs" / "jvm.out").open("ab") as console:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
-                command,
+            self._process = subprocess.Popen(  # noqa: S603 - fixed script, arguments as "$@"
+                ["/bin/sh", "-c", _SUPERVISOR, "kafka-supervisor", *jvm],
                 cwd=data_dir,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # closed by stop() -- or by the kernel if we die
                 stdout=console,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: signals reach the whole JVM
+                start_new_session=True,  # its own process group, away from the terminal's Ctrl-C
             )
         self._port = port
         atexit.register(self.stop)
@@ -567,18 +573,28 @@ class KafkaBroker:
                 return
             time.sleep(0.2)
 
+    def _may_retry(self, error: BaseException, attempt: int) -> bool:
+        """Only a port we picked ourselves and somebody took before the JVM bound it."""
+        return (
+            isinstance(error, KafkaStartError)
+            and "Address already in use" in str(error)
+            and self._fixed_ports == (None, None)
+            and attempt < _PORT_ATTEMPTS
+        )
+
     def _terminate(self) -> int | None:
-        """Stop the JVM's process group: SIGTERM, then SIGKILL after the stop timeout."""
+        """SIGTERM the JVM (via its supervisor), SIGKILL its process group after the timeout."""
         process = self._process
         if process is None:
             return None
-        if process.poll() is None:
-            _signal_group(process.pid, signal.SIGTERM)
-            try:
-                return process.wait(self._stop_timeout)
-            except subprocess.TimeoutExpired:
-                _log.warning("kafka.stop_timeout_killing", pid=process.pid)
-                _signal_group(process.pid, signal.SIGKILL)
+        if process.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+        try:
+            return process.wait(self._stop_timeout)
+        except subprocess.TimeoutExpired:
+            _log.warning("kafka.stop_timeout_killing", pid=process.pid)
+            _signal_group(process.pid, signal.SIGKILL)
         return process.wait()
 
     def _forget_process(self) -> None:
@@ -592,6 +608,23 @@ class KafkaBroker:
             f"--- last lines of {path} ---\n{_tail(path)}"
             for path in (logs / "server.log", logs / "jvm.out")
         )
+
+
+# The JVM's parent: it sends the JVM SIGTERM as soon as its stdin reaches end of file, which
+# happens when stop() closes the pipe and also when our process dies in any way -- SIGKILL, a
+# CI timeout, os._exit -- that atexit cannot see. It exits with the JVM's exit status.
+_SUPERVISOR: Final = """\
+exec 3<&0
+"$@" 3<&- &
+jvm=$!
+{ while read -r _; do :; done; kill -TERM "$jvm" 2>/dev/null; } <&3 &
+watcher=$!
+exec 3<&-
+wait "$jvm"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status"
+"""
 
 
 def _jvm(java: str, lib_dir: Path, data_dir: Path, heap: str) -> list[str]:
