@@ -30,7 +30,7 @@ def closed_port() -> int:
 def settings_without_kafka() -> ConfigApiSettings:
     return ConfigApiSettings(
         kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{closed_port()}"),
-        common=CommonSettings(secret_keys=f"k1:{SecretBox.generate_key()}"),  # type: ignore[arg-type]
+        common=CommonSettings(secret_keys=f"k1:{SecretBox.generate_key()}"),
         startup_timeout_s=2,
     )
 
@@ -80,7 +80,7 @@ def test_refuses_to_start_without_secret_keys() -> None:
     with pytest.raises(StartupError, match="EMAIL_CHANNELS_SECRET_KEYS is not set"):
         secret_box(CommonSettings(secret_keys=None))
     with pytest.raises(StartupError, match="EMAIL_CHANNELS_SECRET_KEYS is invalid"):
-        secret_box(CommonSettings(secret_keys="k1:tooshort"))  # type: ignore[arg-type]
+        secret_box(CommonSettings(secret_keys="k1:tooshort"))
 
 
 def test_settings_read_their_own_prefixes(monkeypatch: pytest.MonkeyPatch) -> None:

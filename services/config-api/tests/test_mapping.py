@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from config_api import mapping
@@ -20,8 +24,8 @@ def box() -> SecretBox:
     return SecretBox.from_env(f"k1:{SecretBox.generate_key()}")
 
 
-def channel_body(**changes: object) -> dict[str, object]:
-    body: dict[str, object] = {
+def channel_body(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "name": "  Support  ",
         "email_address": " support@example.com ",
         "default_campaign_id": "sales",
@@ -42,6 +46,16 @@ def channel_body(**changes: object) -> dict[str, object]:
     }
     body.update(changes)
     return body
+
+
+def imap_of(config: ChannelConfig) -> ImapInbound:
+    assert isinstance(config.inbound, ImapInbound)
+    return config.inbound
+
+
+def smtp_of(config: ChannelConfig) -> SmtpOutbound:
+    assert isinstance(config.outbound, SmtpOutbound)
+    return config.outbound
 
 
 def test_create_encrypts_passwords_and_trims_typed_text(box: SecretBox) -> None:
@@ -75,12 +89,10 @@ def test_default_ports_follow_the_tls_mode(box: SecretBox) -> None:
     ]
     for imap_tls, smtp_tls, imap_port, smtp_port in cases:
         body = channel_body()
-        body["inbound"] = {**body["inbound"], "tls": imap_tls}  # type: ignore[dict-item]
-        body["outbound"] = {**body["outbound"], "tls": smtp_tls}  # type: ignore[dict-item]
+        body["inbound"] = {**body["inbound"], "tls": imap_tls}
+        body["outbound"] = {**body["outbound"], "tls": smtp_tls}
         config = mapping.channel_config(ChannelIn.model_validate(body), channel_id="c", box=box)
-        assert config.inbound is not None
-        assert config.outbound is not None
-        assert (config.inbound.port, config.outbound.port) == (imap_port, smtp_port)  # type: ignore[union-attr]
+        assert (imap_of(config).port, smtp_of(config).port) == (imap_port, smtp_port)
 
 
 def test_update_without_password_keeps_the_stored_one(box: SecretBox) -> None:
@@ -89,8 +101,8 @@ def test_update_without_password_keeps_the_stored_one(box: SecretBox) -> None:
         ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
     )
     body = channel_body(revision=1, name="Support EU")
-    del body["inbound"]["password"]  # type: ignore[attr-defined]
-    del body["outbound"]["password"]  # type: ignore[attr-defined]
+    del body["inbound"]["password"]
+    del body["outbound"]["password"]
 
     updated = mapping.channel_config(
         ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
@@ -98,17 +110,14 @@ def test_update_without_password_keeps_the_stored_one(box: SecretBox) -> None:
 
     assert updated.revision == 2
     assert updated.name == "Support EU"
-    assert updated.inbound is not None
-    assert updated.outbound is not None
-    assert updated.inbound.password == current.inbound.password  # type: ignore[union-attr]
-    assert updated.outbound.password == current.outbound.password  # type: ignore[union-attr]
+    assert imap_of(updated).password == imap_of(current).password
+    assert smtp_of(updated).password == smtp_of(current).password
 
-    body["inbound"]["password"] = "new-one"  # type: ignore[index]
+    body["inbound"]["password"] = "new-one"
     replaced = mapping.channel_config(
         ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=updated
     )
-    assert replaced.inbound is not None
-    assert box.decrypt(replaced.inbound.password) == "new-one"  # type: ignore[union-attr]
+    assert box.decrypt(imap_of(replaced).password) == "new-one"
 
 
 def test_kept_password_moves_to_the_active_key() -> None:
@@ -120,21 +129,20 @@ def test_kept_password_moves_to_the_active_key() -> None:
         ChannelIn.model_validate(channel_body()), channel_id="c1", box=old_box
     )
     body = channel_body(revision=1)
-    del body["inbound"]["password"]  # type: ignore[attr-defined]
+    del body["inbound"]["password"]
 
     updated = mapping.channel_config(
         ChannelUpdate.model_validate(body), channel_id="c1", box=rotated_box, current=current
     )
 
-    assert updated.inbound is not None
-    assert updated.inbound.password.kid == "new"  # type: ignore[union-attr]
-    assert rotated_box.decrypt(updated.inbound.password) == IMAP_PASSWORD  # type: ignore[union-attr]
+    assert imap_of(updated).password.kid == "new"
+    assert rotated_box.decrypt(imap_of(updated).password) == IMAP_PASSWORD
 
 
 def test_new_imap_settings_need_a_password(box: SecretBox) -> None:
     """Creating IMAP settings without a password names inbound.password."""
     body = channel_body()
-    del body["inbound"]["password"]  # type: ignore[attr-defined]
+    del body["inbound"]["password"]
 
     with pytest.raises(InvalidInput) as caught:
         mapping.channel_config(ChannelIn.model_validate(body), channel_id="c1", box=box)
@@ -149,7 +157,7 @@ def test_undecryptable_stored_password_asks_for_it_again(box: SecretBox) -> None
         ChannelIn.model_validate(channel_body()), channel_id="c1", box=other
     )
     body = channel_body(revision=1)
-    del body["inbound"]["password"]  # type: ignore[attr-defined]
+    del body["inbound"]["password"]
 
     with pytest.raises(InvalidInput) as caught:
         mapping.channel_config(
@@ -176,8 +184,7 @@ def test_response_shows_password_set_never_the_secret(box: SecretBox) -> None:
     assert IMAP_PASSWORD not in dumped
     assert SMTP_PASSWORD not in dumped
     assert "ciphertext" not in dumped
-    assert config.inbound is not None
-    assert config.inbound.password.ciphertext not in dumped  # type: ignore[union-attr]
+    assert imap_of(config).password.ciphertext not in dumped
     assert out.status.state == "inactive"
     assert out.status.reason == mapping.NOT_VALIDATED
 
@@ -193,9 +200,8 @@ def test_smtp_without_login_has_no_password(box: SecretBox) -> None:
         ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
     )
 
-    assert updated.outbound is not None
-    assert updated.outbound.username is None
-    assert updated.outbound.password is None
+    assert smtp_of(updated).username is None
+    assert smtp_of(updated).password is None
     out = mapping.channel_out(updated, campaign=None, filters=None, status=None)
     assert out.outbound is not None
     assert not out.outbound.password_set
@@ -262,8 +268,8 @@ def test_blank_optional_fields_mean_not_set() -> None:
 def test_event_round_trip_keeps_the_mapping(box: SecretBox) -> None:
     """What the mapping produces is a valid contract event, byte-for-byte stable through JSON."""
     body = channel_body()
-    body["inbound"] = {  # type: ignore[assignment]
-        **body["inbound"],  # type: ignore[dict-item]
+    body["inbound"] = {
+        **body["inbound"],
         "after_fetch": "move",
         "move_to_folder": "Archive",
     }
@@ -275,3 +281,33 @@ def test_event_round_trip_keeps_the_mapping(box: SecretBox) -> None:
     assert isinstance(again.inbound, ImapInbound)
     assert again.inbound.after_fetch is AfterFetch.MOVE
     assert again.inbound.tls is TlsMode.SSL
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+_SECRET_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n\0")
+secrets_ = st.text(_SECRET_CHARS, min_size=1, max_size=64).filter(lambda s: s == s.strip())
+
+
+@given(password=secrets_, smtp_password=secrets_)
+@settings(max_examples=50, deadline=None)
+def test_any_valid_password_round_trips_and_is_never_shown(
+    password: str, smtp_password: str
+) -> None:
+    """Whatever the password, the event holds it only encrypted, the keyring gives it back,
+    and the response holds no trace of it."""
+    box = SecretBox.from_env(f"k1:{SecretBox.generate_key()}")
+    body = channel_body()
+    body["inbound"]["password"] = password
+    body["outbound"]["password"] = smtp_password
+
+    config = mapping.channel_config(ChannelIn.model_validate(body), channel_id="c1", box=box)
+    out = mapping.channel_out(config, campaign=None, filters=None, status=None).model_dump()
+
+    smtp_secret = smtp_of(config).password
+    assert smtp_secret is not None
+    assert box.decrypt(imap_of(config).password) == password
+    assert box.decrypt(smtp_secret) == smtp_password
+    assert out["inbound"]["password_set"] is True
+    assert "password" not in out["inbound"]
+    assert "password" not in out["outbound"]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from email_channels.events import AfterFetch, ChannelConfig, ImapInbound, SmtpOutbound
-
 from config_api.rules import NEEDS_DEFAULT_CAMPAIGN, channel_problems
+from email_channels.events import AfterFetch, ChannelConfig, ImapInbound, SmtpOutbound
 
 CIPHERTEXT = "v1:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 
@@ -54,9 +53,7 @@ def test_default_campaign_must_exist() -> None:
 
 
 def test_move_needs_a_target_folder_and_only_move_uses_one() -> None:
-    assert fields(channel(inbound=imap(after_fetch=AfterFetch.MOVE))) == [
-        "inbound.move_to_folder"
-    ]
+    assert fields(channel(inbound=imap(after_fetch=AfterFetch.MOVE))) == ["inbound.move_to_folder"]
     assert fields(channel(inbound=imap(after_fetch=AfterFetch.MOVE, move_to_folder="Done"))) == []
     assert fields(channel(inbound=imap(move_to_folder="Done"))) == ["inbound.move_to_folder"]
 

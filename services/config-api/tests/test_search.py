@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from email_channels.events import ChannelConfig, ChannelState, ChannelStatus
-
 from config_api.search import ChannelQuery, select_channels
+from email_channels.events import ChannelConfig, ChannelState, ChannelStatus
 
 CHANNELS = [
     ChannelConfig(id="1", name="Support EU", email_address="eu@example.com"),

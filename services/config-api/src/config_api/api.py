@@ -40,15 +40,16 @@ class Runtime:
     start_problem: str | None = None
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
+# Dependencies are coroutines so FastAPI runs them on the event loop, not in a thread pool.
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_store(runtime: RuntimeDep) -> ConfigStore:
+async def get_store(runtime: RuntimeDep) -> ConfigStore:
     """The store, or 503 until it has read the config topics to their end."""
     store = runtime.store
     if store is None:
@@ -58,7 +59,7 @@ def get_store(runtime: RuntimeDep) -> ConfigStore:
     return store
 
 
-def get_box(runtime: RuntimeDep) -> SecretBox:
+async def get_box(runtime: RuntimeDep) -> SecretBox:
     return runtime.box
 
 

@@ -93,14 +93,15 @@ async def _connect(runtime: Runtime) -> None:
     settings = runtime.settings
     delay = FIRST_RETRY_S
     while True:
-        store = ConfigStore(
-            settings.kafka,
-            transactional_id=settings.transactional_id,
-            write_timeout_s=settings.write_timeout_s,
-        )
         try:
             if settings.ensure_topics:
                 await ensure_topics(settings.kafka, client_id="config-api-admin")
+            # A fresh store per attempt: a Kafka producer cannot be restarted once stopped.
+            store = ConfigStore(
+                settings.kafka,
+                transactional_id=settings.transactional_id,
+                write_timeout_s=settings.write_timeout_s,
+            )
             await store.start(timeout=settings.startup_timeout_s)
         except Exception as exc:
             # Kafka unreachable, topics missing, ...: stay up, unready, and say why.
