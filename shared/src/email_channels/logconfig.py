@@ -14,6 +14,8 @@ import structlog
 
 from email_channels.redaction import redact_secrets
 
+NOISY_LIBRARIES = ("aiokafka", "faust", "mode", "uvicorn.access", "aioimaplib", "aiosmtplib")
+
 
 def configure_logging(
     *,
@@ -56,6 +58,10 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    if level != "debug":
+        # Libraries log every rebalance step and request at INFO; keep their warnings only.
+        for name in NOISY_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
     structlog.contextvars.bind_contextvars(service=service)
 
 

@@ -68,7 +68,7 @@ def _demo_message(number: int) -> bytes:
     return message.as_bytes()
 
 
-def run(*, demo: bool, port: int) -> int:
+def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
     var = Path(os.environ.get("EMAIL_CHANNELS_VAR_DIR", "var")).resolve()
     var.mkdir(parents=True, exist_ok=True)
     stack = contextlib.ExitStack()
@@ -77,7 +77,7 @@ def run(*, demo: bool, port: int) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     with stack:
         kafka_dir = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else var / "kafka"
-        kafka = stack.enter_context(running_kafka(data_dir=kafka_dir))
+        kafka = stack.enter_context(running_kafka(data_dir=kafka_dir, port=kafka_port))
         settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)
         asyncio.run(ensure_topics(settings))
         env = {
@@ -182,9 +182,15 @@ def main() -> None:
     run_parser = sub.add_parser("run", help="start Kafka, the four services and the admin page")
     run_parser.add_argument("--demo", action="store_true", help="also a seeded local mailbox")
     run_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    run_parser.add_argument(
+        "--kafka-port",
+        type=int,
+        default=int(os.environ.get("DEVSTACK_KAFKA_PORT", "9092")),
+        help="port of the local broker (0: any free port)",
+    )
     args = parser.parse_args()
     configure_logging(service="devstack", fmt="console")
-    sys.exit(run(demo=args.demo, port=args.port))
+    sys.exit(run(demo=args.demo, port=args.port, kafka_port=args.kafka_port or None))
 
 
 if __name__ == "__main__":
