@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,15 @@ from pydantic import ValidationError
 from config_api import mapping
 from config_api.errors import InvalidInput
 from config_api.schemas import ChannelIn, ChannelUpdate, ImapInboundIn, SmtpOutboundIn
-from email_channels.events import AfterFetch, ChannelConfig, ImapInbound, SmtpOutbound, TlsMode
+from email_channels.events import (
+    AfterFetch,
+    ChannelConfig,
+    ChannelState,
+    ChannelStatus,
+    ImapInbound,
+    SmtpOutbound,
+    TlsMode,
+)
 from email_channels.secretbox import SecretBox
 
 IMAP_PASSWORD = "imap-Pa55 word"
@@ -311,3 +320,25 @@ def test_any_valid_password_round_trips_and_is_never_shown(
     assert out["inbound"]["password_set"] is True
     assert "password" not in out["inbound"]
     assert "password" not in out["outbound"]
+
+
+def test_combined_status_is_inactive_when_either_direction_fails() -> None:
+    """Inbound working but outbound failing shows Inactive with the outbound reason."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    inbound = ChannelStatus(
+        channel_id="c1", direction="inbound", state=ChannelState.ACTIVE, reported_by="f", at=now
+    )
+    outbound = ChannelStatus(
+        channel_id="c1",
+        direction="outbound",
+        state=ChannelState.INACTIVE,
+        reason="535 authentication failed",
+        step="auth",
+        reported_by="s",
+        at=now - timedelta(hours=1),
+    )
+    assert mapping.combined_status(inbound, outbound) == outbound
+    assert mapping.combined_status(inbound, None) == inbound
+    assert mapping.combined_status(None, None) is None
+    later = inbound.model_copy(update={"at": now + timedelta(minutes=1)})
+    assert mapping.combined_status(inbound, later) == later

@@ -110,7 +110,7 @@ def _channel_out(store: ConfigStore, channel: ChannelConfig) -> ChannelOut:
         channel,
         campaign=store.campaigns.get(campaign_id) if campaign_id else None,
         filters=store.filters.get(channel.id),
-        status=store.statuses.get(channel.id),
+        status=store.status_of(channel.id),
     )
 
 
@@ -148,7 +148,7 @@ async def list_channels(
         default_campaign_id=default_campaign_id,
         status=status,
     )
-    channels = select_channels(store.channels.values(), query, store.statuses.get)
+    channels = select_channels(store.channels.values(), query, store.status_of)
     return ChannelList(items=[_channel_out(store, c) for c in channels], total=len(channels))
 
 

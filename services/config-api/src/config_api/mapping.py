@@ -181,6 +181,18 @@ def channel_out(
     )
 
 
+def combined_status(*reports: ChannelStatus | None) -> ChannelStatus | None:
+    """One indicator from the inbound and outbound health reports of a channel.
+
+    Any failing direction makes the channel inactive (the most recent failure is shown);
+    otherwise the most recent success; ``None`` when nothing was ever reported.
+    """
+    known = [report for report in reports if report is not None]
+    failing = [report for report in known if report.state is ChannelState.INACTIVE]
+    candidates = failing or known
+    return max(candidates, key=lambda report: report.at) if candidates else None
+
+
 def status_out(status: ChannelStatus | None) -> StatusOut:
     if status is None:
         return StatusOut(state=ChannelState.INACTIVE, reason=NOT_VALIDATED)

@@ -34,11 +34,18 @@ from config_api.errors import (
     Unavailable,
     WriterFenced,
 )
+from config_api.mapping import combined_status
 from config_api.metrics import WRITE_SECONDS, WRITES
 from config_api.rules import channel_problems
 from email_channels.compacted import CompactedView
 from email_channels.errors import PipelineError, TransientError
-from email_channels.events import Campaign, ChannelConfig, ChannelFilters, ChannelStatus
+from email_channels.events import (
+    Campaign,
+    ChannelConfig,
+    ChannelFilters,
+    ChannelStatus,
+    status_key,
+)
 from email_channels.producer import EventProducer
 
 if TYPE_CHECKING:
@@ -158,6 +165,13 @@ class ConfigStore:
         if channel is None:
             raise NotFound(f"channel {channel_id!r} does not exist")
         return channel
+
+    def status_of(self, channel_id: str) -> ChannelStatus | None:
+        """The channel's indicator, combined from its inbound and outbound health reports."""
+        return combined_status(
+            self.statuses.get(status_key(channel_id, "inbound")),
+            self.statuses.get(status_key(channel_id, "outbound")),
+        )
 
     def campaign(self, campaign_id: str) -> Campaign:
         campaign = self.campaigns.get(campaign_id)

@@ -34,7 +34,7 @@ def message_id_of(raw: bytes) -> str | None:
     head = raw[: end.end()] if end else raw
     try:
         value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Message-ID")
-    except Exception:  # malformed headers must never stop a message  # noqa: BLE001
+    except Exception:  # malformed headers must never stop a message
         return None
     if value is None:
         return None

@@ -35,6 +35,10 @@ class FetcherSettings(BaseSettings):
     poll_interval_s: Seconds = Field(
         default=60.0, description="how often to look for new mail when the server has no IDLE"
     )
+    imap_idle: bool = Field(
+        default=True,
+        description="use IMAP IDLE when the server offers it (off: poll every poll_interval_s)",
+    )
     idle_renew_s: Annotated[float, Field(gt=0, lt=29 * 60)] = Field(
         default=25 * 60.0,
         description="re-issue IMAP IDLE after this long (servers may drop it after 30 minutes)",

@@ -36,15 +36,14 @@ import asyncio
 import base64
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import structlog
 from aioimaplib import (
-    STOP_WAIT_SERVER_PUSH,
     IMAP4,
+    STOP_WAIT_SERVER_PUSH,
     AioImapException,
     Command,
     CommandTimeout,
@@ -70,6 +69,7 @@ from fetcher.metrics import UIDVALIDITY_RESETS
 from fetcher.sources import Pending, SourceUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
     from pathlib import Path
 
     from email_channels.hostpolicy import HostPolicy
@@ -90,6 +90,7 @@ class ImapOptions:
 
     command_timeout: float = 30.0
     fetch_timeout: float = 300.0
+    use_idle: bool = True
     idle_renew: float = 25 * 60.0
     poll_interval: float = 60.0
     ca_file: Path | None = None
@@ -137,15 +138,15 @@ def map_imap_error(exc: BaseException, *, step: Step) -> PipelineError | None:  
         return _map_refusal(exc, step)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ChannelMisconfigured(
-            f"the server's TLS certificate is not trusted ({exc.verify_message}); add its CA to "
+            f"the server's TLS certificate is not trusted ({_ssl_reason(exc)}); add its CA to "
             "EMAIL_CHANNELS_CA_FILE, or turn verify_tls off for this channel if you must",
             step="tls",
         )
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return SourceUnavailable(f"the TLS connection was cut: {exc.reason}", step="tls")
+        return SourceUnavailable(f"the TLS connection was cut: {_ssl_reason(exc)}", step="tls")
     if isinstance(exc, ssl.SSLError):
         return ChannelMisconfigured(
-            f"TLS handshake failed ({exc.reason}): is the port right for this TLS mode?",
+            f"TLS handshake failed ({_ssl_reason(exc)}): is the port right for this TLS mode?",
             step="tls",
         )
     if isinstance(exc, TimeoutError | CommandTimeout):
@@ -159,6 +160,12 @@ def map_imap_error(exc: BaseException, *, step: Step) -> PipelineError | None:  
     if isinstance(exc, AioImapException):  # protocol state errors: start over on a new connection
         return SourceUnavailable(f"IMAP protocol error: {exc}", step=step)
     return None
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    return str(
+        getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc.strerror or exc
+    )
 
 
 def _map_refusal(exc: ImapRefused, step: Step) -> PipelineError:
@@ -311,10 +318,10 @@ def encode_mailbox(name: str) -> str:
         else:
             pending.append(char)
     flush()
-    return quoted("".join(out))
+    return str(quoted("".join(out)))
 
 
-# --- aioimaplib, with the EXISTS it would drop -----------------------------------------------------
+# --- aioimaplib, with the EXISTS it would drop -------------------------------------------------
 
 
 class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib ships no types
@@ -374,6 +381,7 @@ class ImapSource:
         self._client: _Client | None = None
         self._lost = asyncio.Event()
         self._selected: tuple[str, int] | None = None
+        self._uidnext_seen: dict[str, int] = {}
         self._idle = False
 
     def __repr__(self) -> str:
@@ -418,7 +426,7 @@ class ImapSource:
             await self._until_lost(
                 asyncio.wait_for(client.protocol.capability(), self._options.command_timeout)
             )
-        self._idle = client.has_capability("IDLE")
+        self._idle = self._options.use_idle and client.has_capability("IDLE")
         log.info(
             "imap logged in",
             host=inbound.host,
@@ -454,6 +462,7 @@ class ImapSource:
             uidvalidity = state.uidvalidity
             assert uidvalidity is not None  # _select guarantees it
             uidnext = state.uidnext if state.uidnext is not None else await self._highest_uid() + 1
+            self._uidnext_seen[folder] = uidnext
             plan = plan_folder(cursor.folders.get(folder), uidvalidity=uidvalidity, uidnext=uidnext)
             if plan.reset:
                 UIDVALIDITY_RESETS.inc()
@@ -467,7 +476,10 @@ class ImapSource:
                 )
             if plan.cursor != cursor.folders.get(folder):
                 cursor = cursor.model_copy(
-                    update={"folders": {**cursor.folders, folder: plan.cursor}, "updated_at": utcnow()}
+                    update={
+                        "folders": {**cursor.folders, folder: plan.cursor},
+                        "updated_at": utcnow(),
+                    }
                 )
             after = plan.cursor.last_uid
             if uidnext - 1 <= after:
@@ -522,14 +534,25 @@ class ImapSource:
         timeout = self._options.idle_renew
         if len(self._folders) > 1:
             timeout = min(timeout, self._options.poll_interval)
-        if self._selected is None or self._selected[0] != self._folders[0]:
-            await self._select(self._folders[0])
+        first = self._folders[0]
+        if self._selected is None or self._selected[0] != first:
+            state = await self._select(first)
+            if state.uidnext is None or state.uidnext > self._uidnext_seen.get(first, 0):
+                return  # mail arrived in the first folder while we were in the others
         await self._idle_once(client, timeout)
 
     # --- internals ---
 
     def _check_settings(self) -> None:
         inbound = self._inbound
+        if any(
+            c in value
+            for value in (inbound.username, self._password.get_secret_value())
+            for c in "\r\n\0"
+        ):
+            raise ChannelMisconfigured(
+                "the user name or password contains a line break or NUL", step="auth"
+            )
         if inbound.after_fetch is AfterFetch.MOVE:
             if not inbound.move_to_folder:
                 raise ChannelMisconfigured(
@@ -614,7 +637,9 @@ class ImapSource:
     async def _select(self, folder: str) -> FolderState:
         client = self._client_or_fail()
         self._selected = None
+        news_before = client.protocol.exists_seen
         response = await self._command(client.select(encode_mailbox(folder)), "SELECT", "folder")
+        client.protocol.exists_seen = news_before  # the SELECT's own EXISTS is no news
         state = parse_select(response.lines)
         if state.uidvalidity is None:
             raise ChannelMisconfigured(

@@ -1,0 +1,110 @@
+"""Wiring only: settings -> Kafka producer, blob store, sources -> workers -> ownership.
+
+Everything with behaviour lives in its own module: :mod:`fetcher.ownership` (which channels),
+:mod:`fetcher.supervisor` (one worker per channel), :mod:`fetcher.worker` (the fetch loop and
+its failure policy), :mod:`fetcher.sources` (mail protocols), :mod:`fetcher.sink` (Kafka).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from email_channels.admin import ensure_topics
+from email_channels.blobstore import blob_store_from_url
+from email_channels.hostpolicy import HostPolicy
+from email_channels.producer import EventProducer
+from email_channels.secretbox import SECRET_KEYS_ENV, SecretBox
+from fetcher.ownership import Ownership
+from fetcher.sink import KafkaSink
+from fetcher.sources import SourceRegistry
+from fetcher.sources.imap import ImapOptions, ImapSourceFactory
+from fetcher.supervisor import Supervisor
+from fetcher.worker import ChannelWorker, WorkerPolicy
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from email_channels.blobstore import BlobStore
+    from email_channels.events import ChannelConfig, FetchCursor
+    from fetcher.settings import FetcherSettings
+
+log = structlog.get_logger(__name__)
+
+
+class FetcherApp:
+    """The fetcher process: run until ``stopping`` is set, then stop cleanly."""
+
+    def __init__(self, settings: FetcherSettings) -> None:
+        self.settings = settings
+        keys = settings.common.secret_keys
+        if keys is None:
+            raise ValueError(
+                f"{SECRET_KEYS_ENV} is required: the fetcher decrypts mailbox passwords"
+            )
+        self._secret_box = SecretBox.from_env(keys.get_secret_value())
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.settings
+        client_id = f"email-fetcher-{settings.instance_id}"
+        if settings.ensure_topics:
+            await ensure_topics(settings.kafka, client_id=client_id)
+        blobs = blob_store_from_url(settings.common.blob_store_url)
+        try:
+            async with EventProducer(settings.kafka, client_id=client_id) as producer:
+                supervisor = self._supervisor(KafkaSink(producer), blobs)
+                ownership = Ownership(
+                    settings.kafka, supervisor, group_id=settings.group_id, client_id=client_id
+                )
+                log.info(
+                    "fetcher starting",
+                    instance_id=settings.instance_id,
+                    group_id=settings.group_id,
+                    bootstrap_servers=settings.kafka.bootstrap_servers,
+                    topic_prefix=settings.kafka.topic_prefix,
+                )
+                await ownership.run(stopping)
+        finally:
+            await blobs.aclose()
+        log.info("fetcher stopped")
+
+    def _supervisor(self, sink: KafkaSink, blobs: BlobStore) -> Supervisor:
+        settings = self.settings
+        common = settings.common
+        sources = SourceRegistry(
+            {
+                "imap": ImapSourceFactory(
+                    secret_box=self._secret_box,
+                    host_policy=HostPolicy.parse(common.allowed_hosts),
+                    options=ImapOptions(
+                        command_timeout=settings.command_timeout_s,
+                        fetch_timeout=settings.fetch_timeout_s,
+                        use_idle=settings.imap_idle,
+                        idle_renew=settings.idle_renew_s,
+                        poll_interval=settings.poll_interval_s,
+                        ca_file=common.ca_file,
+                    ),
+                )
+            }
+        )
+        policy = WorkerPolicy(
+            first_backoff=settings.retry_first_backoff_s,
+            max_backoff=settings.retry_max_backoff_s,
+            misconfigured_backoff=settings.misconfigured_backoff_s,
+            inactive_after_failures=settings.inactive_after_failures,
+        )
+
+        def worker(channel: ChannelConfig, cursor: FetchCursor | None) -> ChannelWorker:
+            return ChannelWorker(
+                channel,
+                cursor,
+                sources=sources,
+                sink=sink,
+                blobs=blobs,
+                inline_max_bytes=common.inline_max_bytes,
+                reported_by=settings.instance_id,
+                policy=policy,
+            )
+
+        return Supervisor(worker, fetchable=sources.supports, stop_timeout=settings.stop_timeout_s)

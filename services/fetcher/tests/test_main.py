@@ -1,0 +1,84 @@
+"""``python -m fetcher`` as a real process: fetches, serves /metrics, never logs the password,
+and on SIGTERM/SIGINT finishes, leaves the group and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+import httpx
+import pytest
+
+from email_channels.producer import EventProducer
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def read_until(stream: asyncio.StreamReader, lines: list[str], marker: str) -> None:
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise AssertionError(f"process ended before logging {marker!r}:\n" + "".join(lines))
+        lines.append(raw.decode())
+        if marker in lines[-1]:
+            return
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_main_fetches_and_stops_cleanly_on_signal(
+    sig, kafka_settings, dovecot, mail_user, imap_channel, secret_keys, tmp_path
+):
+    metrics_port = free_port()
+    env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "EMAIL_CHANNELS_SECRET_KEYS": secret_keys,
+        "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1",
+        "EMAIL_CHANNELS_CA_FILE": str(dovecot.ca_file),
+        "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path}/blobs",
+        "EMAIL_CHANNELS_LOG_FORMAT": "json",
+        "EMAIL_CHANNELS_LOG_LEVEL": "debug",
+        "EMAIL_CHANNELS_METRICS_PORT": str(metrics_port),
+        "FETCHER_INSTANCE_ID": "fetcher-main-test",
+    }
+    channel = imap_channel(mail_user)
+    dovecot.deliver(mail_user.user, b"Subject: hi\r\nMessage-ID: <main@x>\r\n\r\nhello\r\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fetcher", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with EventProducer(kafka_settings, client_id="main-test") as producer:
+            await producer.publish(kafka_settings.topics.channels, channel.id, channel)
+        await asyncio.wait_for(read_until(process.stderr, lines, "channel active"), 60)
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        process.send_signal(sig)
+        _, rest = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines.extend(rest.decode().splitlines(keepends=True))
+    output = "".join(lines)
+
+    assert process.returncode == 0, output
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    [fetched] = [e for e in events if e["event"] == "message fetched"]
+    assert fetched["channel_id"] == channel.id
+    assert fetched["message_id"] == "<main@x>"
+    assert fetched["uid"] == 1
+    assert any(e["event"] == "left fetcher group" for e in events)
+    assert mail_user.password not in output
+    assert 'email_fetcher_messages_fetched_total{protocol="imap",storage="inline"} 1.0' in metrics
