@@ -20,6 +20,7 @@ from email_channels.events import (
     ChannelStatus,
     FetchCursor,
     RawEmail,
+    status_key,
 )
 from email_channels.producer import EventProducer
 from email_channels.settings import CommonSettings
@@ -97,10 +98,11 @@ def raw_emails(reader: object) -> list[tuple[str, RawEmail]]:
 
 
 def statuses(reader: object, channel_id: str) -> list[ChannelStatus]:
+    """The channel's inbound health reports (key ``<channel id>/inbound``), oldest first."""
     return [
         decode(ChannelStatus, record.value)
         for record in reader.records  # type: ignore[attr-defined]
-        if record.key.decode() == channel_id
+        if record.key.decode() == status_key(channel_id, "inbound")
     ]
 
 
