@@ -54,7 +54,12 @@ async def test_main_fetches_and_stops_cleanly_on_signal(
     channel = imap_channel(mail_user)
     dovecot.deliver(mail_user.user, b"Subject: hi\r\nMessage-ID: <main@x>\r\n\r\nhello\r\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fetcher", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "fetcher",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+        limit=16 * 1024 * 1024,  # debug lines of aiokafka (metadata dumps) exceed the 64 KiB default
     )
     assert process.stderr is not None
     lines: list[str] = []

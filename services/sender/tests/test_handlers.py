@@ -260,7 +260,7 @@ async def test_auth_failure_fails_the_delivery_and_marks_the_channel_inactive(
     assert status.state is ChannelState.INACTIVE
     assert status.direction == "outbound"
     assert status.step == "auth"
-    assert harness.publisher.published[-1][1] == "ch-1"
+    assert harness.publisher.published[-1][1] == "ch-1/outbound"
 
     # Once it works again the channel is reported active again.
     await harness.feed(make_outbound())

@@ -62,7 +62,12 @@ async def test_main_sends_and_stops_cleanly_on_signal(
         }
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sender", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "sender",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+        limit=16 * 1024 * 1024,  # library debug lines can exceed the 64 KiB default
     )
     assert process.stderr is not None
     lines: list[str] = []
