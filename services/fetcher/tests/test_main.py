@@ -59,7 +59,7 @@ async def test_main_fetches_and_stops_cleanly_on_signal(
         "fetcher",
         env=env,
         stderr=asyncio.subprocess.PIPE,
-        limit=16 * 1024 * 1024,  # debug lines of aiokafka (metadata dumps) exceed the 64 KiB default
+        limit=16 * 1024 * 1024,  # aiokafka debug lines can exceed the 64 KiB default
     )
     assert process.stderr is not None
     lines: list[str] = []
