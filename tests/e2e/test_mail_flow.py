@@ -66,7 +66,6 @@ def services(
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
         "CONFIG_API_HOST": "127.0.0.1",
         "CONFIG_API_PORT": str(port),
-        "FETCHER_POLL_INTERVAL_SECONDS": "2",
     }
     processes = ServiceProcesses(env, log_dir=tmp_path / "logs")
     processes.start()
