@@ -4,7 +4,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := uv
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test test-unit lint format schemas kafka clean
+.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean
 
 bootstrap:
 	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
@@ -42,6 +42,11 @@ format:
 ## schemas: regenerate the committed JSON Schemas of the topic contracts
 schemas:
 	$(UV) run --frozen python -m email_channels.schemas
+
+## tail: print a topic's records, e.g. make tail TOPIC=email.routed (FOLLOW=1 keeps waiting)
+tail: WITH_MAIL_SERVERS=0
+tail: bootstrap
+	$(UV) run --frozen python -m devstack tail $(TOPIC) $(if $(FOLLOW),--follow,)
 
 ## kafka: only a local Kafka broker in the foreground
 kafka: WITH_MAIL_SERVERS=0

@@ -18,11 +18,12 @@ import sys
 import threading
 import urllib.request
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer
 
 from devstack.kafka import running_kafka
 from devstack.processes import ServiceFailed, ServiceProcesses
@@ -30,6 +31,7 @@ from email_channels.admin import ensure_topics
 from email_channels.logconfig import configure_logging
 from email_channels.secretbox import SecretBox
 from email_channels.settings import KafkaSettings
+from email_channels.topics import Topic
 
 log = structlog.get_logger("devstack")
 
@@ -64,6 +66,7 @@ def _demo_message(number: int) -> bytes:
     message["To"] = "support@demo.example"
     message["Subject"] = f"Demo message {number}: where is my order?"
     message["Message-ID"] = make_msgid(domain="customer.example")
+    message["Date"] = formatdate(localtime=False)
     message.set_content(f"Hello, this is demo message number {number}.\n")
     return message.as_bytes()
 
@@ -170,10 +173,47 @@ def _banner(base: str, bootstrap: str, version: str, *, demo: bool) -> None:
         "  services       config-api, router, fetcher, sender",
     ]
     if demo:
-        lines.append("  demo           3 seeded mails flow from Dovecot to email.routed")
+        lines.append("  demo           3 seeded mails flow from Dovecot to email.routed;")
+        lines.append("                 see them: make tail TOPIC=email.routed")
     lines += ["Press Ctrl-C to stop.", ""]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+async def tail(topic: str, *, follow: bool) -> None:
+    """Print a topic's records (key, campaign header, JSON value), oldest first."""
+    settings = KafkaSettings()
+    name = settings.topics(Topic(topic)) if topic in {t.value for t in Topic} else topic
+    consumer = AIOKafkaConsumer(
+        name, **settings.client_kwargs(), group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        idle_rounds = 0
+        while follow or idle_rounds < 2:  # noqa: PLR2004 - two empty polls: caught up
+            batches = await consumer.getmany(timeout_ms=1000)
+            idle_rounds = 0 if batches else idle_rounds + 1
+            for records in batches.values():
+                for record in records:
+                    sys.stdout.write(_render(record) + "\n")
+            sys.stdout.flush()
+    finally:
+        await consumer.stop()
+
+
+def _render(record: Any) -> str:
+    key = record.key.decode("utf-8", "replace") if record.key else None
+    headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+    try:
+        value: Any = json.loads(record.value) if record.value is not None else None
+    except ValueError:
+        value = f"<{len(record.value)} bytes, not JSON>"
+    if isinstance(value, dict) and isinstance(value.get("raw_mime"), str):
+        value["raw_mime"] = f"<{len(value['raw_mime'])} base64 chars>"
+    head = f"--- {record.topic}[{record.partition}]@{record.offset} key={key}"
+    if "campaign-id" in headers:
+        head += f" campaign-id={headers['campaign-id']}"
+    return head + "\n" + json.dumps(value, indent=2, ensure_ascii=False)
 
 
 def main() -> None:
@@ -188,8 +228,15 @@ def main() -> None:
         default=int(os.environ.get("DEVSTACK_KAFKA_PORT", "9092")),
         help="port of the local broker (0: any free port)",
     )
+    tail_parser = sub.add_parser("tail", help="print the records of a topic (KAFKA_* settings)")
+    tail_parser.add_argument("topic", help="e.g. email.routed (the prefix is added)")
+    tail_parser.add_argument("-f", "--follow", action="store_true", help="keep waiting")
     args = parser.parse_args()
     configure_logging(service="devstack", fmt="console")
+    if args.command == "tail":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail(args.topic, follow=args.follow))
+        return
     sys.exit(run(demo=args.demo, port=args.port, kafka_port=args.kafka_port or None))
 
 
