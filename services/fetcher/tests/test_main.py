@@ -13,6 +13,7 @@ import sys
 import httpx
 import pytest
 
+from devstack.processes import read_log_until
 from email_channels.producer import EventProducer
 
 pytestmark = pytest.mark.integration
@@ -22,16 +23,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def read_until(stream: asyncio.StreamReader, lines: list[str], marker: str) -> None:
-    while True:
-        raw = await stream.readline()
-        if not raw:
-            raise AssertionError(f"process ended before logging {marker!r}:\n" + "".join(lines))
-        lines.append(raw.decode())
-        if marker in lines[-1]:
-            return
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -66,7 +57,7 @@ async def test_main_fetches_and_stops_cleanly_on_signal(
     try:
         async with EventProducer(kafka_settings, client_id="main-test") as producer:
             await producer.publish(kafka_settings.topics.channels, channel.id, channel)
-        await asyncio.wait_for(read_until(process.stderr, lines, "channel active"), 60)
+        await asyncio.wait_for(read_log_until(process.stderr, lines, "channel active"), 60)
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
         process.send_signal(sig)

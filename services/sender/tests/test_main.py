@@ -11,20 +11,11 @@ import uuid
 
 import pytest
 
+from devstack.processes import read_log_until
 from email_channels.events import ChannelConfig, OutboundEmail, SmtpOutbound, TlsMode
 from email_channels.producer import EventProducer
 
 pytestmark = pytest.mark.integration
-
-
-async def _read_until(stream: asyncio.StreamReader, lines: list[str], marker: str) -> None:
-    while True:
-        raw = await stream.readline()
-        if not raw:
-            raise AssertionError(f"process ended before logging {marker!r}:\n" + "\n".join(lines))
-        lines.append(raw.decode())
-        if marker in lines[-1]:
-            return
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -74,9 +65,9 @@ async def test_main_sends_and_stops_cleanly_on_signal(
     try:
         async with EventProducer(kafka_settings, client_id="main-test") as producer:
             await producer.publish(kafka_settings.topics.channels, channel.id, channel)
-            await asyncio.wait_for(_read_until(process.stderr, lines, "sender ready"), 60)
+            await asyncio.wait_for(read_log_until(process.stderr, lines, "sender ready"), 60)
             await producer.publish(kafka_settings.topics.outbound, "conv", outbound)
-        await asyncio.wait_for(_read_until(process.stderr, lines, "outbound handled"), 60)
+        await asyncio.wait_for(read_log_until(process.stderr, lines, "outbound handled"), 60)
         process.send_signal(sig)
         _, rest = await asyncio.wait_for(process.communicate(), 30)
     finally:

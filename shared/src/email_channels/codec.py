@@ -53,6 +53,14 @@ def event_headers(event: Contract, **extra: str) -> Headers:
     return headers
 
 
+def record_headers(
+    event: Contract | None, headers: Headers | None = None, **header_values: str
+) -> Headers:
+    """Headers of a produced record: the standard ones (none for a tombstone) plus extras."""
+    standard = event_headers(event, **header_values) if event is not None else []
+    return standard + list(headers or [])
+
+
 def header(headers: Headers | tuple[tuple[str, bytes], ...] | None, name: str) -> str | None:
     for key, value in headers or ():
         if key == name:

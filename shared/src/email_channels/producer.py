@@ -12,7 +12,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from email_channels.codec import Headers, encode, encode_key, event_headers
+from email_channels.codec import Headers, encode, encode_key, record_headers
 from email_channels.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
@@ -95,9 +95,7 @@ class EventProducer:
         **header_values: str,
     ) -> RecordMetadata:
         """Send one event (``None`` = tombstone) and wait until Kafka acknowledged it."""
-        all_headers = (event_headers(event, **header_values) if event is not None else []) + (
-            headers or []
-        )
+        all_headers = record_headers(event, headers, **header_values)
         try:
             return await self._producer.send_and_wait(
                 topic,

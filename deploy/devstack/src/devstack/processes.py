@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Self
 import structlog
 
 if TYPE_CHECKING:
+    import asyncio
     from pathlib import Path
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,17 @@ SERVICES: dict[str, str] = {
 
 class ServiceFailed(RuntimeError):
     pass
+
+
+async def read_log_until(stream: asyncio.StreamReader, lines: list[str], marker: str) -> None:
+    """Collect a child's output lines into ``lines`` until one contains ``marker``."""
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            raise ServiceFailed(f"process ended before logging {marker!r}:\n" + "".join(lines))
+        lines.append(raw.decode("utf-8", "replace"))
+        if marker in lines[-1]:
+            return
 
 
 @dataclass

@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
-from email_channels.codec import encode, encode_key, event_headers
+from email_channels.codec import encode, encode_key, record_headers
 from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, RetryPolicy
 from email_channels.errors import PermanentError, PipelineError, TransientError
@@ -133,9 +133,7 @@ class FaustPublisher:
         headers: Headers | None = None,
         **header_values: str,
     ) -> object:
-        all_headers = (event_headers(event, **header_values) if event is not None else []) + (
-            headers or []
-        )
+        all_headers = record_headers(event, headers, **header_values)
         try:
             return await self._app.producer.send_and_wait(
                 topic,
