@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from email_channels.schemas import SCHEMA_DIR, schema_documents
+import json
+
+from email_channels.schemas import ASYNCAPI_FILE, SCHEMA_DIR, asyncapi_document, schema_documents
 from email_channels.topics import SPECS
 
 
@@ -21,3 +23,13 @@ def test_no_schema_file_without_a_topic() -> None:
     """A removed topic leaves no orphan schema behind."""
     expected = {f"{spec.topic.value}.schema.json" for spec in SPECS}
     assert {p.name for p in SCHEMA_DIR.glob("*.schema.json")} == expected
+
+
+def test_asyncapi_document_is_current_and_references_existing_schemas() -> None:
+    """The AsyncAPI file is regenerated with the schemas, and every payload $ref resolves."""
+    committed = (SCHEMA_DIR / ASYNCAPI_FILE).read_text(encoding="utf-8")
+    assert committed == asyncapi_document(), "regenerate with `make schemas`"
+    document = json.loads(committed)
+    refs = [m["payload"]["schema"]["$ref"] for m in document["components"]["messages"].values()]
+    assert len(refs) == len(SPECS)
+    assert all((SCHEMA_DIR / ref.removeprefix("./")).exists() for ref in refs)

@@ -1,4 +1,8 @@
-"""JSON Schemas of the topic contracts, committed under ``shared/schemas/``.
+"""The topic contracts as documents, committed under ``shared/schemas/``.
+
+- ``<topic>.schema.json``: the JSON Schema of each topic's value (as it appears on the wire);
+- ``asyncapi.json``: an AsyncAPI 3.1 document of all topics (keys, cleanup policies, headers),
+  whose message payloads reference the schema files.
 
 ``python -m email_channels.schemas`` (``make schemas``) rewrites them; a test fails when a model
 changed without regenerating, so every contract change shows up in review as a schema diff.
@@ -32,6 +36,74 @@ def schema_documents() -> dict[str, str]:
     return documents
 
 
+ASYNCAPI_FILE = "asyncapi.json"
+
+
+def asyncapi_document() -> str:
+    """An AsyncAPI 3.1 description of every topic; payloads point at the schema files."""
+    channels: dict[str, object] = {}
+    messages: dict[str, object] = {}
+    for spec in SPECS:
+        model = TOPIC_MODELS[spec.model]
+        name = spec.topic.value.replace("email.", "").replace("-", "_")
+        headers: dict[str, object] = {
+            "content-type": {"type": "string", "const": "application/json"},
+            "schema": {"type": "string", "const": f"{spec.model}/v{_version(model)}"},
+        }
+        if spec.topic.value == "email.routed":
+            headers["campaign-id"] = {
+                "type": "string",
+                "description": "the campaign id, to filter without decoding",
+            }
+        messages[spec.model] = {
+            "name": spec.model,
+            "title": spec.model,
+            "summary": (model.__doc__ or "").strip().splitlines()[0],
+            "contentType": "application/json",
+            "headers": {"type": "object", "properties": headers},
+            "payload": {
+                "schemaFormat": "application/schema+json;version=draft-07",
+                "schema": {"$ref": f"./{spec.topic.value}.schema.json"},
+            },
+            "bindings": {
+                "kafka": {
+                    "key": {"type": "string", "description": spec.key},
+                    "bindingVersion": "0.5.0",
+                }
+            },
+        }
+        channels[name] = {
+            "address": spec.topic.value,
+            "description": (
+                f"{spec.description}. Key: {spec.key}. Cleanup: {spec.cleanup}. "
+                "The address takes the deployment's KAFKA_TOPIC_PREFIX."
+            ),
+            "messages": {spec.model: {"$ref": f"#/components/messages/{spec.model}"}},
+            "bindings": {
+                "kafka": {
+                    "topic": spec.topic.value,
+                    "topicConfiguration": {"cleanup.policy": [spec.cleanup]},
+                    "bindingVersion": "0.5.0",
+                }
+            },
+        }
+    document = {
+        "asyncapi": "3.1.0",
+        "info": {
+            "title": "Email Channels topics",
+            "version": "1",
+            "description": (
+                "The Kafka topics of Email Channels: the contract with campaign services and "
+                "other consumers. Values are UTF-8 JSON; readers must ignore unknown fields."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "components": {"messages": messages},
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
 def _version(model: type) -> int:
     field = model.model_fields.get("schema_version")  # type: ignore[attr-defined]
     return int(field.default) if field is not None else 1
@@ -44,6 +116,9 @@ def write(directory: Path = SCHEMA_DIR) -> list[Path]:
         path = directory / name
         path.write_text(text, encoding="utf-8")
         written.append(path)
+    path = directory / ASYNCAPI_FILE
+    path.write_text(asyncapi_document(), encoding="utf-8")
+    written.append(path)
     return written
 
 
