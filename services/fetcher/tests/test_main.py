@@ -3,17 +3,15 @@ and on SIGTERM/SIGINT finishes, leaves the group and exits 0."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import socket
-import sys
 
 import httpx
 import pytest
 
-from devstack.processes import read_log_until
+from devstack.processes import ChildService
 from email_channels.producer import EventProducer
 
 pytestmark = pytest.mark.integration
@@ -44,32 +42,17 @@ async def test_main_fetches_and_stops_cleanly_on_signal(
     }
     channel = imap_channel(mail_user)
     dovecot.deliver(mail_user.user, b"Subject: hi\r\nMessage-ID: <main@x>\r\n\r\nhello\r\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fetcher",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        limit=16 * 1024 * 1024,  # aiokafka debug lines can exceed the 64 KiB default
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    try:
+    async with ChildService("fetcher", env) as child:
         async with EventProducer(kafka_settings, client_id="main-test") as producer:
             await producer.publish(kafka_settings.topics.channels, channel.id, channel)
-        await asyncio.wait_for(read_log_until(process.stderr, lines, "channel active"), 60)
+        await child.wait_for_log("channel active")
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-        process.send_signal(sig)
-        _, rest = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    lines.extend(rest.decode().splitlines(keepends=True))
+        returncode = await child.stop(sig)
+    lines = child.lines
     output = "".join(lines)
 
-    assert process.returncode == 0, output
+    assert returncode == 0, output
     events = [json.loads(line) for line in lines if line.startswith("{")]
     [fetched] = [e for e in events if e["event"] == "message fetched"]
     assert fetched["channel_id"] == channel.id

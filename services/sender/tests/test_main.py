@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import sys
 import uuid
 
 import pytest
 
-from devstack.processes import read_log_until
+from devstack.processes import ChildService
 from email_channels.events import ChannelConfig, OutboundEmail, SmtpOutbound, TlsMode
 from email_channels.producer import EventProducer
 
@@ -52,31 +50,16 @@ async def test_main_sends_and_stops_cleanly_on_signal(
             "to": [{"address": to}],
         }
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sender",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        limit=16 * 1024 * 1024,  # library debug lines can exceed the 64 KiB default
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    try:
+    async with ChildService("sender", env) as child:
         async with EventProducer(kafka_settings, client_id="main-test") as producer:
             await producer.publish(kafka_settings.topics.channels, channel.id, channel)
-            await asyncio.wait_for(read_log_until(process.stderr, lines, "sender ready"), 60)
+            await child.wait_for_log("sender ready")
             await producer.publish(kafka_settings.topics.outbound, "conv", outbound)
-        await asyncio.wait_for(read_log_until(process.stderr, lines, "outbound handled"), 60)
-        process.send_signal(sig)
-        _, rest = await asyncio.wait_for(process.communicate(), 30)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    lines.extend(rest.decode().splitlines())
+        await child.wait_for_log("outbound handled")
+        returncode = await child.stop(sig)
+    lines = child.lines
 
-    assert process.returncode == 0
+    assert returncode == 0
     assert any(to in m.rcpt_tos for m in smtp_server.messages)
     handled = json.loads(next(line for line in lines if "outbound handled" in line))
     assert handled["outbound_id"] == outbound.outbound_id

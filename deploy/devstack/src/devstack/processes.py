@@ -7,6 +7,7 @@ a clean exit and kills what is left.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -20,7 +21,6 @@ from typing import IO, TYPE_CHECKING, Self
 import structlog
 
 if TYPE_CHECKING:
-    import asyncio
     from pathlib import Path
 
 log = structlog.get_logger(__name__)
@@ -35,6 +35,56 @@ SERVICES: dict[str, str] = {
 
 class ServiceFailed(RuntimeError):
     pass
+
+
+class ChildService:
+    """One service as ``python -m <module>``, its log lines read from a pipe (tests of ``main``).
+
+    ``async with ChildService("fetcher", env) as child: await child.wait_for_log("ready")``;
+    ``await child.stop(signal.SIGTERM)`` returns the exit code; ``child.lines`` holds the log.
+    Leaving the block kills a child that is still running.
+    """
+
+    def __init__(self, module: str, env: dict[str, str]) -> None:
+        self.module = module
+        self.env = env
+        self.lines: list[str] = []
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> Self:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            self.module,
+            env=self.env,
+            stderr=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024,  # library debug lines can exceed the 64 KiB default
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process is not None else None
+
+    async def wait_for_log(self, marker: str, *, timeout: float = 60.0) -> str:
+        """Read log lines until one contains ``marker``; return that line."""
+        assert self._process is not None
+        assert self._process.stderr is not None
+        await asyncio.wait_for(read_log_until(self._process.stderr, self.lines, marker), timeout)
+        return self.lines[-1]
+
+    async def stop(self, signum: signal.Signals = signal.SIGTERM, *, timeout: float = 30) -> int:
+        """Send ``signum``, collect the rest of the log and return the exit code."""
+        assert self._process is not None
+        self._process.send_signal(signum)
+        _, rest = await asyncio.wait_for(self._process.communicate(), timeout)
+        self.lines.extend(rest.decode("utf-8", "replace").splitlines(keepends=True))
+        return self._process.returncode if self._process.returncode is not None else -1
 
 
 async def read_log_until(stream: asyncio.StreamReader, lines: list[str], marker: str) -> None:
