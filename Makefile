@@ -1,7 +1,8 @@
 # Entry points people remember. Every target installs what it needs first (deploy/bootstrap.sh).
 SHELL := /bin/bash
 export PATH := $(HOME)/.local/bin:$(PATH)
-UV := uv
+# uv from PATH, else the copy bootstrap installed into this Python (python3 -m uv).
+UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 PYTEST_ARGS ?=
 
 .PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean

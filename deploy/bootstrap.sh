@@ -27,9 +27,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-if ! command -v uv >/dev/null; then
-  echo "bootstrap: installing uv from PyPI"
-  python3 -m pip install --quiet --user uv 2>/dev/null || python3 -m pip install --quiet uv
-fi
 export PATH="$HOME/.local/bin:$PATH"
-uv sync --frozen --quiet
+if command -v uv >/dev/null; then
+  uv=(uv)
+else
+  if ! python3 -m uv --version >/dev/null 2>&1; then
+    echo "bootstrap: installing uv from PyPI"
+    python3 -m pip install --quiet --root-user-action=ignore uv
+  fi
+  uv=(python3 -m uv)
+fi
+"${uv[@]}" sync --frozen --quiet
