@@ -8,7 +8,6 @@ received by the SMTP server and followed by a "sent" delivery event.
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from devstack.ports import free_port
 from devstack.processes import ServiceProcesses
 from email_channels.codec import decode, header
 from email_channels.compacted import CompactedView
@@ -43,18 +43,11 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def services(
     kafka_settings: KafkaSettings, secret_keys: str, pki: TestPki, tmp_path: Path
 ) -> Iterator[tuple[ServiceProcesses, str]]:
-    port = _free_port()
+    port = free_port()
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
         "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,

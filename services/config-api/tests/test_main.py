@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -14,18 +13,14 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from devstack.ports import free_port
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from email_channels.settings import KafkaSettings
 
 PASSWORD = "process-Secret-9731"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def service_env(**values: str) -> dict[str, str]:

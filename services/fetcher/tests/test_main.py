@@ -6,21 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 
 import httpx
 import pytest
 
+from devstack.ports import free_port
 from devstack.processes import ChildService
 from email_channels.producer import EventProducer
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -13,7 +13,14 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from email_channels.errors import PermanentError
+from email_channels.hostpolicy import HostPolicy
+from email_channels.secretbox import SECRET_KEYS_ENV, SecretBox
 from email_channels.topics import TopicNames
+
+
+class SecretKeysMissing(PermanentError):
+    """No usable keyring in EMAIL_CHANNELS_SECRET_KEYS: the service cannot handle secrets."""
 
 
 class KafkaSettings(BaseSettings):
@@ -84,3 +91,22 @@ class CommonSettings(BaseSettings):
             "though they are loopback, link-local or private"
         ),
     )
+
+    def secret_box(self, *, needed_for: str) -> SecretBox:
+        """The keyring every service shares; a clear error naming the variable when unusable."""
+        value = self.secret_keys.get_secret_value().strip() if self.secret_keys else ""
+        if not value:
+            raise SecretKeysMissing(
+                f"{SECRET_KEYS_ENV} is not set, but it is needed to {needed_for}. Generate a "
+                f'key with\n  {SECRET_KEYS_ENV}=k1:$(python -c "from email_channels.secretbox '
+                'import SecretBox; print(SecretBox.generate_key())")'
+                "\nand give every service the same value."
+            )
+        try:
+            return SecretBox.from_env(value)
+        except ValueError as exc:
+            raise SecretKeysMissing(f"{SECRET_KEYS_ENV} is invalid: {exc}") from None
+
+    def host_policy(self) -> HostPolicy:
+        """Which admin-supplied mail hosts may be contacted (EMAIL_CHANNELS_ALLOWED_HOSTS)."""
+        return HostPolicy.parse(self.allowed_hosts)

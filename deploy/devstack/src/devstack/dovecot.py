@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final, Self
 import structlog
 
 from devstack.certs import TestPki, make_test_pki
+from devstack.ports import free_ports
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -126,7 +127,7 @@ class Dovecot:
         for user in self._users:  # added before Dovecot (and its system users) was installed
             self._write_passwd(user)
         pki = self._ensure_pki()
-        self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = _free_ports(4)
+        self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = free_ports(4)
         self.config_file.write_text(self._render_config(pki))
         self.log_file.touch()
         output = (self.workdir / "dovecot.out").open("wb")
@@ -429,15 +430,6 @@ def _identity() -> _Identity:
 
 def _make_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="devstack-dovecot-"))
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out as free now (all held open together, so they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 _CONFIG_TEMPLATE: Final = """\

@@ -81,6 +81,8 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from devstack.ports import free_ports
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
     from types import FrameType, TracebackType
@@ -457,7 +459,7 @@ class KafkaBroker:
         lib_dir = ensure_kafka_jars(self._cache_dir)
         data_dir = self._prepare_data_dir()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            free = iter(_free_ports(2))
+            free = iter(free_ports(2))
             port, controller_port = (chosen or next(free) for chosen in self._fixed_ports)
             properties = self._write_properties(data_dir, port, controller_port)
             if attempt == 1:
@@ -688,15 +690,6 @@ def _new_cluster_id() -> str:
             return candidate
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now; all held open together, so they differ."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for held in sockets:
-            held.bind((_HOST, 0))
-        return [int(held.getsockname()[1]) for held in sockets]
-
-
 def _signal_group(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signum)
@@ -862,7 +855,7 @@ def _kafka_container(port: int | None) -> Iterator[KafkaEndpoint]:
     """
     from testcontainers.core.container import DockerContainer  # noqa: PLC0415 - Docker only
 
-    host_port = port or _free_ports(1)[0]
+    host_port = port or free_ports(1)[0]
     container = DockerContainer(KAFKA_IMAGE).with_bind_ports(9092, host_port)
     for key, value in container_environment(host_port).items():
         container.with_env(key, value)

@@ -21,12 +21,13 @@ from config_api.metrics import HttpMetricsMiddleware
 from config_api.store import ConfigStore
 from email_channels.admin import ensure_topics
 from email_channels.errors import PipelineError
-from email_channels.secretbox import SECRET_KEYS_ENV, SecretBox
+from email_channels.settings import SecretKeysMissing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from config_api.settings import ConfigApiSettings
+    from email_channels.secretbox import SecretBox
     from email_channels.settings import CommonSettings
 
 log = structlog.get_logger(__name__)
@@ -41,17 +42,10 @@ class StartupError(Exception):
 
 def secret_box(common: CommonSettings) -> SecretBox:
     """The keyring secrets are encrypted with; refuses to run without one."""
-    if common.secret_keys is None or not common.secret_keys.get_secret_value().strip():
-        raise StartupError(
-            f"{SECRET_KEYS_ENV} is not set: config-api encrypts every password before it "
-            f"reaches Kafka and needs a key. Generate one with\n  {SECRET_KEYS_ENV}=k1:$(python "
-            '-c "from email_channels.secretbox import SecretBox; print(SecretBox.generate_key())")'
-            "\nand give every service the same value."
-        )
     try:
-        return SecretBox.from_env(common.secret_keys.get_secret_value())
-    except ValueError as exc:
-        raise StartupError(f"{SECRET_KEYS_ENV} is invalid: {exc}") from None
+        return common.secret_box(needed_for="encrypt every password before it reaches Kafka")
+    except SecretKeysMissing as exc:
+        raise StartupError(str(exc)) from None
 
 
 def create_app(settings: ConfigApiSettings) -> FastAPI:

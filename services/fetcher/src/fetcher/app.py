@@ -13,9 +13,7 @@ import structlog
 
 from email_channels.admin import ensure_topics
 from email_channels.blobstore import blob_store_from_url
-from email_channels.hostpolicy import HostPolicy
 from email_channels.producer import EventProducer
-from email_channels.secretbox import SECRET_KEYS_ENV, SecretBox
 from fetcher.ownership import Ownership
 from fetcher.sink import KafkaSink
 from fetcher.sources import SourceRegistry
@@ -38,12 +36,7 @@ class FetcherApp:
 
     def __init__(self, settings: FetcherSettings) -> None:
         self.settings = settings
-        keys = settings.common.secret_keys
-        if keys is None:
-            raise ValueError(
-                f"{SECRET_KEYS_ENV} is required: the fetcher decrypts mailbox passwords"
-            )
-        self._secret_box = SecretBox.from_env(keys.get_secret_value())
+        self._secret_box = settings.common.secret_box(needed_for="decrypt mailbox passwords")
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
@@ -76,7 +69,7 @@ class FetcherApp:
             {
                 "imap": ImapSourceFactory(
                     secret_box=self._secret_box,
-                    host_policy=HostPolicy.parse(common.allowed_hosts),
+                    host_policy=common.host_policy(),
                     options=ImapOptions(
                         command_timeout=settings.command_timeout_s,
                         fetch_timeout=settings.fetch_timeout_s,

@@ -13,11 +13,10 @@ import asyncio
 
 import faust
 import structlog
-from prometheus_client import start_http_server
 
 from email_channels.admin import ensure_topics
 from email_channels.blobstore import blob_store_from_url
-from email_channels.logconfig import configure_logging
+from email_channels.service import start_observability
 from router.app import build_app
 from router.settings import RouterSettings
 
@@ -27,9 +26,7 @@ log = structlog.get_logger("router")
 def main() -> None:
     settings = RouterSettings()
     common = settings.common
-    configure_logging(service="router", level=common.log_level, fmt=common.log_format)
-    if common.metrics_port is not None:
-        start_http_server(common.metrics_port)
+    start_observability("router", common)
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

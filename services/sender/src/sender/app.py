@@ -18,9 +18,7 @@ from email_channels.blobstore import blob_store_from_url
 from email_channels.compacted import CompactedView
 from email_channels.consume import consume, make_consumer
 from email_channels.events import ChannelConfig
-from email_channels.hostpolicy import HostPolicy
 from email_channels.producer import EventProducer
-from email_channels.secretbox import SecretBox
 from sender.handlers import OutboundHandler, ReportingDeadLetters
 from sender.ledger import SentLedger, delivery_view
 from sender.transports.factory import ChannelTransports
@@ -53,10 +51,9 @@ class SenderApp:
 
     def default_transports(self) -> TransportFactory:
         common = self.settings.common
-        keys = common.secret_keys.get_secret_value() if common.secret_keys else None
         return ChannelTransports(
-            host_policy=HostPolicy.parse(common.allowed_hosts),
-            secrets=SecretBox.from_env(keys) if keys else None,
+            host_policy=common.host_policy(),
+            secrets=common.secret_box(needed_for="decrypt SMTP passwords"),
             ca_file=common.ca_file,
             smtp_timeout=self.settings.smtp_timeout,
             local_hostname=self.settings.local_hostname,

@@ -1,0 +1,53 @@
+"""What every service's entry point does: logging, the metrics port, and a graceful stop.
+
+Frameworks that own their loop (uvicorn, faust) only use :func:`start_observability`; the
+plain asyncio services also run their app through :func:`run_until_signalled`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client import start_http_server
+
+from email_channels.logconfig import configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from email_channels.settings import CommonSettings
+
+log = structlog.get_logger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def start_observability(service: str, common: CommonSettings) -> None:
+    """Configure logging for ``service`` and serve /metrics when a metrics port is set."""
+    configure_logging(service=service, level=common.log_level, fmt=common.log_format)
+    if common.metrics_port is not None:
+        start_http_server(common.metrics_port)
+
+
+async def run_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``run(stopping)``; the first SIGTERM/SIGINT sets ``stopping`` so the app finishes
+    its work in flight, a second one gets the default behaviour and ends the process."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("stop requested: finishing work in flight")
+        stopping.set()
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop)
+    try:
+        await run(stopping)
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
