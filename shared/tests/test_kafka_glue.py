@@ -181,3 +181,27 @@ async def test_consume_dead_letters_poison_and_commits_past_it(
     finally:
         await again.stop()
     assert not any(leftovers.values()), "committed offsets should skip handled records"
+
+
+async def test_a_view_that_does_not_retain_only_reports_changes(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """retain=False: every record reaches on_change, none is kept in the view."""
+    topic = kafka_settings.topics.campaigns
+    seen: list[tuple[str, str | None]] = []
+
+    async def observe(key: str, campaign: Campaign | None) -> None:
+        seen.append((key, campaign.name if campaign else None))
+
+    async with EventProducer(kafka_settings, client_id="fold-test") as producer:
+        await producer.publish(topic, "c1", Campaign(id="c1", name="One"))
+        await producer.publish(topic, "c1", None)
+    view = CompactedView(
+        kafka_settings, topic, Campaign, client_id="fold-test", on_change=observe, retain=False
+    )
+    await view.start()
+    try:
+        assert len(view) == 0
+        assert seen == [("c1", "One"), ("c1", None)]
+    finally:
+        await view.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
@@ -23,12 +22,13 @@ from email_channels.errors import PoisonRecord, TransientError
 from email_channels.events import Contract
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
     from email_channels.settings import KafkaSettings
 
 log = structlog.get_logger(__name__)
 
 M = TypeVar("M", bound=Contract)
-ChangeCallback = Callable[[str, "M | None"], Awaitable[None]]
 
 TOPIC_WAIT = 10.0
 """Seconds :meth:`CompactedView.start` waits for a topic that was only just created."""
@@ -62,13 +62,17 @@ class CompactedView(Generic[M]):
         client_id: str,
         partitions: set[int] | None = None,
         on_change: Callable[[str, M | None], Awaitable[None]] | None = None,
+        retain: bool = True,
     ) -> None:
+        """``retain=False`` keeps no items, only calls ``on_change``: for readers that fold
+        the topic into state of their own and would otherwise hold everything twice."""
         self.topic = topic
         self._model = model
         self._settings = settings
         self._client_id = client_id
         self._partitions = partitions
         self._on_change = on_change
+        self._retain = retain
         self._items: dict[str, M] = {}
         self._positions: dict[int, int] = {}
         self._caught_up = asyncio.Event()
@@ -225,6 +229,7 @@ class CompactedView(Generic[M]):
                     error=str(exc),
                 )
                 return
-            self._items[key] = item
+            if self._retain:
+                self._items[key] = item
         if self._on_change is not None:
             await self._on_change(key, item)

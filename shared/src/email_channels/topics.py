@@ -112,8 +112,6 @@ SPECS: tuple[TopicSpec, ...] = (
     ),
 )
 
-SPEC_BY_TOPIC: dict[Topic, TopicSpec] = {spec.topic: spec for spec in SPECS}
-
 
 @dataclass(frozen=True)
 class TopicNames:

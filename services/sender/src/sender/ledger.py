@@ -65,4 +65,5 @@ def delivery_view(
         DeliveryOutcome,
         client_id=client_id,
         on_change=ledger.observe,
+        retain=False,  # the ledger holds the sent ids; the view need not hold every outcome
     )
