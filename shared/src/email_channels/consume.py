@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter
 
 from email_channels.errors import PipelineError
@@ -185,6 +186,21 @@ async def handle_with_policy(
             return
 
 
+async def _commit(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    """Commit ``offset``; a partition lost to a rebalance meanwhile is not an error: its new
+    owner re-delivers from the last commit and handlers are idempotent."""
+    try:
+        await consumer.commit({tp: offset})
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning(
+            "commit lost to a rebalance; records will be re-delivered",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            error=str(exc),
+        )
+
+
 async def consume(
     consumer: AIOKafkaConsumer,
     handler: RecordHandler,
@@ -215,6 +231,6 @@ async def consume(
                 pass
             finally:
                 if done is not None:
-                    await consumer.commit({TopicPartition(tp.topic, tp.partition): done.offset + 1})
+                    await _commit(consumer, tp, done.offset + 1)
             if stopping.is_set():
                 return
