@@ -118,3 +118,24 @@ async def test_stopping_during_a_retry_leaves_the_record_for_the_next_owner() ->
 def test_backoff_is_capped_and_exponential() -> None:
     policy = RetryPolicy(attempts=10, first_backoff=0.5, max_backoff=4)
     assert [policy.backoff(n) for n in range(1, 6)] == [0.5, 1, 2, 4, 4]
+
+
+async def test_a_dead_letter_that_cannot_be_published_is_retried() -> None:
+    """The record is settled only once its dead letter is acknowledged."""
+
+    class FlakyDeadLetters(FakeDeadLetters):
+        failures = 2
+
+        async def send(self, record: Any, error: BaseException, *, attempts: int = 1) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise TransientError("dlq unavailable")
+            await super().send(record, error, attempts=attempts)
+
+    async def handler(_: Any) -> None:
+        raise PermanentError("bad input")
+
+    dead = FlakyDeadLetters()
+    await _run(handler, dead)
+    assert dead.failures == 0
+    assert [str(error) for _, error, _ in dead.sent] == ["bad input"]

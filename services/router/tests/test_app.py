@@ -9,9 +9,9 @@ from faust.exceptions import ProducerSendError
 
 from email_channels.blobstore import MemoryBlobStore
 from email_channels.errors import PermanentError, PoisonRecord, TransientError
-from email_channels.producer import ProducerNotDurable, assert_durable
+from email_channels.producer import ProducerNotDurable, assert_durable, map_publish_error
 from email_channels.settings import CommonSettings, KafkaSettings
-from router.app import DurableProducer, RouterState, broker_urls, build_app, kafka_error
+from router.app import DurableProducer, RouterState, broker_urls, build_app
 from router.settings import RouterSettings
 
 
@@ -73,14 +73,14 @@ async def test_a_plain_producer_would_fail_the_start_up_assertion() -> None:
     ],
 )
 def test_producer_errors_map_onto_the_taxonomy(error: Exception, expected: type) -> None:
-    assert type(kafka_error(error, "t")) is expected
+    assert type(map_publish_error(error, "t")) is expected
     wrapped = ProducerSendError("faust wraps it")
     wrapped.__cause__ = error
-    assert type(kafka_error(wrapped, "t")) is expected
+    assert type(map_publish_error(wrapped, "t")) is expected
 
 
 def test_non_kafka_errors_are_left_alone() -> None:
     poison = PoisonRecord("x")
-    assert kafka_error(poison, "t") is poison
+    assert map_publish_error(poison, "t") is None
     bug = RuntimeError("bug")
-    assert kafka_error(bug, "t") is bug
+    assert map_publish_error(bug, "t") is None

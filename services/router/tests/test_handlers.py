@@ -284,15 +284,18 @@ async def test_a_missing_claim_check_blob_is_dead_lettered() -> None:
     assert letter.error_kind == "BlobNotFound"
 
 
-async def test_if_even_the_dead_letter_fails_the_record_is_tried_again() -> None:
-    """Never settle a record that is neither routed nor dead-lettered."""
+async def test_if_even_the_dead_letter_fails_it_is_published_again() -> None:
+    """Never settle a record that is neither routed nor dead-lettered: the dead letter is
+    retried until Kafka takes it, with the original reason."""
     harness = Harness()
     harness.publisher.failures = [
         RuntimeError("bug while routing"),  # not a PipelineError: dead-letter at once
         BlobStoreUnavailable("dlq publish fails too"),  # ...which also fails
     ]
     await harness.process(record(encode(raw_email(mail()))))
-    assert len(harness.routed()) == 1
+    assert harness.routed() == []
+    [(_, letter)] = harness.dead()
+    assert letter.error_kind == "RuntimeError"
 
 
 async def test_shutdown_during_retries_leaves_the_record_unsettled() -> None:

@@ -7,7 +7,8 @@ Policy (house style, errors as data):
                                 still failing -> dead-letter with ``retriable=True`` so it can be
                                 replayed once the fault is gone
 - any other error            -> dead-letter at once with the error class and message
-                                (a bug in our code is dead-lettered too: never silently dropped)
+                                (a bug in our code is dead-lettered too: never silently dropped);
+                                a dead letter that cannot be published is retried until it is
 
 Offsets are committed only after a record was handled or dead-lettered, so a crash re-delivers
 (at-least-once); handlers are idempotent by their own keys. Stopping in the middle of a retry
@@ -142,6 +143,40 @@ class _Stopping(Exception):
     pass
 
 
+async def _dead_letter(
+    record: Record,
+    error: BaseException,
+    *,
+    attempts: int,
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
+    stopping: asyncio.Event,
+) -> None:
+    """Publish the dead letter, retrying until it is acknowledged: a record is never left
+    settled-but-unrecorded. Raises _Stopping when shutdown interrupts the wait."""
+    failures = 0
+    while True:
+        try:
+            await dead_letters.send(record, error, attempts=attempts)
+        except Exception as exc:
+            failures += 1
+            delay = policy.backoff(failures)
+            log.exception(
+                "dead letter not published; retrying",
+                topic=record.topic,
+                offset=record.offset,
+                error=str(exc),
+                delay_s=delay,
+            )
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            except TimeoutError:
+                continue
+            raise _Stopping from exc
+        else:
+            return
+
+
 async def handle_with_policy(
     record: Record,
     handler: RecordHandler,
@@ -179,7 +214,14 @@ async def handle_with_policy(
                 log.exception(
                     "unexpected error in handler", topic=record.topic, offset=record.offset
                 )
-            await dead_letters.send(record, exc, attempts=attempt)
+            await _dead_letter(
+                record,
+                exc,
+                attempts=attempt,
+                dead_letters=dead_letters,
+                policy=policy,
+                stopping=stopping,
+            )
             return
         else:
             RECORDS.labels(stage, "ok").inc()

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from email_channels.codec import Headers, encode, encode_key, record_headers
-from email_channels.errors import PermanentError, TransientError
+from email_channels.errors import PermanentError, PipelineError, TransientError
 
 if TYPE_CHECKING:
     from aiokafka.structs import RecordMetadata
@@ -44,6 +44,22 @@ def assert_durable(producer: AIOKafkaProducer) -> None:
             f"producer must use acks=all and enable_idempotence=True (acks={sender_acks!r}, "
             f"idempotent={idempotent})"
         )
+
+
+def map_publish_error(exc: BaseException, topic: str) -> PipelineError | None:
+    """The one place a failed publish becomes a pipeline error; ``None``: not a Kafka error.
+
+    Frameworks may wrap aiokafka's error (faust does), so the cause is looked at too. A
+    timeout is transient even though aiokafka marks ``KafkaTimeoutError`` not retriable.
+    """
+    if isinstance(exc, PipelineError):
+        return None
+    cause = exc if isinstance(exc, KafkaError) else exc.__cause__
+    if not isinstance(cause, KafkaError):
+        return None
+    if isinstance(cause, KafkaTimeoutError) or getattr(cause, "retriable", False):
+        return TransientError(f"publish to {topic} failed: {cause!r}")
+    return PermanentError(f"publish to {topic} failed: {cause!r}")
 
 
 class EventProducer:
@@ -104,11 +120,18 @@ class EventProducer:
                 headers=all_headers,
             )
         except KafkaError as exc:
-            if getattr(exc, "retriable", False):
-                raise TransientError(f"publish to {topic} failed: {exc}") from exc
-            raise PermanentError(f"publish to {topic} failed: {exc}") from exc
+            raise _mapped(exc, topic) from exc
 
     async def publish_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
     ) -> RecordMetadata:
-        return await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        try:
+            return await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        except KafkaError as exc:
+            raise _mapped(exc, topic) from exc
+
+
+def _mapped(exc: KafkaError, topic: str) -> PipelineError:
+    mapped = map_publish_error(exc, topic)
+    assert mapped is not None  # a KafkaError always maps
+    return mapped

@@ -36,16 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 import structlog
-from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
 from email_channels.codec import encode, encode_key, record_headers
 from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, RetryPolicy
-from email_channels.errors import PermanentError, PipelineError, TransientError
+from email_channels.errors import PermanentError
 from email_channels.events import ChannelConfig, ChannelFilters
-from email_channels.producer import MAX_REQUEST_BYTES, assert_durable
+from email_channels.producer import MAX_REQUEST_BYTES, assert_durable, map_publish_error
 from router.handlers import EmailRouter, RawRecordHandler, RecordProcessor
 
 if TYPE_CHECKING:
@@ -144,17 +143,10 @@ class FaustPublisher:
                 headers=all_headers,
             )
         except Exception as exc:
-            raise kafka_error(exc, topic) from exc
-
-
-def kafka_error(exc: Exception, topic: str) -> Exception:
-    """The one place producer failures become pipeline errors (faust wraps aiokafka's)."""
-    cause = exc if isinstance(exc, KafkaError) else exc.__cause__
-    if isinstance(exc, PipelineError) or not isinstance(cause, KafkaError):
-        return exc
-    if isinstance(cause, KafkaTimeoutError) or getattr(cause, "retriable", False):
-        return TransientError(f"publish to {topic} failed: {cause!r}")
-    return PermanentError(f"publish to {topic} failed: {cause!r}")
+            mapped = map_publish_error(exc, topic)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:

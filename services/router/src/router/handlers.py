@@ -234,9 +234,9 @@ class RecordProcessor:
     """Applies the shared error policy to one record and returns only when it is settled.
 
     Settled means routed, or dead-lettered with the reason (``handle_with_policy``: transient
-    errors retried with capped backoff, everything else dead-lettered). If even the dead letter
-    cannot be published, it waits and tries the whole record again: the record is never acked
-    unsettled. Cancellation (shutdown) propagates, leaving the record unacked for re-delivery.
+    errors retried with capped backoff, everything else dead-lettered, a dead letter that
+    cannot be published retried until it is): the record is never acked unsettled.
+    Cancellation (shutdown) propagates, leaving the record unacked for re-delivery.
     """
 
     def __init__(
@@ -254,28 +254,11 @@ class RecordProcessor:
         self._never = asyncio.Event()  # shutdown arrives as cancellation, not via this event
 
     async def __call__(self, record: Record) -> None:
-        attempt = 1
-        while True:
-            try:
-                await handle_with_policy(
-                    record,
-                    self._handler,
-                    dead_letters=self._dead_letters,
-                    policy=self._policy,
-                    stopping=self._never,
-                    stage=self._stage,
-                )
-            except Exception as exc:
-                delay = self._policy.backoff(attempt)
-                log.exception(
-                    "record neither handled nor dead-lettered; retrying",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    error=str(exc),
-                    delay_s=delay,
-                )
-                await asyncio.sleep(delay)
-                attempt += 1
-            else:
-                return
+        await handle_with_policy(
+            record,
+            self._handler,
+            dead_letters=self._dead_letters,
+            policy=self._policy,
+            stopping=self._never,
+            stage=self._stage,
+        )
