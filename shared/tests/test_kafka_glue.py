@@ -13,7 +13,7 @@ from email_channels.admin import TopicMismatch, ensure_topics
 from email_channels.codec import decode, header
 from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, RetryPolicy, consume, make_consumer
-from email_channels.errors import PermanentError
+from email_channels.errors import PermanentError, TransientError
 from email_channels.events import Campaign, DeadLetter
 from email_channels.producer import EventProducer
 from email_channels.settings import KafkaSettings
@@ -203,5 +203,28 @@ async def test_a_view_that_does_not_retain_only_reports_changes(
     try:
         assert len(view) == 0
         assert seen == [("c1", "One"), ("c1", None)]
+    finally:
+        await view.stop()
+
+
+async def test_a_view_whose_reader_dies_is_no_longer_caught_up(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Readiness must not trust a view that stopped reading: it reports not caught up and
+    read-your-writes waits fail at once instead of timing out."""
+    view = CompactedView(kafka_settings, kafka_settings.topics.campaigns, Campaign, client_id="d")
+    await view.start()
+    try:
+        assert view.caught_up
+        assert view._consumer is not None
+        await view._consumer.stop()  # the reader's next poll fails
+        for _ in range(50):
+            if view.failure is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert view.failure is not None
+        assert not view.caught_up
+        with pytest.raises(TransientError, match="died"):
+            await view.wait_for(0, 10**9, timeout=5)
     finally:
         await view.stop()

@@ -80,6 +80,7 @@ class CompactedView(Generic[M]):
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.poison_count = 0
+        self.failure: BaseException | None = None
 
     # --- lifecycle ---
 
@@ -118,7 +119,8 @@ class CompactedView(Generic[M]):
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A reader that died has logged its error already (see _run).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
         if self._consumer is not None:
@@ -150,7 +152,7 @@ class CompactedView(Generic[M]):
         """Return once the record at ``offset`` of ``partition`` has been applied."""
 
         def applied() -> bool:
-            return self._positions.get(partition, -1) > offset
+            return self.failure is not None or self._positions.get(partition, -1) > offset
 
         async with self._advanced:
             try:
@@ -159,6 +161,8 @@ class CompactedView(Generic[M]):
                 raise TransientError(
                     f"{self.topic}[{partition}]@{offset} not read back within {timeout}s"
                 ) from exc
+        if self.failure is not None:
+            raise TransientError(f"the reader of {self.topic} died: {self.failure!r}")
 
     async def catch_up(self, *, timeout: float = 10.0) -> None:
         """Return once the view holds everything written to the topic before this call.
@@ -173,13 +177,17 @@ class CompactedView(Generic[M]):
         ends = await consumer.end_offsets(tps) if tps else {}
 
         def applied() -> bool:
-            return all(self._positions.get(tp.partition, 0) >= end for tp, end in ends.items())
+            return self.failure is not None or all(
+                self._positions.get(tp.partition, 0) >= end for tp, end in ends.items()
+            )
 
         async with self._advanced:
             try:
                 await asyncio.wait_for(self._advanced.wait_for(applied), timeout)
             except TimeoutError as exc:
                 raise TransientError(f"{self.topic} not caught up within {timeout}s") from exc
+        if self.failure is not None:
+            raise TransientError(f"the reader of {self.topic} died: {self.failure!r}")
 
     # --- the reader ---
 
@@ -188,6 +196,19 @@ class CompactedView(Generic[M]):
             self._caught_up.set()
 
     async def _run(self) -> None:
+        """Read until cancelled; a reader that dies marks the view failed (not caught up),
+        so readiness checks and read-your-writes waits stop trusting stale contents."""
+        try:
+            await self._read()
+        except Exception as exc:
+            self.failure = exc
+            self._caught_up.clear()
+            log.exception("view reader died; the view is stale", topic=self.topic)
+            async with self._advanced:
+                self._advanced.notify_all()
+            raise
+
+    async def _read(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
         while True:
