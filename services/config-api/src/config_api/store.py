@@ -97,6 +97,7 @@ class ConfigStore:
         )
         self._write_timeout_s = write_timeout_s
         self._lock = asyncio.Lock()
+        self._unread: list[tuple[CompactedView[Any], int, int]] = []
         self._started = False
         self._fenced = False
 
@@ -253,6 +254,7 @@ class ConfigStore:
         with structlog.contextvars.bound_contextvars(**ids):
             try:
                 async with self._lock:
+                    await self._settle_unread()
                     yield line
                 outcome = "ok"
             except ConfigApiError as exc:
@@ -284,14 +286,30 @@ class ConfigStore:
                 ]
         except (KafkaError, PipelineError) as exc:
             raise self._translate(exc) from exc
-        for view, ack in acks:
+        self._unread = [(view, ack.partition, ack.offset) for view, ack in acks]
+        try:
+            await self._settle_unread()
+        except Unavailable as exc:
+            raise Unavailable(
+                f"saved, but not read back within {self._write_timeout_s}s; reload before "
+                "changing it again"
+            ) from exc.__cause__
+
+    async def _settle_unread(self) -> None:
+        """Wait until the views hold every record written so far.
+
+        A write whose read-back timed out stays pending here, so the next write (under the
+        same lock) never checks a revision against a view that misses the previous write.
+        """
+        while self._unread:
+            view, partition, offset = self._unread[0]
             try:
-                await view.wait_for(ack.partition, ack.offset, timeout=self._write_timeout_s)
+                await view.wait_for(partition, offset, timeout=self._write_timeout_s)
             except TransientError as exc:
                 raise Unavailable(
-                    f"saved, but not read back within {self._write_timeout_s}s; reload before "
-                    "changing it again"
+                    "the previous write is not read back yet; nothing was saved, try again"
                 ) from exc
+            self._unread.pop(0)
 
     def _translate(self, exc: BaseException) -> ConfigApiError:
         """The one place Kafka's errors become API errors."""
