@@ -37,12 +37,21 @@ TOPICS = TopicNames("t.")
 POLICY = RetryPolicy(attempts=3, first_backoff=0.001, max_backoff=0.001)
 
 
+class FakeChannels(dict):  # type: ignore[type-arg]
+    """The channels view: a dict that has read everything already."""
+
+    catch_ups = 0
+
+    async def catch_up(self, *, timeout: float = 10.0) -> None:
+        self.catch_ups += 1
+
+
 class Harness:
     """The handler, its fakes, and a dead-letter stand-in that reports like production."""
 
     def __init__(self, publisher, channels) -> None:
         self.publisher = publisher
-        self.channels = {c.id: c for c in channels}
+        self.channels = FakeChannels({c.id: c for c in channels})
         self.transport = MemoryTransport()
         self.ledger = SentLedger()
         self.blobs = MemoryBlobStore()
@@ -180,6 +189,25 @@ async def test_unusable_channel_fails_with_a_clear_reason(
     assert event.reason == reason
     assert harness.transport.attempts == 0
     assert len(harness.dead) == 1  # kept in email.dlq, replayable once the channel is fixed
+
+
+async def test_a_channel_created_a_moment_ago_is_looked_up_again(
+    harness, make_channel, make_outbound
+):
+    """A miss makes the view catch up once before the outbound is failed."""
+
+    class LateChannels(FakeChannels):
+        async def catch_up(self, *, timeout: float = 10.0) -> None:
+            await super().catch_up(timeout=timeout)
+            self["ch-new"] = make_channel(id="ch-new")
+
+    late = LateChannels(harness.channels)
+    harness.handler._channels = late
+    await harness.feed(make_outbound(channel_id="ch-new"))
+
+    assert late.catch_ups == 1
+    (event,) = harness.deliveries()
+    assert event.status is DeliveryStatus.SENT
 
 
 async def test_graph_channel_fails_until_graph_is_supported(

@@ -57,7 +57,6 @@ from email_channels.events import (
     OutboundEmail,
     utcnow,
 )
-from email_channels.events import status_key as shared_status_key
 from sender.attachments import DEFAULT_MAX_TOTAL_BYTES, load_attachments
 from sender.compose import compose
 from sender.errors import ChannelUnavailable, MessageRejected, ServerReply
@@ -65,8 +64,8 @@ from sender.metrics import DELIVERIES, DUPLICATES, SEND_SECONDS
 
 if TYPE_CHECKING:
     from email_channels.blobstore import BlobStore
-    from email_channels.consume import Record
-    from email_channels.events import ChannelConfig, Contract
+    from email_channels.consume import Publisher, Record
+    from email_channels.events import ChannelConfig
     from email_channels.producer import EventProducer
     from email_channels.topics import TopicNames
     from sender.ledger import SentLedger
@@ -79,21 +78,12 @@ REPORTER = "email-sender"
 """``reported_by`` of the channel statuses this service publishes."""
 
 
-class Publisher(Protocol):
-    """What the handler needs from :class:`~email_channels.producer.EventProducer`."""
-
-    async def publish(self, topic: str, key: str, event: Contract | None) -> object: ...
-
-
 class Channels(Protocol):
-    """What the handler needs from the channels view: the latest config by channel id."""
+    """What the handler needs from the channels view (a CompactedView)."""
 
     def get(self, key: str) -> ChannelConfig | None: ...
 
-
-def status_key(channel_id: str) -> str:
-    """Key of this service's records on email.channel-status: ``<channel id>/outbound``."""
-    return shared_status_key(channel_id, "outbound")
+    async def catch_up(self, *, timeout: float = 10.0) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +169,7 @@ class OutboundHandler:
             DUPLICATES.inc()
             log.info("outbound handled", outcome="duplicate")
             return
-        channel = self._channel(outbound.channel_id)
+        channel = await self._channel(outbound.channel_id)
         transport = self._transports(channel)
         contents = await load_attachments(
             outbound, self._blobs, max_total_bytes=self._max_attachment_bytes
@@ -222,8 +212,12 @@ class OutboundHandler:
         self._unpublished.pop(event.outbound_id, None)
         DELIVERIES.labels(event.status.value, event.transport).inc()
 
-    def _channel(self, channel_id: str) -> ChannelConfig:
+    async def _channel(self, channel_id: str) -> ChannelConfig:
         channel = self._channels.get(channel_id)
+        if channel is None:
+            # Maybe created a moment ago and not read yet: catch up once before deciding.
+            await self._channels.catch_up()
+            channel = self._channels.get(channel_id)
         if channel is None:
             raise ChannelUnavailable(f"channel {channel_id} does not exist")
         if not channel.enabled:
@@ -311,7 +305,7 @@ class OutboundHandler:
             at=now,
             last_success_at=now if state is ChannelState.ACTIVE else None,
         )
-        await self._publisher.publish(self._topics.channel_status, status_key(channel_id), status)
+        await self._publisher.publish(self._topics.channel_status, status.key, status)
         self._reported[channel_id] = state
         log.info("channel status reported", state=state.value, step=step, reason=reason)
 
@@ -381,8 +375,6 @@ __all__ = [
     "Channels",
     "OutboundHandler",
     "Outcome",
-    "Publisher",
     "ReportingDeadLetters",
     "delivery_outcome",
-    "status_key",
 ]
