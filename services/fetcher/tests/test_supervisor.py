@@ -17,6 +17,7 @@ class FakeWorker:
         self._cursor = cursor or FetchCursor(channel_id=channel.id)
         self._stop = asyncio.Event()
         self._log = log
+        self._error: Exception | None = None
 
     @property
     def cursor(self) -> FetchCursor:
@@ -30,23 +31,36 @@ class FakeWorker:
     async def run(self) -> None:
         self._log.append(f"start {self.channel.id} r{self.channel.revision}")
         await self._stop.wait()
+        if self._error is not None:
+            raise self._error
         self._log.append(f"stop {self.channel.id} r{self.channel.revision}")
+
+    def crash(self, error: Exception) -> None:
+        self._error = error
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
 
 
-def channel(channel_id: str = "a", *, revision: int = 1, enabled: bool = True) -> ChannelConfig:
+def channel(
+    channel_id: str = "a",
+    *,
+    revision: int = 1,
+    enabled: bool = True,
+    port: int = 993,
+    name: str | None = None,
+) -> ChannelConfig:
     return ChannelConfig.model_validate(
         {
             "id": channel_id,
-            "name": channel_id,
+            "name": name or channel_id,
             "enabled": enabled,
             "revision": revision,
             "inbound": {
                 "kind": "imap",
                 "host": "mail.example.com",
-                "port": 993,
+                "port": port,
                 "username": "u",
                 "password": "v1:k:AAAA",
             },
@@ -114,10 +128,34 @@ async def test_new_revision_restarts_the_worker_after_the_old_one_stopped(superv
     await supervisor.apply(0, "a", channel("a"))
     await settle()
     made[0].took(5)
-    await supervisor.apply(0, "a", channel("a", revision=2))
+    await supervisor.apply(0, "a", channel("a", revision=2, port=143))
     await settle()
     assert events == ["start a r1", "stop a r1", "start a r2"]
     assert made[1].started_with == made[0].cursor
+    await supervisor.stop_all()
+
+
+async def test_a_change_that_does_not_touch_fetching_keeps_the_session(supervisor, events):
+    """Renaming a channel (or changing its outbound settings) does not drop the IMAP session."""
+    await supervisor.apply(0, "a", channel("a"))
+    await supervisor.apply(0, "a", channel("a", revision=2, name="Renamed"))
+    await settle()
+    assert events == ["start a r1"]
+    await supervisor.stop_all()
+
+
+async def test_a_worker_that_crashes_is_restarted(supervisor, events, made, monkeypatch):
+    """run() handles every failure; if a bug still ends it, the channel is not left unfetched:
+    a new worker starts after a pause, from the crashed worker's cursor."""
+    monkeypatch.setattr("fetcher.supervisor.RESTART_DELAY_S", 0.01)
+    await supervisor.apply(0, "a", channel("a"))
+    await settle()
+    made[0].took(7)
+    made[0].crash(RuntimeError("bug"))
+    await asyncio.sleep(0.1)
+    assert len(made) == 2
+    assert made[1].started_with == made[0].cursor
+    assert set(supervisor.running) == {"a"}
     await supervisor.stop_all()
 
 

@@ -18,6 +18,9 @@ import structlog
 
 from fetcher.metrics import WORKERS
 
+RESTART_DELAY_S = 5.0
+"""Pause before restarting a worker that crashed, so a persistent bug cannot spin."""
+
 if TYPE_CHECKING:
     from email_channels.events import ChannelConfig, FetchCursor
 
@@ -60,6 +63,7 @@ class Supervisor:
         self._cursors: dict[str, FetchCursor] = {}
         self._partition_of: dict[str, int] = {}
         self._skipped: set[tuple[str, str]] = set()
+        self._restarts: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def running(self) -> dict[str, ChannelConfig]:
@@ -78,10 +82,15 @@ class Supervisor:
     async def apply(self, partition: int, channel_id: str, config: ChannelConfig | None) -> None:
         """Make the channel's worker match ``config`` (None: deleted or undecodable)."""
         self._partition_of[channel_id] = partition
+        self._cancel_restart(channel_id)  # the new config decides what runs
         wanted = config if config is not None and self._wants(config) else None
         current = self._running.get(channel_id)
-        if current is not None and wanted is not None and current.worker.channel == wanted:
-            return
+        if (
+            current is not None
+            and wanted is not None
+            and _fetch_settings(current.worker.channel) == _fetch_settings(wanted)
+        ):
+            return  # e.g. only the name or the outbound settings changed: keep the session
         if current is not None:
             reason = "deleted" if config is None else "disabled" if wanted is None else "changed"
             log.info("stopping channel worker", channel_id=channel_id, reason=reason)
@@ -94,11 +103,12 @@ class Supervisor:
         released = set(partitions)
         await self._stop([cid for cid, run in self._running.items() if run.partition in released])
         for channel_id in [c for c, p in self._partition_of.items() if p in released]:
+            self._cancel_restart(channel_id)
             self._cursors.pop(channel_id, None)
             self._partition_of.pop(channel_id, None)
 
     async def stop_all(self) -> None:
-        await self._stop(list(self._running))
+        await self._stop(list(self._running) + list(self._restarts))
 
     # --- internals ---
 
@@ -120,11 +130,46 @@ class Supervisor:
     def _start(self, partition: int, config: ChannelConfig) -> None:
         worker = self._workers(config, self._cursors.get(config.id))
         task = asyncio.create_task(worker.run(), name=f"channel:{config.id}")
-        self._running[config.id] = _Running(worker, task, partition)
+        run = _Running(worker, task, partition)
+        self._running[config.id] = run
+        task.add_done_callback(lambda done: self._ended(config.id, run, done))
         WORKERS.set(len(self._running))
+
+    def _ended(self, channel_id: str, run: _Running, task: asyncio.Task[None]) -> None:
+        """A worker that ends on its own (a bug: run() handles every failure) is restarted."""
+        if self._running.get(channel_id) is not run or task.cancelled():
+            return  # stopped on purpose
+        error = task.exception()
+        if error is None:
+            return
+        log.error(
+            "channel worker crashed; restarting it",
+            channel_id=channel_id,
+            delay_s=RESTART_DELAY_S,
+            exc_info=error,
+        )
+        self._running.pop(channel_id)
+        WORKERS.set(len(self._running))
+        self._cursors[channel_id] = run.worker.cursor
+        self._restarts[channel_id] = asyncio.get_running_loop().call_later(
+            RESTART_DELAY_S, self._restart, run
+        )
+
+    def _restart(self, run: _Running) -> None:
+        channel = run.worker.channel
+        self._restarts.pop(channel.id, None)
+        if channel.id not in self._running:
+            self._start(run.partition, channel)
+
+    def _cancel_restart(self, channel_id: str) -> None:
+        handle = self._restarts.pop(channel_id, None)
+        if handle is not None:
+            handle.cancel()
 
     async def _stop(self, channel_ids: list[str]) -> None:
         """Stop workers concurrently; cancel those that outlive the stop timeout."""
+        for channel_id in channel_ids:
+            self._cancel_restart(channel_id)
         runs = {cid: self._running.pop(cid) for cid in channel_ids if cid in self._running}
         WORKERS.set(len(self._running))
         if not runs:
@@ -141,3 +186,8 @@ class Supervisor:
             if isinstance(result, Exception):
                 log.error("channel worker crashed", channel_id=channel_id, exc_info=result)
             self._cursors[channel_id] = run.worker.cursor
+
+
+def _fetch_settings(config: ChannelConfig) -> tuple[object, ...]:
+    """What a worker fetches with; a change of anything else does not restart it."""
+    return (config.inbound, config.email_address, config.sync_recipient_only)

@@ -63,7 +63,8 @@ class WorkerPolicy:
 
     def backoff(self, failures: int) -> float:
         """Capped exponential backoff with jitter, so channels of one server spread out."""
-        ceiling = min(self.max_backoff, self.first_backoff * 2 ** max(failures - 1, 0))
+        exponent = min(max(failures - 1, 0), 32)  # bounded: 2**1024 would overflow a float
+        ceiling = min(self.max_backoff, self.first_backoff * 2**exponent)
         return float(ceiling * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not cryptography
 
 
