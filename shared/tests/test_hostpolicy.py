@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
+from typing import TYPE_CHECKING
 
 import pytest
 
 from email_channels.hostpolicy import HostPolicy, HostRefused
+from email_channels.tls import CaFileUnusable, client_contexts
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.mark.parametrize(
@@ -58,3 +64,13 @@ async def test_check_resolves_names_before_deciding() -> None:
     with pytest.raises(HostRefused):
         await HostPolicy().check("localhost", 993)
     await HostPolicy.parse("127.0.0.0/8,::1").check("localhost", 993)
+
+
+def test_an_unreadable_ca_file_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    """A bad EMAIL_CHANNELS_CA_FILE is an operator error, named, not a per-channel failure."""
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(CaFileUnusable, match=r"EMAIL_CHANNELS_CA_FILE=.*missing\.pem"):
+        client_contexts(extra_ca_file=missing)
+    contexts = client_contexts()
+    assert contexts[True].verify_mode is ssl.CERT_REQUIRED
+    assert contexts[False].verify_mode is ssl.CERT_NONE

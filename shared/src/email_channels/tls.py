@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING
 
+from email_channels.errors import PermanentError
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -21,3 +23,22 @@ def client_context(*, verify: bool = True, extra_ca_file: Path | None = None) ->
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+class CaFileUnusable(PermanentError):
+    """EMAIL_CHANNELS_CA_FILE cannot be loaded: an operator must fix the deployment."""
+
+
+def client_contexts(*, extra_ca_file: Path | None = None) -> dict[bool, ssl.SSLContext]:
+    """Both client contexts, keyed by ``verify``, built once at start-up and shared by every
+    connection (loading the CA bundle per connection is slow, and a bad CA file should stop
+    the service with a clear message rather than fail each channel)."""
+    try:
+        return {
+            verify: client_context(verify=verify, extra_ca_file=extra_ca_file)
+            for verify in (True, False)
+        }
+    except (OSError, ssl.SSLError) as exc:
+        raise CaFileUnusable(
+            f"EMAIL_CHANNELS_CA_FILE={extra_ca_file} cannot be loaded: {exc}"
+        ) from exc

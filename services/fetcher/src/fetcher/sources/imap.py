@@ -64,7 +64,7 @@ from email_channels.events import (
     TlsMode,
     utcnow,
 )
-from email_channels.tls import client_context
+from email_channels.tls import client_contexts
 from fetcher.metrics import UIDVALIDITY_RESETS
 from fetcher.sources import Pending, SourceUnavailable
 
@@ -372,8 +372,10 @@ class ImapSource:
         password: str,
         host_policy: HostPolicy,
         options: ImapOptions,
+        tls_context: ssl.SSLContext,
     ) -> None:
         self._inbound = inbound
+        self._tls_context = tls_context
         self._password = SecretStr(password)
         self._policy = host_policy
         self._options = options
@@ -394,9 +396,7 @@ class ImapSource:
         inbound = self._inbound
         self._check_settings()
         await self._policy.check(inbound.host, inbound.port)
-        context = None
-        if inbound.tls is not TlsMode.PLAIN:
-            context = client_context(verify=inbound.verify_tls, extra_ca_file=self._options.ca_file)
+        context = None if inbound.tls is TlsMode.PLAIN else self._tls_context
         self._lost = asyncio.Event()
         self._selected = None
         with _mapped("tcp"):
@@ -498,7 +498,22 @@ class ImapSource:
             "fetch",
             timeout=self._options.fetch_timeout,
         )
-        return parse_fetched_body(response.lines, _uid(message))
+        body = parse_fetched_body(response.lines, _uid(message))
+        if body is None and await self._still_there(_uid(message)):
+            # Present but its body was not understood: never skip it (the cursor would pass
+            # it for good); keep failing visibly until a fix to the parser takes it.
+            raise SourceUnavailable(
+                f"UID {message.uid} is in the folder but its FETCH response had no readable BODY[]",
+                step="fetch",
+            )
+        return body
+
+    async def _still_there(self, uid: int) -> bool:
+        client = self._client_or_fail()
+        response = await self._command(
+            client.uid_search("UID", str(uid), charset=None), "UID SEARCH", "fetch"
+        )
+        return uid in parse_search(response.lines)
 
     async def settle(self, message: SourceIdentity) -> None:
         client = await self._select_for(message)
@@ -748,6 +763,7 @@ class ImapSourceFactory:
         self._secret_box = secret_box
         self._host_policy = host_policy
         self._options = options
+        self._tls = client_contexts(extra_ca_file=options.ca_file)
 
     def __call__(self, channel: ChannelConfig) -> ImapSource:
         inbound = channel.inbound
@@ -758,4 +774,5 @@ class ImapSourceFactory:
             password=self._secret_box.decrypt(inbound.password),
             host_policy=self._host_policy,
             options=self._options,
+            tls_context=self._tls[inbound.verify_tls],
         )

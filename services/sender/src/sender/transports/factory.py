@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from email_channels.events import GraphOutbound, SmtpOutbound
-from email_channels.tls import client_context
+from email_channels.tls import client_contexts
 from sender.errors import ChannelUnavailable
 from sender.transports.smtp import SmtpTransport
 
@@ -38,10 +38,7 @@ class ChannelTransports:
     ) -> None:
         self._host_policy = host_policy
         self._secrets = secrets
-        # Built once: a missing CA file fails start-up, and contexts are reused per send.
-        self._tls = {
-            verify: client_context(verify=verify, extra_ca_file=ca_file) for verify in (True, False)
-        }
+        self._tls = client_contexts(extra_ca_file=ca_file)
         self._smtp_timeout = smtp_timeout
         self._local_hostname = local_hostname
 
