@@ -75,7 +75,10 @@ class CommonSettings(BaseSettings):
         description="file:///path for local disk, s3://bucket/prefix for S3-compatible stores",
     )
     inline_max_bytes: int = Field(
-        default=256 * 1024, ge=0, description="larger raw MIME goes to the blob store"
+        default=256 * 1024,
+        ge=0,
+        le=512 * 1024,  # base64 + JSON must stay below Kafka's default 1 MB record limit
+        description="larger raw MIME goes to the blob store",
     )
     secret_keys: SecretStr | None = Field(
         default=None, description="keyring 'kid:base64key,...'; the first key encrypts"

@@ -30,6 +30,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import sys
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,6 @@ from mode import Service
 from email_channels.codec import encode, encode_key, record_headers
 from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, RetryPolicy
-from email_channels.errors import PermanentError
 from email_channels.events import ChannelConfig, ChannelFilters
 from email_channels.producer import MAX_REQUEST_BYTES, assert_durable, map_publish_error
 from router.handlers import EmailRouter, RawRecordHandler, RecordProcessor
@@ -64,7 +64,8 @@ class DurableProducer(faust_aiokafka.Producer):
     """faust's aiokafka producer with ``enable_idempotence=True``, asserted at start-up."""
 
     def _settings_extra(self) -> dict[str, Any]:
-        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+        # acks=-1 comes from the app's producer_acks; faust only lacks an idempotence switch.
+        return {**super()._settings_extra(), "enable_idempotence": True}
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -94,8 +95,9 @@ class RouterState(Service):
     async def on_start(self) -> None:
         timeout = self.settings.config_start_timeout_seconds
         try:
-            await self.channels.start(timeout=timeout)
-            await self.filters.start(timeout=timeout)
+            await asyncio.gather(
+                self.channels.start(timeout=timeout), self.filters.start(timeout=timeout)
+            )
         except BaseException:
             await self._stop_views()
             raise
@@ -112,8 +114,9 @@ class RouterState(Service):
     async def catch_up(self) -> None:
         """Read channels and filters up to what the topics hold now."""
         timeout = self.settings.config_catch_up_timeout_seconds
-        await self.channels.catch_up(timeout=timeout)
-        await self.filters.catch_up(timeout=timeout)
+        await asyncio.gather(
+            self.channels.catch_up(timeout=timeout), self.filters.catch_up(timeout=timeout)
+        )
 
 
 class FaustPublisher:
@@ -198,8 +201,6 @@ def build_app(settings: RouterSettings, *, blobs: BlobStore) -> faust.App:
         autodiscover=False,
     )
     app.transport = DurableTransport(app.conf.broker_consumer, app)
-    if app.conf.producer_acks != -1 or app.conf.topic_allow_declare:
-        raise PermanentError("faust must run with producer_acks=-1 and topic_allow_declare=False")
 
     state = RouterState(settings, blobs)
     app.add_dependency(state)  # before faust's own services: config is read before routing
