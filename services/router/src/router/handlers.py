@@ -11,7 +11,6 @@ the policy (retry transient, dead-letter permanent).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -142,15 +141,15 @@ class EmailRouter:
             return await self._blobs.get(raw.raw_ref), raw.raw_ref
         if raw.raw_mime is None:
             raise MissingContent(f"email {raw.email_id} carries neither raw_mime nor raw_ref")
-        digest = hashlib.sha256(raw.raw_mime).hexdigest()
-        if digest != raw.sha256.lower():
+        ref = await self._blobs.put(raw.raw_mime)  # hashes it once, for the check as well
+        if ref.sha256 != raw.sha256.lower():
             log.warning(
                 "raw MIME does not hash to the record's sha256",
                 email_id=raw.email_id,
                 record_sha256=raw.sha256,
-                actual_sha256=digest,
+                actual_sha256=ref.sha256,
             )
-        return raw.raw_mime, await self._blobs.put(raw.raw_mime)
+        return raw.raw_mime, ref
 
     async def _store_attachments(self, parsed: ParsedEmail) -> list[Attachment]:
         attachments: list[Attachment] = []
