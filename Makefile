@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean
+.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench
 
 bootstrap:
 	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
@@ -29,6 +29,13 @@ test: bootstrap
 test-unit: WITH_MAIL_SERVERS=0
 test-unit: bootstrap
 	$(UV) run --frozen pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+## bench: throughput/latency/memory tables against the named peers (bench/bench_*.py; BENCH=name for one)
+BENCH ?= *
+bench: WITH_MAIL_SERVERS=1
+bench: bootstrap
+	@set -e; for script in bench/bench_$(BENCH).py; do \
+	  echo "== $$script"; $(UV) run --frozen python $$script; done
 
 lint: WITH_MAIL_SERVERS=0
 lint: bootstrap

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from email_channels.errors import PermanentError
+from email_channels.headers import LOOP_HEADER
 from router.parsing import (
-    LOOP_HEADER,
     UnparseableEmail,
     conversation_id,
     html_to_text,

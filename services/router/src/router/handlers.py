@@ -26,6 +26,7 @@ from email_channels.events import (
     RawEmail,
     RoutedEmail,
 )
+from email_channels.headers import CAMPAIGN_HEADER
 from router import rules
 from router.parsing import conversation_id, parse_email
 
@@ -46,7 +47,6 @@ log = structlog.get_logger(__name__)
 
 M_co = TypeVar("M_co", covariant=True)
 
-CAMPAIGN_HEADER = "campaign-id"
 MAX_ROUTED_BYTES = 900_000
 """Default upper bound of one routed record's JSON (the broker's default limit is ~1 MiB)."""
 TRUNCATION_NOTE = "\n[truncated by the router: the full message is in the raw MIME (raw_ref)]"

@@ -41,12 +41,10 @@ from typing import TYPE_CHECKING, Any
 
 from email_channels.errors import PermanentError
 from email_channels.events import Address, EmailFlags
+from email_channels.headers import LOOP_HEADER
 
 if TYPE_CHECKING:
     from email.headerregistry import Address as HeaderAddress
-
-LOOP_HEADER = "X-Email-Channels-Loop"
-"""Header the platform stamps on mail it sends; seeing it on inbound mail means a mail loop."""
 
 MAX_DEPTH = 32
 """MIME nesting we descend into; deeper parts stay in the raw MIME only."""
