@@ -102,7 +102,14 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
             log.error("a service failed to start", error=str(exc))
             return 1
         if demo:
-            _create_demo_channel(base, env)
+            campaign_id = _create_demo_channel(base, env)
+            # The reference campaign service answers the demo's customer mail end to end.
+            campaign = ServiceProcesses(
+                {**env, "AUTOREPLY_CAMPAIGN_ID": campaign_id}, names=("campaign-autoreply",)
+            )
+            stack.callback(campaign.stop)
+            campaign.start()
+            services.children.update(campaign.children)
         _banner(base, kafka.bootstrap_servers, kafka.version, demo=demo)
         while not stopping.wait(1.0):
             try:
@@ -133,7 +140,8 @@ def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
     }
 
 
-def _create_demo_channel(base: str, env: dict[str, str]) -> None:
+def _create_demo_channel(base: str, env: dict[str, str]) -> str:
+    """Create the demo campaign and channel; return the campaign id."""
     campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"})
     channel = _post(
         f"{base}/api/v1/channels",
@@ -161,6 +169,7 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> None:
         },
     )
     log.info("demo channel created", channel_id=channel["id"], campaign_id=campaign["id"])
+    return str(campaign["id"])
 
 
 def _banner(base: str, bootstrap: str, version: str, *, demo: bool) -> None:
@@ -175,6 +184,9 @@ def _banner(base: str, bootstrap: str, version: str, *, demo: bool) -> None:
     if demo:
         lines.append("  demo           3 seeded mails flow from Dovecot to email.routed;")
         lines.append("                 see them: make tail TOPIC=email.routed")
+        lines.append("                 the reference campaign service (campaign-autoreply)")
+        lines.append("                 answers each one; its log shows 'answered' and the")
+        lines.append("                 'delivery outcome' from the local SMTP server")
     lines += ["Press Ctrl-C to stop.", ""]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
