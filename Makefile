@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench
+.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench chaos
 
 bootstrap:
 	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
@@ -36,6 +36,11 @@ bench: WITH_MAIL_SERVERS=1
 bench: bootstrap
 	@set -e; for script in bench/bench_$(BENCH).py; do \
 	  echo "== $$script"; $(UV) run --frozen python $$script; done
+
+## chaos: the full fault-injection scenarios (tests/chaos), each printing its ledger
+chaos: WITH_MAIL_SERVERS=1
+chaos: bootstrap
+	EMAIL_CHANNELS_CHAOS=1 $(UV) run --frozen pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: WITH_MAIL_SERVERS=0
 lint: bootstrap
