@@ -25,7 +25,7 @@ import re
 from typing import TYPE_CHECKING
 
 import fast_mail_parser
-from fast_mail_parser import PyAddress, PyMail
+from fast_mail_parser import PyAddress, PyAttachment, PyLazyAttachment, PyMail
 
 from email_channels.events import Address, EmailFlags
 from email_channels.headers import LOOP_HEADER
@@ -60,7 +60,8 @@ def eligible(raw: bytes, limits: ParseLimits) -> bool:
     if not ends:
         return False
     header_end = min(ends)
-    if header_end > min(_MAX_FAST_HEADER_BYTES, limits.max_header_bytes):
+    most = min(_MAX_FAST_HEADER_BYTES, limits.max_header_bytes, limits.max_header_field_bytes)
+    if header_end > most:
         return False
     header = raw[:header_end]
     if not header.isascii() or _BLANK_BEFORE_COLON.search(header):
@@ -143,17 +144,7 @@ def _parsed(
         date=date,
         text_body=text,
         html_body=html,
-        attachments=tuple(
-            AttachmentPart(
-                content_type=a.mimetype.lower(),
-                content=a.content,
-                filename=one_line(a.filename) or None,
-                inline=a.disposition == "inline"
-                or (a.disposition is None and a.content_id is not None),
-                content_id=a.content_id,
-            )
-            for a in mail.attachments
-        ),
+        attachments=tuple(attachment(a.mimetype, a.content, a) for a in mail.attachments),
         flags=EmailFlags(
             auto_reply=is_auto_reply(header),
             bounce=bool(failed),
@@ -163,4 +154,18 @@ def _parsed(
             ),
         ),
         parser="fast",
+    )
+
+
+def attachment(
+    mimetype: str, content: bytes, part: PyAttachment | PyLazyAttachment
+) -> AttachmentPart:
+    """Our attachment from the fast parser's (content passed in: a lazy one decodes on read)."""
+    return AttachmentPart(
+        content_type=mimetype.lower(),
+        content=content,
+        filename=one_line(part.filename) or None,
+        inline=part.disposition == "inline"
+        or (part.disposition is None and part.content_id is not None),
+        content_id=part.content_id,
     )

@@ -44,7 +44,7 @@ import re
 from email import policy
 from email.header import decode_header, make_header
 from email.message import Message
-from email.parser import BytesParser, HeaderParser
+from email.parser import BytesHeaderParser, BytesParser, HeaderParser
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -144,6 +144,8 @@ def _parse_stdlib(raw: bytes, *, own_address: str | None, limits: ParseLimits) -
     if block is None:
         raise UnparseableEmail("no header fields: not an email message")
     limits_hit = list(block.limits_hit)
+    if len(block.message) > limits.max_stdlib_bytes:
+        return _parse_large(block, own_address=own_address, limits=limits)
     message = _parse_bounded(block, limits, limits_hit)
     if not message.keys():
         raise UnparseableEmail("no header fields: not an email message")
@@ -169,12 +171,36 @@ def _parse_stdlib(raw: bytes, *, own_address: str | None, limits: ParseLimits) -
         limits_hit.append("decoded_size")
     if budget.spent():
         limits_hit.append("time")
+    return _assemble(
+        message,
+        headers,
+        defects,
+        own_address=own_address,
+        limits=limits,
+        bodies=(text, html),
+        attachments=attachments,
+        repaired=block.repaired,
+        limits_hit=limits_hit,
+    )
+
+
+def _assemble(
+    message: Message,
+    headers: _HeaderReader,
+    defects: list[str],
+    *,
+    own_address: str | None,
+    limits: ParseLimits,
+    bodies: tuple[str | None, str | None],
+    attachments: list[AttachmentPart],
+    repaired: bool,
+    limits_hit: list[str],
+) -> ParsedEmail:
     from_list = headers.addresses("from")
     from_ = from_list[0] if from_list else None
     date, date_unreadable = parse_date(headers.raw_text("date"))
     if date_unreadable:
         defects.append("date: unparseable")
-
     return ParsedEmail(
         message_id=message_id(headers.text("message-id")),
         in_reply_to=message_id(headers.text("in-reply-to")),
@@ -185,8 +211,8 @@ def _parse_stdlib(raw: bytes, *, own_address: str | None, limits: ParseLimits) -
         cc=tuple(headers.addresses("cc")),
         subject=headers.text("subject"),
         date=date,
-        text_body=text,
-        html_body=html,
+        text_body=bodies[0],
+        html_body=bodies[1],
         attachments=tuple(attachments),
         flags=_flags(
             message,
@@ -194,13 +220,77 @@ def _parse_stdlib(raw: bytes, *, own_address: str | None, limits: ParseLimits) -
             from_,
             own_address,
             defects,
-            repaired=block.repaired,
+            repaired=repaired,
             limits_hit=tuple(dict.fromkeys(limits_hit)),
         ),
         defects=tuple(dict.fromkeys(defects)),
         undecoded_headers=tuple(headers.undecoded),
         parser="stdlib",
     )
+
+
+def _parse_large(
+    block: HeaderBlock, *, own_address: str | None, limits: ParseLimits
+) -> ParsedEmail:
+    """A message too large for the stdlib parser: header fields read by ours (8-bit decoding
+    included) from the header block alone, MIME by the Rust parser with lazy attachments."""
+    limits_hit = list(block.limits_hit)
+    header_message = BytesHeaderParser(policy=policy.compat32).parsebytes(
+        block.message[: block.body_start]
+    )
+    defects: list[str] = []
+    declared = header_message.get_content_charset() or _first_text_charset_in(
+        block.message[block.body_start : block.body_start + _CHARSET_SCAN_BYTES]
+    )
+    headers = _HeaderReader(header_message, defects, limits, declared=declared)
+    if not header_message.keys():
+        raise UnparseableEmail("no header fields: not an email message")
+    decoded = _DecodedBudget(limits.max_decoded_bytes)
+    text = html = None
+    attachments: list[AttachmentPart] = []
+    try:
+        mail = fast_mail_parser.parse_email(block.message, mode="lazy")
+    except fast_mail_parser.ParseError as exc:
+        defects.append(f"mime: {type(exc).__name__}")
+        limits_hit.append(
+            "depth" if isinstance(exc, fast_mail_parser.MimeStructureError) else "mime"
+        )
+    else:
+        text = next((t for t in mail.text_plain if decoded.take_size(len(t))), None)
+        html = next((h for h in mail.text_html if decoded.take_size(len(h))), None)
+        for part in mail.attachments:
+            if not decoded.take_size(part.encoded_size):
+                continue
+            attachments.append(fast_parse.attachment(part.mimetype, part.content, part))
+    if text is not None and not text.strip() and html:
+        text = None
+    if text is None and html is not None:
+        text = html_to_text(html, max_chars=limits.max_html_chars)
+    if decoded.exceeded:
+        limits_hit.append("decoded_size")
+    return _assemble(
+        header_message,
+        headers,
+        defects,
+        own_address=own_address,
+        limits=limits,
+        bodies=(text, html),
+        attachments=attachments,
+        repaired=block.repaired,
+        limits_hit=limits_hit,
+    )
+
+
+_CHARSET_SCAN_BYTES = 64 * 1024
+_TEXT_CHARSET = re.compile(
+    rb"^content-type:[ \t]*text/[^\r\n]*?charset=\"?([\w.:-]{1,40})", re.IGNORECASE | re.MULTILINE
+)
+
+
+def _first_text_charset_in(body: bytes) -> str | None:
+    """The charset of the first text part declared in the start of a (large) body."""
+    found = _TEXT_CHARSET.search(body)
+    return found.group(1).decode("ascii") if found else None
 
 
 def _parse_bounded(block: HeaderBlock, limits: ParseLimits, limits_hit: list[str]) -> Message:
@@ -271,7 +361,9 @@ class _DecodedBudget:
     def take(self, part: Message) -> bool:
         """Whether ``part`` may be decoded (its encoded size is within what is left)."""
         payload = part.get_payload()
-        size = len(payload) if isinstance(payload, (str, bytes)) else 0
+        return self.take_size(len(payload) if isinstance(payload, (str, bytes)) else 0)
+
+    def take_size(self, size: int) -> bool:
         if size > self.left:
             self.exceeded = True
             return False
@@ -285,12 +377,19 @@ class _DecodedBudget:
 class _HeaderReader:
     """Header fields of the top-level message, raw 8-bit bytes decoded and recorded."""
 
-    def __init__(self, message: Message, defects: list[str], limits: ParseLimits) -> None:
+    def __init__(
+        self,
+        message: Message,
+        defects: list[str],
+        limits: ParseLimits,
+        *,
+        declared: str | None = None,
+    ) -> None:
         self._message = message
         self._defects = defects
         self._limits = limits
-        self._declared: str | None = None
-        self._declared_read = False
+        self._declared = declared
+        self._declared_read = declared is not None
         self.undecoded: list[UndecodedHeader] = []
 
     def raw_text(self, name: str) -> str | None:
