@@ -44,7 +44,13 @@ def is_attachment(part: Message) -> bool:
         return False
 
 
-def _children(part: Message) -> list[Message]:
+def subparts(part: Message) -> list[Message]:
+    """The sub-messages of a multipart (or message/*) part; [] for a leaf.
+
+    Never ``get_payload()`` on a leaf: compat32 decodes 8-bit leaf payloads with the part's
+    charset parameter there, which raises for a charset name with a NUL in it."""
+    if not part.is_multipart():
+        return []
     payload = part.get_payload()
     return (
         [child for child in payload if isinstance(child, Message)]
@@ -72,12 +78,12 @@ def choose_bodies(part: Message, *, max_depth: int, depth: int = 0) -> BodyParts
     elif not part.is_multipart() or content_type == "message/rfc822" or depth >= max_depth:
         chosen = BodyParts()
     elif part.get_content_subtype() == "alternative":
-        chosen = _alternative(_children(part), max_depth, depth + 1)
+        chosen = _alternative(subparts(part), max_depth, depth + 1)
     elif part.get_content_subtype() == "related":
-        root = _related_root(part, _children(part))
+        root = _related_root(part, subparts(part))
         chosen = choose_bodies(root, max_depth=max_depth, depth=depth + 1) if root else BodyParts()
     else:
-        chosen = _mixed(_children(part), max_depth, depth + 1)
+        chosen = _mixed(subparts(part), max_depth, depth + 1)
     return chosen
 
 

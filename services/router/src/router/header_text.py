@@ -58,7 +58,7 @@ def decode_8bit(data: bytes, declared: str | None) -> tuple[str, str]:
         try:
             codec = codecs.lookup(declared).name
             return data.decode(codec), codec
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # ValueError: UnicodeDecodeError, NUL in the name
             pass
     lenient = data.decode("utf-8", errors="replace")
     broken = lenient.count("\ufffd")

@@ -53,7 +53,7 @@ import fast_mail_parser
 from email_channels.events import Address, EmailFlags, UndecodedHeader
 from email_channels.headers import LOOP_HEADER
 from router import fast_parse
-from router.bodies import BodyParts, choose_bodies, html_to_text
+from router.bodies import BodyParts, choose_bodies, html_to_text, subparts
 from router.header_block import HeaderBlock, split_header_block
 from router.header_text import decode_8bit, decode_header_value
 from router.parse_limits import DEFAULT_LIMITS, Budget, ParseLimits
@@ -360,7 +360,10 @@ class _DecodedBudget:
 
     def take(self, part: Message) -> bool:
         """Whether ``part`` may be decoded (its encoded size is within what is left)."""
-        payload = part.get_payload()
+        try:
+            payload = part.get_payload()
+        except ValueError:  # compat32 decodes 8-bit payloads with the charset: "utf-16\0"
+            payload = part.get_payload(decode=True)
         return self.take_size(len(payload) if isinstance(payload, (str, bytes)) else 0)
 
     def take_size(self, size: int) -> bool:
@@ -448,9 +451,8 @@ def _first_text_charset(message: Message, limits: ParseLimits) -> str | None:
             if charset:
                 return charset
             continue
-        payload = part.get_payload()
-        if part.is_multipart() and isinstance(payload, list) and depth < limits.max_depth:
-            stack.extend((c, depth + 1) for c in reversed(payload) if isinstance(c, Message))
+        if depth < limits.max_depth:
+            stack.extend((c, depth + 1) for c in reversed(subparts(part)))
     return None
 
 
@@ -504,6 +506,9 @@ def _text(part: Message, defects: list[str]) -> str:
     except UnicodeDecodeError:
         defects.append(f"bytes not in charset {charset!r}")
         return data.decode(charset, errors="replace")
+    except ValueError:  # a charset name Python rejects outright (e.g. with a NUL in it)
+        defects.append(f"unusable charset {charset!r}")
+        return data.decode("utf-8", errors="replace")
 
 
 def _attachments(  # noqa: PLR0917 (private; each argument is a different bound)
@@ -565,9 +570,8 @@ def _attachment(part: Message, content_type: str, defects: list[str]) -> Attachm
 
 
 def _embedded_message_bytes(part: Message, defects: list[str]) -> bytes:
-    payload = part.get_payload()
-    inner = payload[0] if isinstance(payload, list) and payload else None
-    if isinstance(inner, Message):
+    inner = next(iter(subparts(part)), None)
+    if inner is not None:
         try:
             return inner.as_bytes(policy=policy.compat32.clone(linesep="\r\n"))
         except Exception as exc:
@@ -617,10 +621,7 @@ def _bounce(
         return bool(header_recipients), None, header_recipients
     recipients: list[str] = []
     bounced_id: str | None = None
-    payload = message.get_payload()
-    for part in payload if isinstance(payload, list) else []:
-        if not isinstance(part, Message):
-            continue
+    for part in subparts(message):
         content_type = part.get_content_type()
         if content_type == "message/delivery-status":
             recipients.extend(_failed_recipients(part))
@@ -631,13 +632,8 @@ def _bounce(
 
 def _failed_recipients(part: Message) -> list[str]:
     """Recipients of per-recipient blocks whose Action is failed (or missing)."""
-    blocks = part.get_payload()
-    if not isinstance(blocks, list):
-        return []
     recipients: list[str] = []
-    for block in blocks[1:]:  # the first block is per-message
-        if not isinstance(block, Message):
-            continue
+    for block in subparts(part)[1:]:  # the first block is per-message
         action = str(block.get("action", "failed")).strip().lower()
         recipient = block.get("final-recipient") or block.get("original-recipient")
         if recipient and action == "failed":
@@ -648,9 +644,9 @@ def _failed_recipients(part: Message) -> list[str]:
 
 
 def _returned_message_id(part: Message, defects: list[str]) -> str | None:
-    payload = part.get_payload()
-    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-        return message_id(_header(payload[0], "message-id", defects))
+    inner = subparts(part)
+    if inner:
+        return message_id(_header(inner[0], "message-id", defects))
     text = part.get_payload(decode=True)
     if isinstance(text, bytes):
         headers = HeaderParser(policy=policy.default).parsestr(
