@@ -1,8 +1,10 @@
 """Parse fuzzing: mail-shaped random input never raises anything but the declared
-``UnparseableEmail``, and what comes out is clean text (UTF-8, headers on one line)."""
+``UnparseableEmail``, what comes out is clean text (UTF-8, headers on one line), and the fast
+path reads what it takes the same as the stdlib path (differential, also on the corpus)."""
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import TYPE_CHECKING
 
 import pytest
@@ -72,3 +74,49 @@ def test_mail_shaped_input_raises_only_the_declared_error(path: Path, raw: bytes
         except UnparseableEmail:
             continue
         check_clean(parsed)
+
+
+def same_reading(parsed: ParsedEmail) -> dict[str, object]:
+    """The fields both parsers must agree on (line ends and outer blanks of bodies aside)."""
+    return {
+        "subject": parsed.subject,
+        "from": parsed.from_,
+        "to": parsed.to,
+        "cc": parsed.cc,
+        "reply_to": parsed.reply_to,
+        "date": parsed.date,
+        "text": (parsed.text_body or "").replace("\r\n", "\n").strip(),
+        "html": (parsed.html_body or "").replace("\r\n", "\n").strip(),
+        "attachments": [
+            (a.content_type, a.filename, a.sha256, a.inline, a.content_id)
+            for a in parsed.attachments
+        ],
+        "flags": (parsed.flags.auto_reply, parsed.flags.bounce, parsed.flags.loop),
+    }
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=mail)
+def test_where_the_fast_path_is_taken_the_stdlib_reads_the_same(raw: bytes) -> None:
+    """Differential: a message the auto path gives to the Rust parser reads the same through
+    the stdlib path (the checks in router.fast_parse keep out what they disagree on)."""
+    try:
+        parsed = parse_email(raw)
+    except UnparseableEmail:
+        return
+    if parsed.parser == "fast":
+        assert same_reading(parsed) == same_reading(parse_email(raw, path="stdlib"))
+
+
+def test_corpus_mails_on_the_fast_path_read_the_same_through_the_stdlib() -> None:
+    """Every corpus mail the auto path gives to the Rust parser has the same fields (subject,
+    addresses, date, bodies, attachments, flags) through the stdlib path."""
+    corpus = FilePath(__file__).parent / "corpus"
+    fast = 0
+    for eml in sorted(corpus.glob("*.eml")):
+        raw = eml.read_bytes()
+        parsed = parse_email(raw)
+        if parsed.parser == "fast":
+            fast += 1
+            assert same_reading(parsed) == same_reading(parse_email(raw, path="stdlib")), eml.name
+    assert fast >= 10

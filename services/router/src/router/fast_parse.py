@@ -11,12 +11,17 @@ and the stdlib path reads the message):
 - at most ``max_parts`` parts (counted after the parse; the Rust parser is linear in the
   input: 100,000 parts in ~0.1 s). Nesting is bounded by its own cap (256 levels,
   ``MimeStructureError`` -> stdlib path, which cuts at ``max_depth``);
+- 8-bit body text is not declared US-ASCII (or undeclared): the fast parser reads it as
+  windows-1252 without a warning, we read it as UTF-8 first;
 - the parse reports no repair (``warnings == []``: no unknown charset, no unreadable
   address or date, no re-synced header block);
 - at most one text/plain and one text/html body and no embedded ``message/*`` part: the flat
   result then holds exactly the bodies our rules (:mod:`router.bodies`) choose; anything
   richer (several inline texts, alternatives inside mixed parts) needs the tree rules;
-- not a delivery report (``multipart/report``): bounce details need the MIME tree.
+- not a delivery report (``multipart/report``): bounce details need the MIME tree;
+- every Content-Type has a ``/``, every address one ``@`` and no encoded-word, the header
+  block no bare CR (garbage the two parsers read differently; found by differential
+  fuzzing, ``tests/test_parse_fuzz.py``).
 
 ``checked=False`` skips these checks, to measure the fast parser's own fidelity.
 """
@@ -49,6 +54,28 @@ from router.parsed_email import (
 if TYPE_CHECKING:
     from router.parse_limits import ParseLimits
 
+
+def _ascii_or_no_charset(raw: bytes) -> bool:
+    """Whether a text part may be 8-bit text declared US-ASCII or not declared at all.
+
+    We read such text as header bytes are (UTF-8 first); the fast parser reads it as
+    windows-1252 without a warning (measured). Every text Content-Type line must name a
+    charset other than US-ASCII (a charset on a folded line is not seen: stdlib then).
+    """
+    text_types = _TEXT_TYPE.findall(raw)
+    if not text_types:
+        return True
+    return any(
+        found is None or found.group(1).lower() in {b"us-ascii", b"ascii"}
+        for found in map(_CHARSET.search, text_types)
+    )
+
+
+_TEXT_TYPE = re.compile(rb"^content-type:[ \t]*text/[^\r\n]*", re.IGNORECASE | re.MULTILINE)
+_CHARSET = re.compile(rb"charset=\"?([\w.:-]+)", re.IGNORECASE)
+_ADDR_SPEC = re.compile(r"[^@\s]+@[^@\s]+\Z")
+"""One ``@``: the fast parser passes ``a@b.examplea@b.example`` through, the stdlib does not."""
+
 _MAX_FAST_HEADER_BYTES = 64 * 1024
 _BLANK_BEFORE_COLON = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]+:", re.MULTILINE)
 """``Name :`` (obsolete syntax): the fast parser keeps the blank in the name."""
@@ -68,6 +95,8 @@ def eligible(raw: bytes, limits: ParseLimits) -> bool:
     header = raw[:header_end]
     if not header.isascii() or _BLANK_BEFORE_COLON.search(header):
         return False
+    if header.count(b"\r") != raw.count(b"\r\n", 0, header_end + 1):
+        return False  # a bare CR: the two parsers split such lines differently
     return header.count(b"\n") <= limits.max_header_fields
 
 
@@ -84,7 +113,7 @@ def parse(
             return None
         raise UnparseableEmail(f"fast parser failed: {type(exc).__name__}: {exc}") from exc
     read = _Read(mail)
-    if checked and not read.same_as_ours(limits.max_parts):
+    if checked and not read.same_as_ours(raw, limits.max_parts):
         return None
     if not read.headers:
         raise UnparseableEmail("no header fields: not an email message")
@@ -100,12 +129,17 @@ class _Read:
         self.html = mail.text_html
         self.attachments = mail.attachments
         self.warnings = mail.warnings
+        self.from_ = mail.from_
+        self.to = mail.to
+        self.cc = mail.cc
+        self.reply_to = mail.reply_to
+        self.addresses = [*([self.from_] if self.from_ else []), *self.to, *self.cc, *self.reply_to]
 
     def first(self, name: str) -> str | None:
         values = self.headers.get(name)
         return values[0] if values else None
 
-    def same_as_ours(self, max_parts: int) -> bool:
+    def same_as_ours(self, raw: bytes, max_parts: int) -> bool:
         content_type = (self.first("content-type") or "").strip().lower()
         return (
             not self.warnings
@@ -115,7 +149,15 @@ class _Read:
             and len(self.html) <= 1
             and not content_type.startswith("multipart/report")
             and not any(a.mimetype.lower().startswith("message/") for a in self.attachments)
+            and not (self._non_ascii_text() and _ascii_or_no_charset(raw))
+            and "/" in (content_type or "text/plain")
+            and all("/" in a.mimetype for a in self.attachments)
+            and all(_ADDR_SPEC.match(a.address) for a in self.addresses)
+            and not any("=?" in a.address for a in self.addresses)
         )
+
+    def _non_ascii_text(self) -> bool:
+        return not all(text.isascii() for text in (*self.plain, *self.html))
 
 
 def _address(found: PyAddress | None) -> Address | None:
@@ -137,7 +179,7 @@ def _parsed(mail: PyMail, read: _Read, own_address: str | None, limits: ParseLim
         text = None  # an empty text/plain is no body
     if text is None and html is not None:
         text = html_to_text(html, max_chars=limits.max_html_chars)
-    from_ = _address(mail.from_)
+    from_ = _address(read.from_)
     date, _ = parse_date(read.first("date"))
     failed = [a.strip() for a in (header("x-failed-recipients") or "").split(",") if a.strip()]
     return ParsedEmail(
@@ -145,9 +187,9 @@ def _parsed(mail: PyMail, read: _Read, own_address: str | None, limits: ParseLim
         in_reply_to=message_id(header("in-reply-to")),
         references=tuple(MSGID.findall(header("references") or ""))[: limits.max_references],
         from_=from_,
-        reply_to=_addresses(mail.reply_to),
-        to=_addresses(mail.to),
-        cc=_addresses(mail.cc),
+        reply_to=_addresses(read.reply_to),
+        to=_addresses(read.to),
+        cc=_addresses(read.cc),
         subject=one_line(mail.subject) or None,
         date=date,
         text_body=text,
