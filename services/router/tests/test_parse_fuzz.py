@@ -95,7 +95,7 @@ def same_reading(parsed: ParsedEmail) -> dict[str, object]:
     }
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=mail)
 def test_where_the_fast_path_is_taken_the_stdlib_reads_the_same(raw: bytes) -> None:
     """Differential: a message the auto path gives to the Rust parser reads the same through
