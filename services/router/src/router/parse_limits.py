@@ -46,10 +46,14 @@ DEFAULT_LIMITS = ParseLimits()
 
 
 class Budget:
-    """A deadline on the monotonic clock."""
+    """A deadline on the monotonic clock; remembers whether work was stopped by it."""
 
     def __init__(self, seconds: float) -> None:
         self._deadline = time.monotonic() + seconds
+        self.stopped = False
 
-    def spent(self) -> bool:
-        return time.monotonic() > self._deadline
+    def stop_now(self) -> bool:
+        """Whether the time is spent (then the caller stops, and ``stopped`` records it)."""
+        if time.monotonic() > self._deadline:
+            self.stopped = True
+        return self.stopped

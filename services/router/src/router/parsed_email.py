@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 MSGID = re.compile(r"<[^<>\s]{1,998}>")
-_LINE_BREAKS = re.compile(r"[\r\n]+\s*")
+_LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+\s*")
+"""Every character ``str.splitlines`` breaks at: the stdlib email generator writes each as a
+line break, so none may stay in a header value we hand on."""
 _AUTO_PRECEDENCE = frozenset({"bulk", "auto_reply", "junk"})
 
 
@@ -100,7 +102,8 @@ def clean_text(value: str) -> str:
 
 
 def one_line(value: str) -> str:
-    """One line of clean text: folded lines joined, raw 8-bit bytes (surrogates) decoded."""
+    """One line of clean text: folded lines joined (at every ``str.splitlines`` break), raw
+    8-bit bytes (surrogates) decoded."""
     return _LINE_BREAKS.sub(" ", clean_text(value)).strip()
 
 
