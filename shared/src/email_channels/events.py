@@ -325,6 +325,22 @@ class EmailFlags(Contract):
     bounced_message_id: str | None = None
     bounced_recipients: list[str] = Field(default_factory=list)
     loop: bool = False
+    headers_repaired: bool = False
+    """The header block was broken (junk lines before it, or fields dropped) and was repaired."""
+    parse_limits: list[str] = Field(default_factory=list)
+    """Parse bounds the message went over (e.g. ``parts``, ``depth``, ``header_size``,
+    ``decoded_size``, ``time``): the record holds what could be read within them."""
+
+
+class UndecodedHeader(Contract):
+    """A header field sent as raw 8-bit bytes without RFC 2047 encoding, and how it was read.
+
+    ``sha256`` is the hash of the undecoded bytes, so a reader can tell the text was guessed.
+    """
+
+    name: str
+    charset: str
+    sha256: str
 
 
 class RoutedEmail(Contract):
@@ -351,6 +367,7 @@ class RoutedEmail(Contract):
     raw_ref: BlobRef | None = None
     source: SourceIdentity
     flags: EmailFlags = Field(default_factory=EmailFlags)
+    undecoded_headers: list[UndecodedHeader] = Field(default_factory=list)
     routed_at: datetime = Field(default_factory=utcnow)
 
 

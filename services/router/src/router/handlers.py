@@ -130,6 +130,7 @@ class EmailRouter:
             raw_ref=raw_ref,
             source=raw.source,
             flags=parsed.flags,
+            undecoded_headers=list(parsed.undecoded_headers),
         )
         if parsed.defects:
             log.info("message had MIME defects", email_id=raw.email_id, defects=parsed.defects)
