@@ -26,10 +26,10 @@ async def test_the_producer_is_transactional_durable_and_named_after_the_instanc
 ) -> None:
     """acks=all + idempotence (asserted) and a transactional id stable across restarts."""
     app = RouterApp(settings(monkeypatch), blobs=MemoryBlobStore())
-    producer = app._transactional_producer()  # noqa: SLF001 - the configuration under test
+    producer = app._transactional_producer()
     assert_durable(producer)
     assert app.transactional_id == "t.email-router-router-0"
-    assert producer._txn_manager.transactional_id == "t.email-router-router-0"  # noqa: SLF001
+    assert producer._txn_manager.transactional_id == "t.email-router-router-0"
     await producer.stop()
 
 
@@ -38,10 +38,10 @@ async def test_the_raw_consumer_reads_committed_and_never_auto_commits(
 ) -> None:
     """Offsets move only inside routing transactions; aborted output is never read."""
     app = RouterApp(settings(monkeypatch), blobs=MemoryBlobStore())
-    consumer = app._raw_consumer()  # noqa: SLF001 - the configuration under test
-    assert consumer._enable_auto_commit is False  # noqa: SLF001
-    assert consumer._isolation_level == "read_committed"  # noqa: SLF001
-    assert consumer._group_id == "t.email-router"  # noqa: SLF001
+    consumer = app._raw_consumer()
+    assert consumer._enable_auto_commit is False
+    assert consumer._isolation_level == "read_committed"
+    assert consumer._group_id == "t.email-router"
     await consumer.stop()
 
 
