@@ -37,10 +37,10 @@ bench: bootstrap
 	@set -e; for script in bench/bench_$(BENCH).py; do \
 	  echo "== $$script"; $(UV) run --frozen python $$script; done
 
-## chaos: the full fault-injection scenarios (tests/chaos), each printing its ledger
+## chaos: the long fault-injection scenarios (marker chaos: tests/chaos prints a ledger per scenario)
 chaos: WITH_MAIL_SERVERS=1
 chaos: bootstrap
-	EMAIL_CHANNELS_CHAOS=1 $(UV) run --frozen pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
+	EMAIL_CHANNELS_CHAOS=1 $(UV) run --frozen pytest -m chaos -s -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: WITH_MAIL_SERVERS=0
 lint: bootstrap

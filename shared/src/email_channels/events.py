@@ -179,6 +179,18 @@ class ChannelConfig(Contract):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class HeaderCondition(Contract):
+    """One header-field condition of a filter: any keyword found in any value of the header.
+
+    ``header`` is a header field name (case-insensitive, e.g. ``X-Priority``, ``List-Id``);
+    keywords are case-insensitive substrings of the *decoded* header value(s). A message
+    without the header does not satisfy the condition.
+    """
+
+    header: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[!-9;-~]+$")]
+    keywords: Annotated[list[str], Field(min_length=1)]
+
+
 class Filter(Contract):
     """One routing rule. Keywords are case-insensitive; any keyword of a field matches."""
 
@@ -190,6 +202,10 @@ class Filter(Contract):
     body_keywords: list[str] = Field(default_factory=list)
     all_of: list[str] = Field(default_factory=list, description="every one must appear")
     regex: str | None = None
+    header_conditions: list[HeaderCondition] = Field(
+        default_factory=list,
+        description="every condition must hold: any keyword in the named header's value",
+    )
 
 
 class ChannelFilters(Contract):
@@ -315,8 +331,14 @@ class Attachment(Contract):
 
 
 class RoutingReason(Contract):
-    kind: Literal["filter", "default"]
+    """Why the campaign: a filter matched, the channel's default, or ``thread``: a reply to a
+    message this product routed or sent, kept in that message's conversation and campaign."""
+
+    kind: Literal["filter", "default", "thread"]
     filter_id: str | None = None
+    thread_message_id: str | None = Field(
+        default=None, description="kind=thread: the Message-ID of the earlier message"
+    )
 
 
 class EmailFlags(Contract):
@@ -371,6 +393,29 @@ class RoutedEmail(Contract):
     routed_at: datetime = Field(default_factory=utcnow)
 
 
+class RouterMark(Contract):
+    """Value of ``email.router-state`` (internal to the router): what it has routed and what
+    the sender has sent, so re-fetches are dropped and replies follow their thread.
+
+    Keys: ``email/<email id>`` (seen email ids), ``msg/<channel id>/<Message-ID>`` (the
+    Message-ID + content-hash window, and thread affinity), ``conv/<channel id>/<conversation
+    id>`` (a conversation's campaign).
+    """
+
+    schema_version: Literal[1] = 1
+    kind: Literal["routed", "sent"]
+    channel_id: str
+    email_id: str | None = None
+    outbound_id: str | None = None
+    message_id: str | None = None
+    content_sha256: str | None = Field(
+        default=None, description="hash of the parsed content, without trace headers"
+    )
+    conversation_id: str | None = None
+    campaign_id: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
 # --- send ---------------------------------------------------------------------------------------
 
 
@@ -406,6 +451,10 @@ class OutboundEmail(Contract):
     references: list[HeaderText] = Field(default_factory=list)
     attachments: list[OutboundAttachment] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
+    campaign_id: Id | None = Field(
+        default=None,
+        description="the sending campaign; replies to this mail are routed back to it",
+    )
 
 
 class DeliveryStatus(StrEnum):
@@ -430,6 +479,10 @@ class DeliveryEvent(Contract):
     message_id: str | None = None
     attempt: int = 1
     at: datetime = Field(default_factory=utcnow)
+    campaign_id: str | None = Field(
+        default=None,
+        description="the outbound's campaign id; the router routes replies to it",
+    )
 
 
 # --- dead letters -------------------------------------------------------------------------------
@@ -465,5 +518,6 @@ TOPIC_MODELS: dict[str, type[Contract]] = {
     "OutboundEmail": OutboundEmail,
     "DeliveryEvent": DeliveryEvent,
     "DeadLetter": DeadLetter,
+    "RouterMark": RouterMark,
 }
 """Model name (as in :data:`email_channels.topics.SPECS`) -> model class."""

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from email_channels.events import TOPIC_MODELS
+from email_channels.headers import CAMPAIGN_HEADER, LOOP_HEADER
 from email_channels.topics import SPECS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -51,7 +52,7 @@ def asyncapi_document() -> str:
             "schema": {"type": "string", "const": f"{spec.model}/v{_version(model)}"},
         }
         if spec.topic.value == "email.routed":
-            headers["campaign-id"] = {
+            headers[CAMPAIGN_HEADER] = {
                 "type": "string",
                 "description": "the campaign id, to filter without decoding",
             }
@@ -94,8 +95,20 @@ def asyncapi_document() -> str:
             "version": "1",
             "description": (
                 "The Kafka topics of Email Channels: the contract with campaign services and "
-                "other consumers. Values are UTF-8 JSON; readers must ignore unknown fields."
+                "other consumers. Values are UTF-8 JSON; readers must ignore unknown fields. "
+                "Records of email.routed are written in Kafka transactions: read them with "
+                "isolation.level=read_committed. "
+                f"Every mail the sender sends carries the mail header `{LOOP_HEADER}` (value: "
+                "the channel id); inbound mail carrying it is flagged as a loop "
+                "(RoutedEmail.flags.loop)."
             ),
+        },
+        "x-mail-headers": {
+            LOOP_HEADER: "stamped by the sender on every sent mail (value: the channel id); "
+            "seen inbound, the router flags the mail as a loop",
+        },
+        "x-record-headers": {
+            CAMPAIGN_HEADER: "on email.routed: the campaign id, to filter without decoding",
         },
         "defaultContentType": "application/json",
         "channels": channels,

@@ -26,6 +26,7 @@ class Topic(StrEnum):
     OUTBOUND = "email.outbound"
     DELIVERY = "email.delivery"
     DLQ = "email.dlq"
+    ROUTER_STATE = "email.router-state"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,15 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         Topic.DLQ, "original key", "delete", "DeadLetter", "poison record + error class + stage"
     ),
+    TopicSpec(
+        Topic.ROUTER_STATE,
+        "email/<email id>, msg/<channel id>/<Message-ID> or conv/<channel id>/<conversation id>",
+        "compact",
+        "RouterMark",
+        "internal to the router, written in its routing transactions: seen email ids, "
+        "Message-IDs with a content hash (duplicate window, thread affinity), a conversation's "
+        "campaign; also the Message-IDs of sent mail (from email.delivery)",
+    ),
 )
 
 
@@ -161,6 +171,10 @@ class TopicNames:
     @property
     def dlq(self) -> str:
         return self(Topic.DLQ)
+
+    @property
+    def router_state(self) -> str:
+        return self(Topic.ROUTER_STATE)
 
     def all(self) -> dict[str, TopicSpec]:
         """Full name -> spec, for every topic of the contract."""
