@@ -15,7 +15,7 @@ import pytest
 from email_channels.errors import ChannelMisconfigured
 from email_channels.events import AfterFetch, ChannelConfig, FetchCursor, TlsMode
 from email_channels.hostpolicy import HostPolicy
-from fetcher.sources import SourceUnavailable
+from fetcher.sources import Outcome, SourceUnavailable
 from fetcher.sources.imap import ImapOptions, ImapSource, ImapSourceFactory
 
 if TYPE_CHECKING:
@@ -71,14 +71,14 @@ async def opened(
 
 async def take_all(source: ImapSource, cursor: FetchCursor) -> tuple[FetchCursor, list[bytes]]:
     pending = await source.pending(cursor)
-    cursor, bodies = pending.cursor, []
-    for message in pending.messages:
-        body = await source.fetch(message)
-        assert body is not None
-        bodies.append(body)
-        await source.settle(message)
-        cursor = source.advance(cursor, message)
-    return cursor, bodies
+    cursor = pending.cursor
+    if not pending.messages:
+        return cursor, []
+    fetched = await source.fetch(pending.messages)
+    assert all(f.outcome is Outcome.FETCHED for f in fetched), fetched
+    bodies = [f.raw for f in fetched if f.raw is not None]
+    await source.settle(pending.messages)
+    return source.advance(cursor, pending.messages), bodies
 
 
 @pytest.mark.parametrize("tls", [TlsMode.SSL, TlsMode.STARTTLS, TlsMode.PLAIN])
@@ -143,11 +143,11 @@ async def test_mark_seen_happens_on_settle_not_on_fetch(
     dovecot.deliver(mail_user.user, mime("peek"))
     source = await opened(imap_channel(mail_user, after_fetch=AfterFetch.MARK_SEEN))
     pending = await source.pending(FetchCursor(channel_id="c"))
-    [message] = pending.messages
-    assert await source.fetch(message) == mime("peek")
+    [fetched] = await source.fetch(pending.messages)
+    assert fetched.raw == mime("peek")
     assert "\\Seen" not in (await mailbox(mail_user).flags())[1]
 
-    await source.settle(message)
+    await source.settle(pending.messages)
     assert "\\Seen" in (await mailbox(mail_user).flags())[1]
 
 
@@ -185,15 +185,15 @@ async def test_move_and_delete_after_fetch(dovecot, mail_user, imap_channel, ope
     assert await mailbox(mail_user).flags("INBOX") == {}
 
 
-async def test_move_to_a_missing_folder_is_misconfigured(dovecot, mail_user, imap_channel, opened):
+async def test_move_to_a_missing_folder_is_misconfigured_at_connect(
+    dovecot, mail_user, imap_channel, opened
+):
+    """The move target is looked up at connect: the status names it before any mail is taken."""
     dovecot.deliver(mail_user.user, mime("nowhere"))
-    source = await opened(
-        imap_channel(mail_user, after_fetch=AfterFetch.MOVE, move_to_folder="Missing")
-    )
-    pending = await source.pending(FetchCursor(channel_id="c"))
     with pytest.raises(ChannelMisconfigured) as caught:
-        await source.settle(pending.messages[0])
+        await opened(imap_channel(mail_user, after_fetch=AfterFetch.MOVE, move_to_folder="Missing"))
     assert caught.value.step == "folder"
+    assert "'Missing'" in str(caught.value)
 
 
 async def test_idle_wakes_up_when_mail_arrives(dovecot, mail_user, imap_channel, opened):
@@ -219,9 +219,11 @@ async def test_large_message_arrives_whole(dovecot, mail_user, imap_channel, ope
     assert bodies == [raw]
 
 
-async def test_uidvalidity_change_resets_the_cursor_without_republishing(
+async def test_uidvalidity_change_takes_the_folder_again_for_a_recheck(
     dovecot, mail_user, imap_channel, opened, mailbox
 ):
+    """Renumbered folder: every message present is offered again, marked for the recheck
+    against what was published; mail arriving later is not."""
     dovecot.create_folder(mail_user.user, "Support")
     dovecot.deliver(mail_user.user, mime("s1"), folder="Support")
     dovecot.deliver(mail_user.user, mime("s2"), folder="Support")
@@ -238,12 +240,14 @@ async def test_uidvalidity_change_resets_the_cursor_without_republishing(
     pending = await source.pending(cursor)
     new = pending.cursor.folders["Support"]
     assert new.uidvalidity != old.uidvalidity
-    assert new.last_uid == 1  # what was there at the change is skipped
-    assert pending.messages == []
+    assert new.last_uid == 0
+    assert new.recheck_through == 1
+    assert [m.key for m in pending.messages] == sorted(pending.recheck)
 
     dovecot.deliver(mail_user.user, mime("after"), folder="Support")
-    _, bodies = await take_all(source, pending.cursor)
-    assert bodies == [mime("after")]
+    pending = await source.pending(pending.cursor)
+    assert len(pending.messages) == 2
+    assert len(pending.recheck) == 1  # "after" arrived after the renumbering
 
 
 async def test_idle_is_renewed_and_the_connection_stays_usable(

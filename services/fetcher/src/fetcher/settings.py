@@ -52,6 +52,33 @@ class FetcherSettings(BaseSettings):
         default=300.0, description="bound of downloading one message (20 MB on a slow link)"
     )
 
+    # --- how much at once ---
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(
+        default=200,
+        description="messages per batch: one download, one round of Kafka acks, one settle "
+        "command and one cursor record per batch (a crash re-fetches at most one batch)",
+    )
+    batch_bytes: Annotated[int, Field(ge=64 * 1024)] = Field(
+        default=16 * 1024 * 1024, description="bodies downloaded by one command, at most"
+    )
+    max_message_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=50 * 1024 * 1024,
+        description="larger messages are not downloaded: their headers go to email.dlq and "
+        "they stay on the server",
+    )
+    large_message_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=1024 * 1024,
+        description="messages above this are downloaded alone, at most large_downloads at once",
+    )
+    large_downloads: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=4, description="concurrent downloads of large messages in this process"
+    )
+    unreadable_tries: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3,
+        description="sessions in which a present message may fail to be read before it goes to "
+        "email.dlq (and stays on the server)",
+    )
+
     # --- failures ---
     retry_first_backoff_s: Seconds = Field(
         default=1.0, description="first wait after a transient failure (doubles each time)"
