@@ -70,15 +70,17 @@ class EventProducer:
 
     def __init__(self, settings: KafkaSettings, *, client_id: str, **overrides: Any) -> None:
         self.topics = settings.topics
+        tuning: dict[str, Any] = {
+            "linger_ms": 5,
+            "max_request_size": MAX_REQUEST_BYTES,
+            "compression_type": "gzip",
+        } | overrides  # a service may tune these; acks and idempotence are not negotiable
         self._producer = AIOKafkaProducer(
             **settings.client_kwargs(),
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=MAX_REQUEST_BYTES,
-            compression_type="gzip",
-            **overrides,
+            **tuning,
         )
         assert_durable(self._producer)
 

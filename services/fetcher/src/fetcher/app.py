@@ -45,7 +45,16 @@ class FetcherApp:
             await ensure_topics(settings.kafka, client_id=client_id)
         blobs = blob_store_from_url(settings.common.blob_store_url)
         try:
-            async with EventProducer(settings.kafka, client_id=client_id) as producer:
+            async with EventProducer(
+                settings.kafka,
+                client_id=client_id,
+                # A batch of messages goes out as one produce request per partition: aiokafka's
+                # 16 KiB default batch would hold less than one 26 KB message, and with
+                # idempotence only one request per partition is in flight, so every message
+                # would wait for its own acks=all round trip.
+                max_batch_size=settings.producer_batch_bytes,
+                compression_type=settings.producer_compression.kafka_name,
+            ) as producer:
                 published = KafkaPublished(settings.kafka, client_id=client_id)
                 supervisor = self._supervisor(KafkaSink(producer), blobs, published)
                 ownership = Ownership(

@@ -171,21 +171,45 @@ class ChannelWorker:
         if pending.messages:
             log.info("new mail", messages=len(pending.messages))
         size = max(self._policy.batch_size, 1)
-        for start in range(0, len(pending.messages), size):
+        batches = [pending.messages[i : i + size] for i in range(0, len(pending.messages), size)]
+        fetched: list[Fetched] | None = None
+        for index, batch in enumerate(batches):
             if self._stopping.is_set():
                 return
-            await self._take(source, pending, pending.messages[start : start + size])
+            if fetched is None:
+                fetched = await source.fetch(batch)
+            following = batches[index + 1] if index + 1 < len(batches) else None
+            fetched = await self._take(source, pending, batch, fetched, following)
 
     async def _take(
-        self, source: MailSource, pending: Pending, batch: Sequence[SourceIdentity]
-    ) -> None:
+        self,
+        source: MailSource,
+        pending: Pending,
+        batch: Sequence[SourceIdentity],
+        fetched: list[Fetched],
+        following: Sequence[SourceIdentity] | None,
+    ) -> list[Fetched] | None:
+        """Publish, settle and pass one fetched batch; returns the following batch, whose
+        download ran while Kafka acknowledged this one (the server is not changed by it)."""
         started = time.perf_counter()
-        emails, settle, taken = await self._sort(await source.fetch(batch), pending)
-        await self._sink.publish_raw(emails)  # returns after Kafka acknowledged every one
+        emails, settle, taken = await self._sort(fetched, pending)
+        complete = len(taken) == len(batch)
+        ahead = None
+        if following is not None and complete and not self._stopping.is_set():
+            ahead = asyncio.ensure_future(source.fetch(following))
+        try:
+            await self._sink.publish_raw(emails)  # returns after Kafka acknowledged every one
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+            raise
         for email in emails:
             storage = "inline" if email.raw_mime is not None else "blob"
             MESSAGES_FETCHED.labels(email.source.protocol, storage).inc()
             BYTES_FETCHED.labels(email.source.protocol).inc(email.size)
+        if ahead is not None:  # one command at a time on the connection: the download first
+            await asyncio.wait({ahead})
         if settle:
             await self._settle(source, settle, advance=taken)  # only now may the server change
         elif taken:
@@ -203,12 +227,13 @@ class ChannelWorker:
             )
             MESSAGE_SECONDS.labels(emails[0].source.protocol).observe(seconds / len(emails))
         await self._succeeded()  # a long backlog shows the channel active from its first mail
-        if len(taken) < len(batch):
+        if not complete:
             raise SourceUnavailable(
                 f"the server did not deliver the content of {batch[len(taken)].key}; "
                 "retrying on a new connection",
                 step="fetch",
             )
+        return ahead.result() if ahead is not None else None
 
     async def _sort(
         self, fetched: Sequence[Fetched], pending: Pending
