@@ -93,6 +93,8 @@ class FetcherApp:
                         max_message_bytes=settings.max_message_bytes,
                         batch_bytes=settings.batch_bytes,
                         large_message_bytes=settings.large_message_bytes,
+                        hot_window=settings.hot_window_s,
+                        hot_poll=settings.hot_poll_s,
                     ),
                     large_downloads=large_downloads,
                 ),

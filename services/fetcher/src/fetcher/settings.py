@@ -56,6 +56,13 @@ class FetcherSettings(BaseSettings):
         description="re-issue IMAP IDLE after this long (servers may drop it after 30 minutes)",
     )
 
+    hot_window_s: Annotated[float, Field(ge=0)] = Field(
+        default=10.0,
+        description="after mail arrived, poll with NOOP every hot_poll_s for this long before "
+        "going back to IDLE (Dovecot announces new mail to IDLE up to 0.5 s late); 0: off",
+    )
+    hot_poll_s: Seconds = Field(default=0.05, description="see hot_window_s")
+
     # --- talking to mail servers ---
     command_timeout_s: Seconds = Field(
         default=30.0, description="bound of connecting, logging in and each IMAP command"

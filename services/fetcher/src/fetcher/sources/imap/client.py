@@ -7,38 +7,25 @@
   in the batch). For a batch of a few hundred messages that is most of the CPU, so the reader
   here is a loop over offsets with the same semantics, and :class:`BatchFetch` keeps its
   parenthesis balance as it goes;
-- TLS: asyncio's ``SSLProtocol`` allocates a 256 KiB read buffer per connection
-  (``SSLProtocol.max_size``), i.e. 256 MB for 1,000 idle mailboxes. A TLS record carries at most
-  16 KiB of plaintext, so a buffer of two records loses nothing but the chance to read several
-  records per wakeup (a bulk FETCH still drains the socket in a loop). :class:`LeanSSLProtocol`
-  sets ``max_size`` for our connections only (Kafka's keep the default); we build it ourselves,
-  the way ``loop.create_connection(ssl=...)`` and ``loop.start_tls`` do internally.
+- TLS goes through :mod:`fetcher.sources.tls` (a small read buffer per connection).
 """
 
 from __future__ import annotations
 
 import asyncio
-from asyncio import sslproto
 from typing import TYPE_CHECKING, Any, Final
 
 from aioimaplib import IMAP4, FetchCommand, IMAP4ClientProtocol
 
 from fetcher.sources.imap.parsing import EXISTS
+from fetcher.sources.tls import connect
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
 
-TLS_READ_BUFFER: Final = 2 * (16 * 1024 + 256)
-"""Two TLS records (16 KiB plaintext + header, MAC and padding) instead of asyncio's 256 KiB."""
 
 _CRLF: Final = b"\r\n"
-
-
-class LeanSSLProtocol(sslproto.SSLProtocol):
-    """asyncio's TLS protocol with a small read buffer (module docstring)."""
-
-    max_size = TLS_READ_BUFFER
 
 
 class BatchFetch(FetchCommand):  # type: ignore[misc]  # aioimaplib ships no types
@@ -168,54 +155,6 @@ class ImapClient(IMAP4):  # type: ignore[misc]  # aioimaplib ships no types
         self._client_task = running.create_task(
             connect(running, self.protocol, host, port, ssl_context)
         )
-
-
-async def connect(
-    loop: asyncio.AbstractEventLoop,
-    protocol: asyncio.Protocol,
-    host: str,
-    port: int,
-    context: ssl.SSLContext | None,
-) -> None:
-    """TCP, then (with ``context``) TLS through :class:`LeanSSLProtocol`; raises what failed."""
-    if context is None:
-        await loop.create_connection(lambda: protocol, host, port)
-        return
-    waiter: asyncio.Future[None] = loop.create_future()
-    tls = LeanSSLProtocol(loop, protocol, context, waiter, server_hostname=host)
-    transport, _ = await loop.create_connection(lambda: tls, host, port)
-    try:
-        await waiter  # the handshake: a certificate error is raised here
-    except BaseException:
-        transport.close()
-        raise
-
-
-async def start_tls(
-    loop: asyncio.AbstractEventLoop,
-    transport: asyncio.Transport,
-    protocol: asyncio.Protocol,
-    context: ssl.SSLContext,
-    host: str,
-) -> asyncio.Transport:
-    """``loop.start_tls`` with :class:`LeanSSLProtocol` (same steps as CPython 3.11's)."""
-    waiter: asyncio.Future[None] = loop.create_future()
-    tls = LeanSSLProtocol(
-        loop, protocol, context, waiter, server_hostname=host, call_connection_made=False
-    )
-    transport.pause_reading()
-    transport.set_protocol(tls)
-    made = loop.call_soon(tls.connection_made, transport)
-    resumed = loop.call_soon(transport.resume_reading)
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        made.cancel()
-        resumed.cancel()
-        raise
-    app: asyncio.Transport = tls._app_transport  # noqa: SLF001 - what start_tls returns too
-    return app
 
 
 async def uid_fetch(protocol: ImapProtocol, uids: str, items: str, *, timeout: float | None) -> Any:

@@ -9,7 +9,6 @@ Bad credentials or a missing folder are :class:`~email_channels.errors.ChannelMi
 from __future__ import annotations
 
 import re
-import ssl
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -17,6 +16,7 @@ from aioimaplib import AioImapException, CommandTimeout
 
 from email_channels.errors import ChannelMisconfigured, PipelineError
 from fetcher.sources import SourceUnavailable
+from fetcher.sources.connection_errors import map_connection_error
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -53,7 +53,7 @@ _FOLDER_CODES: Final = frozenset({"NONEXISTENT", "TRYCREATE", "NOPERM", "CANNOT"
 _TLS_CODES: Final = frozenset({"PRIVACYREQUIRED"})
 
 
-def map_imap_error(exc: BaseException, *, step: Step) -> PipelineError | None:  # noqa: PLR0911
+def map_imap_error(exc: BaseException, *, step: Step) -> PipelineError | None:
     """Translate what aioimaplib, sockets and ssl raise into the pipeline's taxonomy.
 
     The one place these libraries' exceptions are interpreted. Returns None for anything
@@ -63,36 +63,13 @@ def map_imap_error(exc: BaseException, *, step: Step) -> PipelineError | None:  
         return exc
     if isinstance(exc, ImapRefused):
         return _map_refusal(exc, step)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ChannelMisconfigured(
-            f"the server's TLS certificate is not trusted ({_ssl_reason(exc)}); add its CA to "
-            "EMAIL_CHANNELS_CA_FILE, or turn verify_tls off for this channel if you must",
-            step="tls",
-        )
-    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return SourceUnavailable(f"the TLS connection was cut: {_ssl_reason(exc)}", step="tls")
-    if isinstance(exc, ssl.SSLError):
-        return ChannelMisconfigured(
-            f"TLS handshake failed ({_ssl_reason(exc)}): is the port right for this TLS mode?",
-            step="tls",
-        )
-    if isinstance(exc, TimeoutError | CommandTimeout):
+    if isinstance(exc, CommandTimeout):
         return SourceUnavailable(f"the IMAP server did not answer in time ({step})", step=step)
-    if isinstance(exc, ConnectionRefusedError):
-        return SourceUnavailable(f"connection refused: {exc.strerror or exc}", step="tcp")
-    if isinstance(exc, OSError):  # resets, aborts, unreachable networks, broken pipes
-        return SourceUnavailable(
-            f"connection failed: {type(exc).__name__}: {exc.strerror or exc}", step=step
-        )
+    if (mapped := map_connection_error(exc, step=step, server="IMAP")) is not None:
+        return mapped
     if isinstance(exc, AioImapException):  # protocol state errors: start over on a new connection
         return SourceUnavailable(f"IMAP protocol error: {exc}", step=step)
     return None
-
-
-def _ssl_reason(exc: ssl.SSLError) -> str:
-    return str(
-        getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc.strerror or exc
-    )
 
 
 def _map_refusal(exc: ImapRefused, step: Step) -> PipelineError:
