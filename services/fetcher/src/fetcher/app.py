@@ -20,6 +20,7 @@ from fetcher.published import KafkaPublished
 from fetcher.sink import KafkaSink
 from fetcher.sources import SourceRegistry
 from fetcher.sources.imap import ImapOptions, ImapSourceFactory
+from fetcher.sources.pop3 import Pop3Options, Pop3SourceFactory
 from fetcher.supervisor import Supervisor
 from fetcher.worker import ChannelWorker, WorkerPolicy
 
@@ -97,6 +98,18 @@ class FetcherApp:
                         hot_poll=settings.hot_poll_s,
                     ),
                     large_downloads=large_downloads,
+                ),
+                "pop3": Pop3SourceFactory(
+                    secret_box=self._secret_box,
+                    host_policy=common.host_policy(),
+                    options=Pop3Options(
+                        command_timeout=settings.command_timeout_s,
+                        fetch_timeout=settings.fetch_timeout_s,
+                        poll_interval=settings.poll_interval_s,
+                        ca_file=common.ca_file,
+                        max_message_bytes=settings.max_message_bytes,
+                        batch_bytes=settings.batch_bytes,
+                    ),
                 ),
             }
         )

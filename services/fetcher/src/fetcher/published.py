@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from email_channels.codec import encode_key
+from email_channels.compacted import partitions_of
 from email_channels.errors import TransientError
 
 if TYPE_CHECKING:
@@ -53,8 +54,7 @@ class KafkaPublished:
         )
         try:
             await consumer.start()
-            await consumer.topics()  # loads the metadata partitions_for_topic reads
-            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            partitions = sorted(await partitions_of(consumer, topic, wait=5.0))
             if not partitions:
                 return set()
             key = encode_key(channel_id)
