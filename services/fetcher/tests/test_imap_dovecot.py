@@ -336,3 +336,90 @@ async def test_several_folders_are_synced_and_watched(dovecot, mail_user, imap_c
     dovecot.deliver(mail_user.user, mime("polled-support"), folder="Support")
     _, bodies = await take_all(source, cursor)
     assert sorted(bodies) == sorted([mime("pushed-inbox"), mime("polled-support")])
+
+
+async def test_sync_all_folders_takes_receiving_folders_and_ones_created_later(
+    dovecot, mail_user, imap_channel, opened
+):
+    """INBOX, subfolders and Junk are taken; Sent, Drafts and Trash are not; a folder created
+    after connecting is picked up at the next sync."""
+    dovecot.create_folder(mail_user.user, "Projects/Alpha")
+    for folder in ("INBOX", "Junk", "Projects/Alpha", "Sent", "Drafts", "Trash"):
+        dovecot.deliver(mail_user.user, mime(f"in-{folder.replace('/', '-')}"), folder=folder)
+    source = await opened(imap_channel(mail_user, sync_all_folders=True))
+    assert source.folders == ["INBOX", "Junk", "Projects/Alpha"]
+    cursor, bodies = await take_all(source, FetchCursor(channel_id="c"))
+    assert sorted(bodies) == sorted([mime("in-INBOX"), mime("in-Junk"), mime("in-Projects-Alpha")])
+    dovecot.create_folder(mail_user.user, "Later")
+    dovecot.deliver(mail_user.user, mime("in-later"), folder="Later")
+    _, bodies = await take_all(source, cursor)
+    assert bodies == [mime("in-later")]
+    assert "Later" in source.folders
+
+
+async def test_recipient_only_takes_mail_for_the_channel_and_leaves_the_rest_untouched(
+    dovecot, mail_user, imap_channel, opened, mailbox
+):
+    """Decided from the headers (To, Cc, Delivered-To for a Bcc copy) before any body is
+    downloaded; mail for someone else keeps its flags and place, even in delete mode."""
+    ours = mail_user.address
+    dovecot.deliver(mail_user.user, mime("for-someone-else"))
+    dovecot.deliver(
+        mail_user.user,
+        b"From: a@example.com\r\nTo: list@example.test\r\nDelivered-To: "
+        + ours.upper().encode()
+        + b"\r\nSubject: bcc\r\n\r\nbcc copy\r\n",
+    )
+    dovecot.deliver(
+        mail_user.user, mime("cc").replace(b"Subject:", f"Cc: {ours}\r\nSubject:".encode())
+    )
+    channel = imap_channel(mail_user, after_fetch=AfterFetch.DELETE)
+    channel = channel.model_copy(update={"sync_recipient_only": True})
+    source = await opened(channel)
+    pending = await source.pending(FetchCursor(channel_id="c"))
+    fetched = await source.fetch(pending.messages)
+    assert [f.outcome for f in fetched] == [
+        Outcome.NOT_FOR_CHANNEL,
+        Outcome.FETCHED,
+        Outcome.FETCHED,
+    ]
+    assert fetched[0].raw is None
+    await source.settle([f.message for f in fetched if f.outcome is Outcome.FETCHED])
+    flags = await mailbox(mail_user).flags()
+    assert flags == {1: set()}  # the other mail: still there, not even marked seen
+
+
+async def test_oversize_message_is_reported_with_its_headers_without_the_body(
+    dovecot, mail_user, imap_channel, secret_box, options
+):
+    """RFC822.SIZE above the limit: the outcome carries the header block, not the body."""
+    dovecot.deliver(mail_user.user, mime("huge", size=300_000))
+    dovecot.deliver(mail_user.user, mime("small"))
+    limited = ImapOptions(**{**options.__dict__, "max_message_bytes": 100_000})
+    factory = ImapSourceFactory(
+        secret_box=secret_box, host_policy=HostPolicy.parse("127.0.0.1"), options=limited
+    )
+    source = factory(imap_channel(mail_user))
+    await source.open()
+    try:
+        pending = await source.pending(FetchCursor(channel_id="c"))
+        big, small = await source.fetch(pending.messages)
+    finally:
+        await source.close()
+    assert big.outcome is Outcome.OVERSIZE
+    assert big.size is not None
+    assert big.size > 300_000
+    assert b"Message-ID: <huge@example.com>" in (big.headers or b"")
+    assert small.raw == mime("small")
+
+
+async def test_a_batch_of_many_messages_arrives_whole_and_in_order(
+    dovecot, mail_user, imap_channel, opened
+):
+    """One batch of 120 messages of mixed sizes through the linear reader: every byte exact."""
+    raws = [mime(f"b{n}", size=(n * 997) % 40_000) for n in range(120)]
+    for raw in raws:
+        dovecot.deliver(mail_user.user, raw)
+    source = await opened(imap_channel(mail_user))
+    _, bodies = await take_all(source, FetchCursor(channel_id="c"))
+    assert bodies == raws
