@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import smtplib
@@ -86,10 +87,9 @@ service imap-login {{
   client_limit = 2000
   process_min_avail = 2
 }}
-# All mail runs as one system user, so one imap process may serve many connections.
+# One imap process per connection (Dovecot's default), so room for every idle mailbox.
 service imap {{
-  client_limit = 100
-  process_limit = 200
+  process_limit = {IDLE_MAILBOXES + 300}
 }}
 service anvil {{
   client_limit = 5000
@@ -147,8 +147,11 @@ def warm_up(dovecot: Dovecot, user: str, password: str) -> None:
 # --- the peer: fetchmail ---------------------------------------------------------------------
 
 
-def run_fetchmail(dovecot: Dovecot, user: str, password: str, workdir: Path) -> tuple[float, int]:
-    """fetchmail keep + fetchall over IMAPS, each message to /dev/null; (seconds, messages)."""
+def run_fetchmail(
+    dovecot: Dovecot, user: str, password: str, workdir: Path
+) -> tuple[float, int, float]:
+    """fetchmail keep + fetchall over IMAPS, each message to /dev/null; (seconds, messages,
+    CPU seconds of fetchmail and its MDA children)."""
     rc = workdir / f"fetchmailrc-{user}"
     rc.write_text(
         "set no syslog\n"
@@ -159,6 +162,7 @@ def run_fetchmail(dovecot: Dovecot, user: str, password: str, workdir: Path) -> 
     )
     rc.chmod(0o600)
     env = os.environ | {"HOME": str(workdir), "FETCHMAILHOME": str(workdir)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(
         ["fetchmail", "-f", str(rc), "-N", "--nosyslog", "-v", "--idfile", str(workdir / "ids")],
@@ -168,11 +172,13 @@ def run_fetchmail(dovecot: Dovecot, user: str, password: str, workdir: Path) -> 
         check=False,
     )
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     output = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
     taken = output.count("reading message ")
     if result.returncode not in {0, 1}:
         raise RuntimeError(f"fetchmail failed ({result.returncode}):\n{output[-2000:]}")
-    return seconds, taken
+    return seconds, taken, cpu
 
 
 # --- the fetcher -------------------------------------------------------------------------------
@@ -201,6 +207,12 @@ class Fetcher:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process used so far."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def count(self, marker: str) -> int:
         return self.log.read_text(errors="replace").count(marker)
@@ -367,6 +379,15 @@ def seq_of(value: bytes) -> int | None:
 # --- the run -----------------------------------------------------------------------------------
 
 
+class Rows(list[tuple[str, ...]]):
+    """The table's rows; each is also printed as soon as it is measured (a later failure
+    keeps the earlier figures)."""
+
+    def append(self, row: tuple[str, ...]) -> None:
+        print("  ".join(row), flush=True)
+        super().append(row)
+
+
 async def run(kafka_servers: str, dovecot: BenchDovecot, workdir: Path) -> list[tuple[str, ...]]:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_servers, topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.", partitions=3
@@ -384,7 +405,7 @@ async def run(kafka_servers: str, dovecot: BenchDovecot, workdir: Path) -> list[
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
         "EMAIL_CHANNELS_LOG_LEVEL": "info",
     }
-    rows: list[tuple[str, ...]] = []
+    rows = Rows()
     users: dict[str, str] = {}
     for name, size in (("big", 26 * 1024), ("small", 2 * 1024)):
         users[name] = secrets.token_urlsafe(10)
@@ -402,21 +423,32 @@ async def run(kafka_servers: str, dovecot: BenchDovecot, workdir: Path) -> list[
         await fetcher.wait_for("fetcher starting")
         async with EventProducer(kafka, client_id="bench") as producer:
             for name, label in (("big", "26 KB"), ("small", "2 KB")):
-                fm_seconds, fm_taken = await asyncio.to_thread(
+                fm_seconds, fm_taken, fm_cpu = await asyncio.to_thread(
                     run_fetchmail, dovecot, name, users[name], workdir
                 )
                 config = channel(dovecot, box, name, users[name])
+                cpu_before = fetcher.cpu_seconds()
                 started = time.perf_counter()
                 await producer.publish(kafka.topics.channels, config.id, config)
                 done = await reader.wait(config.id, MESSAGES)
+                cpu = fetcher.cpu_seconds() - cpu_before
                 ours = MESSAGES / (done - started)
                 theirs = MESSAGES / fm_seconds
                 rows.append(
                     (
-                        f"throughput {MESSAGES} x {label} (msg/s)",
+                        f"throughput {MESSAGES} x {label} (msg/s, wall clock)",
                         f"{ours:,.0f}",
                         f"fetchmail {theirs:,.0f} ({fm_taken} taken)",
                         f"{ours / theirs:.1f}x",
+                    )
+                )
+                per_ours, per_theirs = cpu / MESSAGES * 1000, fm_cpu / MESSAGES * 1000
+                rows.append(
+                    (
+                        f"  CPU per message {label} (ms, load-independent)",
+                        f"{per_ours:.2f} (= {1000 / per_ours:,.0f} msg/s per core)",
+                        f"fetchmail + MDA {per_theirs:.2f}",
+                        f"{per_theirs / per_ours:.1f}x",
                     )
                 )
             idle = await latency(dovecot, producer, kafka, box, users["idle"], reader, fetcher)
@@ -489,15 +521,16 @@ async def idle_memory(
         async with EventProducer(kafka, client_id="bench-idle") as producer:
             configs = [channel(dovecot, box, name, password) for name in names]
             await producer.publish_all(kafka.topics.channels, [(c.id, c) for c in configs])
-        await fetcher.wait_for("channel active", times=IDLE_MAILBOXES, timeout=DEADLINE_S)
+        with contextlib.suppress(TimeoutError):
+            await fetcher.wait_for("channel active", times=IDLE_MAILBOXES, timeout=DEADLINE_S)
         await asyncio.sleep(5)
         after = fetcher.rss_kib()
         connections = established(dovecot.imaps_port, fetcher)
     finally:
         fetcher.stop()
-    per = (after - before) / IDLE_MAILBOXES
+    per = (after - before) / max(connections, 1)
     return (
-        f"RSS per idle IMAPS mailbox, {IDLE_MAILBOXES} in one process (KiB)",
+        f"RSS per idle IMAPS mailbox, {connections} of {IDLE_MAILBOXES} in one process (KiB)",
         f"{per:.0f}",
         f"process {before / 1024:.0f} -> {after / 1024:.0f} MiB, {connections} TLS connections",
         "target <= 98",
