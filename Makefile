@@ -33,6 +33,7 @@ test-unit: bootstrap
 ## bench: throughput/latency/memory tables against the named peers (bench/bench_*.py; BENCH=name for one)
 BENCH ?= *
 bench: WITH_MAIL_SERVERS=1
+bench: export WITH_BENCH_PEERS=1
 bench: bootstrap
 	@set -e; for script in bench/bench_$(BENCH).py; do \
 	  echo "== $$script"; $(UV) run --frozen python $$script; done

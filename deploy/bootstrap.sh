@@ -13,6 +13,10 @@ if [ "${WITH_MAIL_SERVERS:-1}" = 1 ]; then
   command -v dovecot >/dev/null && [ -x /usr/lib/dovecot/imap ] && [ -x /usr/lib/dovecot/pop3 ] \
     || need_apt+=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd)
 fi
+# make bench: the peers the benchmarks measure against (bench/bench_*.py).
+if [ "${WITH_BENCH_PEERS:-0}" = 1 ]; then
+  command -v fetchmail >/dev/null || need_apt+=(fetchmail)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} from Debian's packages"

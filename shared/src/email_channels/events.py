@@ -325,6 +325,11 @@ class SourceIdentity(Contract):
 class FolderCursor(Contract):
     uidvalidity: int
     last_uid: int = 0
+    recheck_through: int | None = Field(
+        default=None,
+        description="after a UIDVALIDITY change: UIDs up to this one were present when the "
+        "folder was renumbered and are checked against what the channel already published",
+    )
 
 
 class FetchCursor(Contract):
@@ -333,6 +338,10 @@ class FetchCursor(Contract):
     schema_version: Literal[1] = 1
     channel_id: Id
     folders: dict[str, FolderCursor] = Field(default_factory=dict)
+    uidls: list[str] | None = Field(
+        default=None,
+        description="POP3: the UIDLs taken that were still on the server at the last sync",
+    )
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -547,6 +556,14 @@ class DeadLetter(Contract):
     original_value_ref: BlobRef | None = None
     original_headers: dict[str, str] = Field(default_factory=dict)
     at: datetime = Field(default_factory=utcnow)
+    channel_id: str | None = Field(
+        default=None, description="fetcher: the channel whose mailbox holds the message"
+    )
+    source: SourceIdentity | None = Field(
+        default=None,
+        description="fetcher: where the message is on the mail server (it is left there); "
+        "source_topic is then the topic it was meant for, partition and offset -1",
+    )
 
 
 TOPIC_MODELS: dict[str, type[Contract]] = {
