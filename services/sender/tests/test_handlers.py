@@ -119,7 +119,8 @@ async def test_sent_publishes_delivery_with_response_and_message_id(harness, mak
     outbound = make_outbound()
     await harness.feed(outbound)
 
-    ((message, envelope),) = harness.transport.sent
+    (composed,) = harness.transport.sent
+    message = composed.message
     (event,) = harness.deliveries()
     assert event.status is DeliveryStatus.SENT
     assert event.outbound_id == outbound.outbound_id
@@ -128,7 +129,7 @@ async def test_sent_publishes_delivery_with_response_and_message_id(harness, mak
     assert event.server_response == "250 2.0.0 Ok: queued"
     assert event.smtp_code == 250
     assert event.message_id == message["Message-ID"]
-    assert envelope.recipients == ("ada@customer.example",)
+    assert composed.envelope.recipients == ("ada@customer.example",)
     assert harness.dead == []
     # the delivery is keyed by outbound id
     assert harness.publisher.published[0][1] == outbound.outbound_id
@@ -365,7 +366,8 @@ async def test_attachments_from_inline_content_and_blob_store(harness, make_outb
     )
     await harness.feed(outbound)
 
-    ((message, _envelope),) = harness.transport.sent
+    (composed,) = harness.transport.sent
+    message = composed.message
     contents = {p.get_filename(): p.get_payload(decode=True) for p in message.iter_attachments()}
     assert contents == {"a.txt": b"inline", "b.bin": b"blob bytes"}
 

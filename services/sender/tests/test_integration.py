@@ -8,6 +8,7 @@ Nothing is mocked: records go through the broker, mail through TLS and AUTH.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import uuid
@@ -30,6 +31,7 @@ from email_channels.events import (
     SmtpOutbound,
     TlsMode,
 )
+from email_channels.headers import LOOP_HEADER
 from email_channels.hostpolicy import HostPolicy, HostRefused
 from email_channels.producer import EventProducer
 from email_channels.settings import CommonSettings
@@ -365,9 +367,7 @@ async def test_implicit_tls_server(pki, secret_box):
         to = recipient()
         composed = compose(outbound_for(channel, to=to), channel)
 
-        result = await transport_for(channel, secret_box, ca_file=pki.ca_cert).send(
-            composed.message, composed.envelope
-        )
+        result = await transport_for(channel, secret_box, ca_file=pki.ca_cert).send(composed)
         mail = await received(server, to)
 
     assert mail.tls
@@ -380,9 +380,7 @@ async def test_untrusted_certificate_is_a_tls_misconfiguration(smtp_server, secr
     composed = compose(outbound_for(channel, to=recipient()), channel)
 
     with pytest.raises(ChannelMisconfigured) as caught:
-        await transport_for(channel, secret_box, ca_file=None).send(
-            composed.message, composed.envelope
-        )
+        await transport_for(channel, secret_box, ca_file=None).send(composed)
     assert caught.value.step == "tls"
 
 
@@ -391,7 +389,78 @@ async def test_loopback_host_is_refused_without_the_allow_list(smtp_server, secr
     composed = compose(outbound_for(channel, to=recipient()), channel)
 
     with pytest.raises(HostRefused) as caught:
-        await transport_for(channel, secret_box, ca_file=pki.ca_cert, allowed="").send(
-            composed.message, composed.envelope
-        )
+        await transport_for(channel, secret_box, ca_file=pki.ca_cert, allowed="").send(composed)
     assert caught.value.step == "dns"
+
+
+# --- header injection at the real SMTP server -------------------------------------------------
+
+
+def _injection_matrix(channel: ChannelConfig, tag: str) -> list[dict[str, Any]]:
+    """Outbound records (as JSON dicts) smuggling a Bcc/X-Injected line into each header."""
+    raw = b"hi\r\nBcc: evil@victim.example\r\nX-Injected: 1"
+    q = "=?UTF-8?Q?" + "".join(f"={b:02X}" for b in raw) + "?="
+    b = "=?UTF-8?B?" + base64.b64encode(raw).decode() + "?="
+    raw_text = raw.decode()
+    records = []
+    for name, payload in {"q": q, "b": b, "raw": raw_text}.items():
+        for field in ("subject", "to-name", "from-name", "filename", "references"):
+            values = outbound_for(channel, to=recipient(f"{tag}-{name}-{field}")).model_dump(
+                mode="json", by_alias=True
+            )
+            match field:
+                case "subject":
+                    values["subject"] = payload
+                case "to-name":
+                    values["to"][0]["name"] = payload
+                case "from-name":
+                    values["from"] = {"name": payload, "address": CHANNEL_ADDRESS}
+                case "filename":
+                    values["attachments"] = [
+                        {"filename": payload, "content_type": "text/plain", "content": "eA=="}
+                    ]
+                case "references":
+                    values["references"] = [f"<{payload}@x.example>"]
+            records.append(values)
+    return records
+
+
+async def test_header_injection_matrix_reaches_the_server_as_zero_injected_headers(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    """Raw, Q- and B-encoded CR/LF in subject, names, filename, references: all rejected with a
+    delivery event; the SMTP server sees no injected header and no smuggled recipient."""
+    channel = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    tag = f"inj{uuid.uuid4().hex[:6]}"
+    matrix = _injection_matrix(channel, tag)
+    control = outbound_for(channel, to=recipient(f"{tag}-control"))
+
+    async with running(settings):
+        for values in matrix:
+            await producer.publish_raw(
+                topics.outbound, encode_key("conv-1"), json.dumps(values).encode(), []
+            )
+        await producer.publish(topics.outbound, "conv-1", control)
+        await received(smtp_server, control.to[0].address)
+        await wait_until(
+            lambda: all(delivery(deliveries, v["outbound_id"]) for v in matrix), timeout=60
+        )
+
+    statuses = {v["outbound_id"]: delivery(deliveries, v["outbound_id"]) for v in matrix}
+    assert all(
+        [e.status for e in events] == [DeliveryStatus.REJECTED] for events in statuses.values()
+    ), statuses
+    ours = [m for m in smtp_server.messages if any(tag in r for r in m.rcpt_tos)]
+    assert [m.rcpt_tos for m in ours] == [(control.to[0].address,)]
+    injected = [
+        name
+        for m in smtp_server.messages
+        for part in m.message().walk()
+        for name in part.keys()  # noqa: SIM118 - a Message
+        if name.lower() in {"bcc", "x-injected"}
+    ]
+    assert injected == []
+    assert not any("evil@victim.example" in m.rcpt_tos for m in smtp_server.messages)
+    assert ours[0].message()[LOOP_HEADER] == channel.id

@@ -176,7 +176,7 @@ class OutboundHandler:
         )
         composed = compose(outbound, channel, contents)
         started = time.perf_counter()
-        result = await transport.send(composed.message, composed.envelope)
+        result = await transport.send(composed)
         elapsed = time.perf_counter() - started
         # From here on the message is out: never send it again, whatever happens next.
         self._ledger.add(outbound.outbound_id)

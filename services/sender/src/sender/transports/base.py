@@ -29,6 +29,19 @@ class Envelope:
 
 
 @dataclass(frozen=True, slots=True)
+class ComposedEmail:
+    """A message ready for the wire: built, checked against header injection, flattened."""
+
+    message: EmailMessage
+    envelope: Envelope
+    message_id: str
+    data: bytes
+    """The message as written on the wire (CRLF line ends), parsed back and checked once."""
+    utf8: bool = False
+    """Non-ASCII addresses: the session needs SMTPUTF8."""
+
+
+@dataclass(frozen=True, slots=True)
 class SendResult:
     """The server accepted the message (for at least one recipient)."""
 
@@ -47,7 +60,7 @@ class Transport(Protocol):
     @property
     def name(self) -> TransportName: ...
 
-    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
+    async def send(self, email: ComposedEmail) -> SendResult:
         """Hand the message over; raise TransientError / PermanentError subclasses otherwise.
 
         Must not return before the server took responsibility for the message, and must not

@@ -42,14 +42,13 @@ from email_channels.events import TlsMode
 from email_channels.secretbox import SecretDecryptError
 from email_channels.tls import client_context
 from sender.errors import MessageRejected, SendDeferred, ServerReply
-from sender.transports.base import Envelope, SendResult, TransportName
+from sender.transports.base import SendResult, TransportName
 
 if TYPE_CHECKING:
-    from email.message import EmailMessage
-
     from email_channels.events import SmtpOutbound
     from email_channels.hostpolicy import HostPolicy
     from email_channels.secretbox import SecretBox
+    from sender.transports.base import ComposedEmail
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +100,7 @@ class SmtpTransport:
     def where(self) -> str:
         return f"{self._server.host}:{self._server.port}"
 
-    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
+    async def send(self, email: ComposedEmail) -> SendResult:
         server = self._server
         step: Step = "dns"
         client: aiosmtplib.SMTP | None = None
@@ -127,8 +126,12 @@ class SmtpTransport:
                 step = "auth"
                 await client.login(server.username, password)
             step = "send"
-            refused, reply = await client.send_message(
-                message, sender=envelope.mail_from, recipients=list(envelope.recipients)
+            envelope = email.envelope
+            refused, reply = await client.sendmail(
+                envelope.mail_from,
+                list(envelope.recipients),
+                email.data,
+                mail_options=["SMTPUTF8"] if email.utf8 else [],
             )
         except PipelineError:
             raise
@@ -140,7 +143,7 @@ class SmtpTransport:
         log.debug("smtp accepted", server=self.where, tls=server.tls.value, refused=len(refused))
         return SendResult(
             transport="smtp",
-            message_id=str(message["Message-ID"]),
+            message_id=email.message_id,
             response=f"250 {reply}",
             code=250,
             refused={address: f"{r.code} {r.message}" for address, r in refused.items()},
