@@ -96,9 +96,10 @@ def settings(kafka_settings, pki, secret_keys, tmp_path) -> SenderSettings:
             blob_store_url=f"file://{tmp_path}/blobs",
         ),
         smtp_timeout=10,
-        retry_attempts=3,
+        retry_attempts=2,
         retry_first_backoff=0.05,
         retry_max_backoff=0.2,
+        retry_delays_s=(0.5, 1.0),
     )
 
 
@@ -180,7 +181,12 @@ async def received(smtp_server: SmtpServer, address: str, timeout: float = 30) -
 
 
 def delivery(tail: TopicTail, outbound_id: str) -> list[DeliveryEvent]:
-    return [e for e in tail.events(DeliveryEvent) if e.outbound_id == outbound_id]
+    """The outbound's delivery events, without the intents (``sending``)."""
+    return [
+        e
+        for e in tail.events(DeliveryEvent)
+        if e.outbound_id == outbound_id and e.status is not DeliveryStatus.SENDING
+    ]
 
 
 async def test_outbound_email_is_sent_over_starttls_with_auth_and_reported(
@@ -285,9 +291,11 @@ async def test_garbage_and_header_injection_go_to_the_dlq(
     assert not any("everyone@victim.example" in m.rcpt_tos for m in smtp_server.messages)
 
 
-async def test_5xx_is_rejected_and_4xx_deferred_after_retries(
+async def test_5xx_is_rejected_and_4xx_goes_through_the_retry_topics_then_fails(
     settings, producer, deliveries, dead_letters, smtp_server, secret_box, wait_until
 ):
+    """5xx: rejected at once. 4xx every time: deferred at each retry level (due later), then
+    failed after the last, and the record is in email.dlq as retriable (replayable)."""
     channel = smtp_channel(secret_box, smtp_server)
     topics = settings.kafka.topics
     await producer.publish(topics.channels, channel.id, channel)
@@ -299,9 +307,14 @@ async def test_5xx_is_rejected_and_4xx_deferred_after_retries(
 
     async with running(settings):
         await producer.publish(topics.outbound, "conv-1", to_gone)
-        await producer.publish(topics.outbound, "conv-1", to_busy)
+        await producer.publish(topics.outbound, "conv-2", to_busy)
         (rejected,) = await wait_until(lambda: delivery(deliveries, to_gone.outbound_id))
-        (deferred,) = await wait_until(lambda: delivery(deliveries, to_busy.outbound_id))
+        events = await wait_until(
+            lambda: (
+                len(delivery(deliveries, to_busy.outbound_id)) >= 3
+                and delivery(deliveries, to_busy.outbound_id)
+            )
+        )
         letters = await wait_until(
             lambda: len(dead_letters.events(DeadLetter)) >= 2 and dead_letters.events(DeadLetter)
         )
@@ -309,13 +322,54 @@ async def test_5xx_is_rejected_and_4xx_deferred_after_retries(
     assert rejected.status is DeliveryStatus.REJECTED
     assert rejected.smtp_code == 550
     assert rejected.server_response == "550 5.1.1 No such user"
-    assert deferred.status is DeliveryStatus.DEFERRED
-    assert deferred.smtp_code == 451
-    assert deferred.attempt == settings.retry_attempts
-    assert [(letter.retriable, letter.attempts) for letter in letters] == [
-        (False, 1),
-        (True, settings.retry_attempts),
+    first, second, final = events
+    assert [e.status for e in events] == [
+        DeliveryStatus.DEFERRED,
+        DeliveryStatus.DEFERRED,
+        DeliveryStatus.FAILED,
     ]
+    assert [first.retry_level, second.retry_level] == [1, 2]
+    assert first.smtp_code == 451
+    assert first.retry_at is not None
+    assert second.at >= first.retry_at  # consumed when due, not before
+    assert final.smtp_code == 451
+    assert final.attempt == len(settings.retry_delays_s) + settings.retry_attempts
+    by_retriable = {letter.retriable: letter for letter in letters}
+    assert by_retriable[False].error_kind == "MessageRejected"
+    busy_letter = by_retriable[True]
+    assert busy_letter.source_topic == f"{topics.outbound}.retry.2"
+    assert busy_letter.original_headers["original-topic"] == topics.outbound
+    assert busy_letter.original_key == b"conv-2"
+    assert json.loads(busy_letter.original_value or b"{}")["outbound_id"] == to_busy.outbound_id
+
+
+async def test_a_greylisted_message_comes_back_from_the_retry_topic_and_is_sent(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    """4xx once (greylisting): deferred, then sent from the retry topic when due."""
+    channel = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    grey = recipient("grey")
+    smtp_server.reply_to_recipients(grey.replace(".", r"\."), "451 4.7.1 Greylisted")
+    outbound = outbound_for(channel, to=grey)
+
+    async with running(settings):
+        await producer.publish(topics.outbound, "conv-1", outbound)
+        (deferred,) = await wait_until(lambda: delivery(deliveries, outbound.outbound_id))
+        smtp_server.clear_recipient_replies()
+        mail = await received(smtp_server, grey)
+        events = await wait_until(
+            lambda: (
+                len(delivery(deliveries, outbound.outbound_id)) >= 2
+                and delivery(deliveries, outbound.outbound_id)
+            )
+        )
+
+    assert deferred.status is DeliveryStatus.DEFERRED
+    assert [e.status for e in events] == [DeliveryStatus.DEFERRED, DeliveryStatus.SENT]
+    assert events[1].message_id == mail.message()["Message-ID"]
+    assert events[1].attempt == 2
 
 
 async def test_wrong_password_fails_delivery_and_marks_channel_inactive(
@@ -367,8 +421,10 @@ async def test_implicit_tls_server(pki, secret_box):
         to = recipient()
         composed = compose(outbound_for(channel, to=to), channel)
 
-        result = await transport_for(channel, secret_box, ca_file=pki.ca_cert).send(composed)
+        transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+        result = await transport.send(composed)
         mail = await received(server, to)
+        await transport.aclose()
 
     assert mail.tls
     assert mail.authenticated_as == "sender"
