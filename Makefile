@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench
+.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench chaos
 
 bootstrap:
 	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
@@ -36,6 +36,11 @@ bench: WITH_MAIL_SERVERS=1
 bench: bootstrap
 	@set -e; for script in bench/bench_$(BENCH).py; do \
 	  echo "== $$script"; $(UV) run --frozen python $$script; done
+
+## chaos: the long kill tests (e.g. the sender SIGKILLed 20 times over 3,000 outbound)
+chaos: WITH_MAIL_SERVERS=1
+chaos: bootstrap
+	CHAOS=1 $(UV) run --frozen pytest -m chaos $(PYTEST_ARGS)
 
 lint: WITH_MAIL_SERVERS=0
 lint: bootstrap

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -75,18 +75,26 @@ class RetryPolicy:
 
 
 def make_consumer(
-    settings: KafkaSettings, *topics: str, group_id: str | None, client_id: str
+    settings: KafkaSettings,
+    *topics: str,
+    group_id: str | None,
+    client_id: str,
+    **overrides: Any,
 ) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits; offsets are committed by :func:`consume`."""
+    """A consumer that never auto-commits; offsets are committed by :func:`consume`.
+    ``overrides`` are further AIOKafkaConsumer options (e.g. ``session_timeout_ms``)."""
+    options: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
     return AIOKafkaConsumer(
         *topics,
         **settings.client_kwargs(),
         group_id=group_id,
         client_id=client_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **(options | overrides),
     )
 
 

@@ -110,8 +110,13 @@ class SenderApp:
                 await deliveries.catch_up(timeout=60)
                 log.info("delivery ledger caught up after assignment", partitions=len(assigned))
 
+            session_timeout_ms = int(settings.group_session_timeout_s * 1000)
             consumer = make_consumer(
-                kafka, group_id=settings.group_id, client_id=f"{client_id}-outbound"
+                kafka,
+                group_id=settings.group_id,
+                client_id=f"{client_id}-outbound",
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=max(1000, session_timeout_ms // 3),
             )
             lanes = LaneConsumer(
                 consumer,

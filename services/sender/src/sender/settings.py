@@ -69,6 +69,12 @@ class SenderSettings(BaseSettings):
         description="after a channel's server could not be reached, send its mail straight to "
         "the retry topics for this long instead of trying to connect",
     )
+    group_session_timeout_s: float = Field(
+        default=10.0,
+        ge=1,
+        description="Kafka consumer-group session timeout: how soon the partitions of a "
+        "crashed sender move to another replica",
+    )
     session_wait_s: float = Field(
         default=30.0, gt=0, description="wait at most this long for a free session of a channel"
     )

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 TransportName = Literal["smtp", "graph"]
 BeforeData: TypeAlias = Callable[[], Awaitable[None]]
-"""Called once the server accepted the envelope, right before the message itself goes out
-(SMTP DATA): where the sender records its intent."""
+"""Called at most once per message, once a connection is ready, and awaited before the message
+itself goes out (SMTP DATA): where the sender records its intent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,9 @@ MAIL/RCPT/DATA on them (step ``send``):
 
 - a reused session that turns out dead (421, reset, timeout) *before DATA* is discarded and the
   message tried once more on a fresh session;
-- the intent callback (``before_data``) runs after the server accepted the envelope and before
-  DATA, so the intent is recorded as late as possible and always before the message is out;
+- the intent callback (``before_data``) starts once a session is ready, at most once per
+  message, runs while MAIL/RCPT are sent, and DATA waits for it: the intent is recorded as late
+  as possible and always before the message is out;
 - a connection lost during DATA, before the server answered, raises
   :class:`~sender.errors.DeliveryUncertain`: the message may be delivered, never send it again;
 - a failed transaction is RSET before the session is reused.
@@ -127,10 +128,18 @@ class SmtpTransport:
     async def send(
         self, email: ComposedEmail, *, before_data: BeforeData | None = None
     ) -> SendResult:
+        intent = _Intent(before_data)
+        try:
+            return await self._send(email, intent)
+        finally:
+            await intent.settle()
+
+    async def _send(self, email: ComposedEmail, intent: _Intent) -> SendResult:
         for tries_left in (1, 0):
             async with self.pool.session() as session:
+                intent.start()  # travels to Kafka while the envelope is sent; DATA waits for it
                 try:
-                    refused, reply = await _transaction(session, email, before_data)
+                    refused, reply = await _transaction(session, email, intent)
                 except _StaleSession as stale:
                     session.discard()
                     if tries_left:
@@ -165,6 +174,27 @@ class SmtpTransport:
         await self.pool.aclose()
 
 
+class _Intent:
+    """The ``before_data`` callback, started at most once, awaited before DATA."""
+
+    def __init__(self, before_data: BeforeData | None) -> None:
+        self._before_data = before_data
+        self._task: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        if self._before_data is not None and self._task is None:
+            self._task = asyncio.ensure_future(self._before_data())
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def settle(self) -> None:
+        """Never leave the publish running (or its error unobserved) after the send ended."""
+        if self._task is not None and not self._task.done():
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 class _StaleSession(Exception):
     """A reused session failed before DATA: safe to try again on a fresh one."""
 
@@ -182,12 +212,15 @@ class _DataLost(Exception):
 
 
 async def _transaction(
-    session: Session, email: ComposedEmail, before_data: BeforeData | None
+    session: Session, email: ComposedEmail, intent: _Intent
 ) -> tuple[dict[str, aiosmtplib.SMTPResponse], aiosmtplib.SMTPResponse]:
-    """MAIL, RCPT..., the intent, DATA on one session; see the module docstring."""
+    """MAIL, RCPT..., the intent acknowledged, DATA on one session; see the module docstring."""
     refused = await _envelope(session, email)
-    if before_data is not None:
-        await before_data()
+    try:
+        await intent.wait()
+    except BaseException:
+        session.needs_reset()
+        raise
     try:
         reply = await session.client.data(email.data)
     except aiosmtplib.SMTPResponseException:
