@@ -175,6 +175,12 @@ class ChannelConfig(Contract):
     sync_recipient_only: bool = False
     inbound: Inbound | None = None
     outbound: Outbound | None = None
+    delivery_guarantee: Literal["at-most-once", "at-least-once"] = Field(
+        default="at-most-once",
+        description="when the sender finds an intent to send without an outcome (it crashed "
+        "between SMTP DATA and reporting): at-most-once reports 'unknown', at-least-once sends "
+        "again (same Message-ID)",
+    )
     revision: int = Field(default=1, ge=1, description="increases by one on every write")
     updated_at: datetime = Field(default_factory=utcnow)
     settings_changed_at: datetime | None = Field(
@@ -509,10 +515,22 @@ class OutboundEmail(Contract):
 
 
 class DeliveryStatus(StrEnum):
+    """Final: sent, failed, rejected, unknown (exactly one per outbound id). Not final:
+    sending (the intent, recorded before the message goes out) and deferred (waiting in a
+    retry topic)."""
+
     SENT = "sent"
     DEFERRED = "deferred"
     FAILED = "failed"
     REJECTED = "rejected"
+    SENDING = "sending"
+    UNKNOWN = "unknown"
+    """Maybe delivered: the sender crashed or lost the connection after handing the message
+    over and before the server's answer was recorded. Not resent, to never send twice."""
+
+    @property
+    def final(self) -> bool:
+        return self not in {DeliveryStatus.SENDING, DeliveryStatus.DEFERRED}
 
 
 class DeliveryEvent(Contract):
@@ -529,6 +547,11 @@ class DeliveryEvent(Contract):
     smtp_code: int | None = None
     message_id: str | None = None
     attempt: int = 1
+    retry_level: int | None = Field(
+        default=None,
+        description="deferred: the retry topic level (1, 2, ...) the outbound now waits in",
+    )
+    retry_at: datetime | None = Field(default=None, description="deferred: when it is tried again")
     at: datetime = Field(default_factory=utcnow)
     campaign_id: str | None = Field(
         default=None,
