@@ -12,7 +12,8 @@ What is counted, at the SMTP server and on email.delivery:
   outcome the killed process never reported).
 
 The short version (200 outbound, two kills) runs with the integration tests; the
-full one (3,000 outbound, 20 kills) is ``make chaos`` (deselected from ``make test`` by the chaos marker).
+full one (3,000 outbound, 20 kills) is ``make chaos`` (the chaos marker keeps it out of
+``make test``).
 """
 
 from __future__ import annotations
