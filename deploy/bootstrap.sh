@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what `make run` and `make test` need on a fresh Debian machine, idempotently:
 # uv (from PyPI), the Python workspace (uv.lock), Java + Maven (to fetch and run Apache Kafka
-# from Maven Central), Dovecot (the real IMAP/POP3 server the tests use).
+# from Maven Central), Dovecot (the real IMAP/POP3 server the tests use), Chromium (the browser
+# the admin page's tests drive with Playwright; its own browser download cannot work here).
 # As non-root it installs nothing system-wide and says what is missing instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ command -v mvn >/dev/null || need_apt+=(maven)
 if [ "${WITH_MAIL_SERVERS:-1}" = 1 ]; then
   command -v dovecot >/dev/null && [ -x /usr/lib/dovecot/imap ] && [ -x /usr/lib/dovecot/pop3 ] \
     || need_apt+=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd)
+fi
+if [ "${WITH_BROWSER:-${WITH_MAIL_SERVERS:-1}}" = 1 ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
