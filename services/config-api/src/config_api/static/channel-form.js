@@ -1,0 +1,285 @@
+// The create / edit window of a channel: its fields, the Receiving and Sending sections with
+// each type's fields, Validate per section (up to 60 s, then each step's result), Save.
+"use strict";
+
+import { seg } from "./api.js";
+import { fillCampaignSelect } from "./campaigns.js";
+import { $, $$, clearErrors, el, say, showErrors, wireDialog } from "./dom.js";
+
+const VALIDATE_BOUND_S = 60;
+const SECRET_FIELDS = { inbound: ["password", "client_secret"], outbound: ["password", "client_secret"] };
+
+let api;
+let reloadList;
+let dialog;
+let form;
+let current = null; // the channel being edited (as the API returned it), null when new
+let validation = null; // AbortController of a running validate
+
+// --- showing the right fields ---------------------------------------------------------------------
+
+function kindOf(direction) {
+  return form.elements[`${direction}.kind`].value;
+}
+
+function showKinds(section) {
+  const kind = $("[data-kind-select]", section).value;
+  for (const node of $$("[data-kinds]", section)) {
+    if (node.tagName === "OPTION") continue;
+    node.hidden = !kind || !node.dataset.kinds.split(" ").includes(kind);
+  }
+  // After-fetch choices differ: POP3 cannot move a message.
+  const after = $("[name='inbound.after_fetch']", section);
+  if (after) {
+    for (const option of after.options) {
+      if (option.dataset.kinds) option.hidden = option.disabled = !option.dataset.kinds.split(" ").includes(kind);
+    }
+    if (after.selectedOptions[0]?.disabled) after.value = kind === "pop3" ? "delete" : "mark_seen";
+    showMoveFolder(section);
+  }
+}
+
+function showMoveFolder(section) {
+  const after = $("[name='inbound.after_fetch']", section);
+  const move = $("[data-after='move']", section);
+  if (after && move && !move.hidden) move.hidden = after.value !== "move";
+}
+
+// The activation checkbox can only be checked once a default campaign is chosen.
+function syncActivation() {
+  const enabled = form.elements.enabled;
+  const hasCampaign = Boolean(form.elements.default_campaign_id.value);
+  enabled.disabled = !hasCampaign;
+  if (!hasCampaign) enabled.checked = false;
+  $("#ch-enabled-hint").textContent = hasCampaign
+    ? "Mail is fetched and routed while the channel is activated."
+    : "Choose a default campaign first: only then can the channel be activated.";
+}
+
+// Password fields are write-only: the API says only whether one is set.
+function showSecretState(direction, server) {
+  for (const name of SECRET_FIELDS[direction]) {
+    const input = form.elements[`${direction}.${name}`];
+    if (!input) continue;
+    const isSet = Boolean(server && server.kind === kindOf(direction) && server[`${name}_set`]);
+    input.value = "";
+    input.placeholder = isSet ? "set — leave empty to keep it" : "not set";
+    const id = `${input.id}-state`;
+    let note = document.getElementById(id);
+    if (!note) {
+      note = el("p", { class: "hint secret-state", id });
+      input.after(note);
+      input.setAttribute("aria-describedby", `${input.getAttribute("aria-describedby") || ""} ${id}`.trim());
+    }
+    note.textContent = isSet ? "A value is set (never shown). Type a new one to replace it." : "Not set.";
+  }
+}
+
+// --- filling and reading the form -----------------------------------------------------------------
+
+function setValue(name, value) {
+  const control = form.elements[name];
+  if (!control) return;
+  if (control.type === "checkbox") control.checked = Boolean(value);
+  else if (control.tagName === "TEXTAREA" && Array.isArray(value)) control.value = value.join("\n");
+  else control.value = value ?? "";
+}
+
+function fill(channel) {
+  form.reset();
+  fillCampaignSelect(form.elements.default_campaign_id, "(none)");
+  setValue("name", channel?.name);
+  setValue("email_address", channel?.email_address);
+  setValue("default_campaign_id", channel?.default_campaign_id);
+  setValue("enabled", channel?.enabled);
+  setValue("sync_recipient_only", channel?.sync_recipient_only);
+  for (const direction of ["inbound", "outbound"]) {
+    const server = channel?.[direction];
+    setValue(`${direction}.kind`, server?.kind ?? "");
+    for (const [key, value] of Object.entries(server ?? {})) {
+      if (key === "kind" || key.endsWith("_set")) continue;
+      setValue(`${direction}.${key}`, value);
+    }
+    if (!server) setValue(`${direction}.verify_tls`, true);
+    if (direction === "inbound" && !server?.folders) setValue("inbound.folders", ["INBOX"]);
+    showKinds($(`#${direction}-section`));
+    showSecretState(direction, server);
+    $(`#${direction}-section .validate-result`).replaceChildren();
+  }
+  syncActivation();
+}
+
+function readControl(control) {
+  if (control.type === "checkbox") return control.checked;
+  const text = control.value.trim();
+  if (control.type === "number") return text === "" ? null : Number(text);
+  if (control.name === "inbound.folders") return text.split("\n").map((f) => f.trim()).filter(Boolean);
+  return text === "" ? null : text;
+}
+
+// One section's settings as the API takes them, or null when not set up. Empty secrets are
+// left out, which keeps the stored ones.
+function server(direction) {
+  const kind = kindOf(direction);
+  if (!kind) return null;
+  const body = { kind };
+  const section = $(`#${direction}-section`);
+  for (const control of form.elements) {
+    const [prefix, key] = control.name.split(".");
+    if (prefix !== direction || key === "kind" || control.closest("[hidden]") || !section.contains(control)) continue;
+    if (control.dataset.secret !== undefined) {
+      if (control.value !== "") body[key] = control.value; // never trimmed: the API says why
+      continue;
+    }
+    body[key] = readControl(control);
+  }
+  if (body.after_fetch !== "move") delete body.move_to_folder;
+  return body;
+}
+
+function body() {
+  const value = (name) => readControl(form.elements[name]);
+  return {
+    name: form.elements.name.value,
+    email_address: value("email_address"),
+    default_campaign_id: value("default_campaign_id"),
+    enabled: form.elements.enabled.checked,
+    sync_recipient_only: form.elements.sync_recipient_only.checked,
+    inbound: server("inbound"),
+    outbound: server("outbound"),
+  };
+}
+
+// --- save -----------------------------------------------------------------------------------------
+
+async function save(event) {
+  event.preventDefault();
+  const summary = $("#channel-form-error");
+  clearErrors(form, summary);
+  const submit = $("button[type=submit]", form);
+  submit.disabled = true;
+  try {
+    const saved = current
+      ? await api.put(`/channels/${seg(current.id)}`, { ...body(), revision: current.revision })
+      : await api.post("/channels", body());
+    current = saved;
+    dialog.close();
+    say(`Channel "${saved.name}" saved.`, "info");
+    await reloadList();
+  } catch (error) {
+    if (error.status === 409 && current) {
+      error.problems = [];
+      error.message = "Someone changed this channel meanwhile. Close this window and open it again to see their change.";
+    }
+    showErrors(form, error, summary);
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+// --- validate -------------------------------------------------------------------------------------
+
+function stepLine(step) {
+  const ok = step.ok ?? step.status === "ok";
+  const skipped = step.status === "skipped";
+  const seconds = step.elapsed_s ?? step.duration_s ?? (step.elapsed_ms ?? step.duration_ms ?? null) / 1000;
+  return el(
+    "li",
+    { class: skipped ? "skipped" : ok ? "ok" : "failed" },
+    el("span", { class: "mark", "aria-hidden": "true" }, skipped ? "–" : ok ? "✓" : "✗"),
+    el("strong", {}, step.name ?? step.step),
+    el("span", { class: "visually-hidden" }, skipped ? " skipped" : ok ? " passed" : " failed"),
+    Number.isFinite(seconds) && seconds > 0 ? el("span", { class: "took" }, ` ${seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(1)} s`}`) : null,
+    step.message || step.detail ? el("span", { class: "detail" }, step.message ?? step.detail) : null,
+  );
+}
+
+function showValidation(box, result, direction) {
+  const report = result[direction] ?? result;
+  const steps = report.steps ?? [];
+  const ok = report.ok ?? steps.every((s) => s.ok ?? s.status === "ok");
+  const failing = steps.find((s) => !(s.ok ?? s.status === "ok") && s.status !== "skipped");
+  const headline = ok
+    ? "Validated: every step passed."
+    : `Failed at step "${failing?.name ?? failing?.step ?? report.step ?? "?"}": ${failing?.message ?? failing?.detail ?? report.message ?? report.reason ?? ""}`;
+  box.replaceChildren(
+    el("p", { class: `validate-headline ${ok ? "ok" : "failed"}`, role: "status" }, headline),
+    el("ol", { class: "steps" }, steps.map(stepLine)),
+  );
+}
+
+async function validate(direction, button) {
+  const section = $(`#${direction}-section`);
+  const box = $(".validate-result", section);
+  validation?.abort();
+  const controller = new AbortController();
+  validation = controller;
+  const started = performance.now();
+  const progress = el("progress", { max: VALIDATE_BOUND_S, value: 0, "aria-label": `Validating ${direction === "inbound" ? "receiving" : "sending"}` });
+  const label = el("span", { class: "elapsed" }, "Contacting the server…");
+  box.replaceChildren(el("div", { class: "validate-progress" }, progress, label));
+  const tick = setInterval(() => {
+    const seconds = Math.min(VALIDATE_BOUND_S, (performance.now() - started) / 1000);
+    progress.value = seconds;
+    label.textContent = `Checking… ${Math.floor(seconds)} s (at most ${VALIDATE_BOUND_S} s)`;
+  }, 250);
+  const guard = setTimeout(() => controller.abort(), (VALIDATE_BOUND_S + 5) * 1000);
+  button.disabled = true;
+  clearErrors(form, $("#channel-form-error"));
+  try {
+    const settings = { [direction]: server(direction) };
+    const result = current
+      ? await api.post(`/channels/${seg(current.id)}/validate`, { direction, ...settings }, { signal: controller.signal })
+      : await api.post("/channels/validate", { direction, ...settings }, { signal: controller.signal });
+    showValidation(box, result, direction);
+  } catch (error) {
+    if (error.name === "AbortError") {
+      box.replaceChildren(el("p", { class: "validate-headline failed", role: "status" }, `No answer within ${VALIDATE_BOUND_S} s.`));
+    } else {
+      box.replaceChildren();
+      showErrors(form, error, $("#channel-form-error"));
+    }
+  } finally {
+    clearInterval(tick);
+    clearTimeout(guard);
+    button.disabled = false;
+    if (validation === controller) validation = null;
+  }
+}
+
+// --- opening --------------------------------------------------------------------------------------
+
+export async function openChannel(channel) {
+  // Edit the channel as it is now, not as the list showed it a while ago.
+  current = channel ? await api.get(`/channels/${seg(channel.id)}`) : null;
+  $("#channel-dialog-title").textContent = current ? `Edit channel ${current.name}` : "New channel";
+  clearErrors(form, $("#channel-form-error"));
+  fill(current);
+  dialogControl.open();
+  form.elements.name.focus();
+}
+
+let dialogControl;
+
+export function setUpChannelForm(client, afterSave) {
+  api = client;
+  reloadList = afterSave;
+  dialog = $("#channel-dialog");
+  form = $("#channel-form");
+  dialogControl = wireDialog(dialog, () => validation?.abort());
+  form.addEventListener("submit", save);
+  form.elements.default_campaign_id.addEventListener("change", syncActivation);
+  for (const select of $$("[data-kind-select]", form)) {
+    select.addEventListener("change", () => {
+      const section = select.closest("fieldset");
+      showKinds(section);
+      const direction = section.dataset.direction;
+      showSecretState(direction, current?.[direction]);
+      $(".validate-result", section).replaceChildren();
+    });
+  }
+  form.elements["inbound.after_fetch"].addEventListener("change", () => showKinds($("#inbound-section")));
+  for (const button of $$("[data-validate]", form)) {
+    button.addEventListener("click", () => validate(button.dataset.validate, button));
+  }
+}
