@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from config_api.settings import ConfigApiSettings
+    from devstack.certs import TestPki
 
 pytestmark = [pytest.mark.integration]
 
@@ -96,10 +97,54 @@ async def serving(settings: ConfigApiSettings) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def admin_url(api_settings: ConfigApiSettings) -> AsyncIterator[str]:
+def browser_settings(api_settings: ConfigApiSettings, pki: TestPki) -> ConfigApiSettings:
+    """The API's test settings, trusting the devstack CA and allowed to reach loopback mail
+    servers (Validate connects to the test Dovecot and SMTP server)."""
+    common = api_settings.common.model_copy(
+        update={"ca_file": pki.ca_cert, "allowed_hosts": "127.0.0.1"}
+    )
+    return api_settings.model_copy(update={"common": common})
+
+
+@pytest.fixture
+async def admin_url(browser_settings: ConfigApiSettings) -> AsyncIterator[str]:
     """The URL of a ready config-api on this test's own topics."""
-    async with serving(api_settings) as url:
+    async with serving(browser_settings) as url:
         yield url
+
+
+def admin_token_of(settings: ConfigApiSettings) -> str | None:
+    """The operator's admin token of these settings (None while the API has no sign-in)."""
+    token = getattr(settings, "admin_token", None)
+    return token.get_secret_value() if token is not None else None
+
+
+@pytest.fixture
+async def seed(
+    admin_url: str, browser_settings: ConfigApiSettings
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the API under test, signed in as admin: tests set up data with it."""
+    token = admin_token_of(browser_settings)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=f"{admin_url}/api/v1", headers=headers) as client:
+        yield client
+
+
+@pytest.fixture
+def sign_in(
+    admin_url: str, browser_settings: ConfigApiSettings
+) -> Callable[[Page], Awaitable[None]]:
+    """``await sign_in(page)``: open the admin page and sign in with the admin token."""
+
+    async def _sign_in(page: Page) -> None:
+        await page.goto(admin_url)
+        token = admin_token_of(browser_settings)
+        if token is not None:
+            await page.get_by_label("Access token").fill(token)
+            await page.get_by_role("button", name="Sign in").click()
+        await page.locator("#channels-view").wait_for()
+
+    return _sign_in
 
 
 class PageProblems:
@@ -124,12 +169,24 @@ def _expected_console_error(text: str) -> bool:
     return bool(re.match(r"Failed to load resource: the server responded with a status of 4", text))
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test, so fixtures can tell that the test failed."""
+    report = yield
+    setattr(item, f"report_{call.when}", report)
+    return report
+
+
 @pytest.fixture
 async def new_page(
-    browser: Browser,
+    browser: Browser, request: pytest.FixtureRequest
 ) -> AsyncIterator[Callable[..., Awaitable[Page]]]:
-    """``page = await new_page(viewport=NARROW)``: a fresh context; no console errors allowed."""
+    """``page = await new_page(viewport=NARROW)``: a fresh context; no console errors allowed.
+
+    When the test fails, each page's last state is saved as ``failed-<test>-<n>.png``.
+    """
     contexts = []
+    pages: list[Page] = []
     problems: list[PageProblems] = []
 
     async def make(**options: Any) -> Page:
@@ -137,10 +194,18 @@ async def new_page(
         context.set_default_timeout(15_000)
         contexts.append(context)
         page = await context.new_page()
+        pages.append(page)
         problems.append(PageProblems(page))
         return page
 
     yield make
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for number, page in enumerate(pages):
+            with contextlib.suppress(Exception):
+                await page.screenshot(
+                    path=SCREENSHOTS / f"failed-{request.node.name}-{number}.png", full_page=True
+                )
     for context in contexts:
         await context.close()
     errors = [message for p in problems for message in p.messages]

@@ -47,7 +47,7 @@ async function signIn(event) {
   }
   api.signIn(token);
   try {
-    await api.get("/campaigns", { quietUnauthorised: true });
+    await api.get("/me", { quietUnauthorised: true });
   } catch (error) {
     api.signOut();
     const message = error.status === 401 ? "This token is not accepted (unknown, revoked or expired)." : error.message;
@@ -61,6 +61,7 @@ async function signIn(event) {
 
 function signOut() {
   api.signOut();
+  $("#whoami").hidden = true;
   say("");
   showSignIn();
 }
@@ -76,12 +77,29 @@ async function loadReadiness() {
   return ready;
 }
 
+// Who is signed in, and with which role: a viewer sees no write controls (the API refuses
+// their writes anyway). An API without sign-in has no /me: everything is shown.
+async function loadWhoAmI() {
+  const who = $("#whoami");
+  try {
+    const me = await api.get("/me");
+    who.textContent = `${me.subject} (${me.role})`;
+    who.hidden = false;
+    document.body.classList.toggle("viewer", me.role !== "admin");
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    who.hidden = true;
+    document.body.classList.remove("viewer");
+  }
+}
+
 async function start() {
   if (!(await loadReadiness())) {
     setTimeout(start, 2000);
     return;
   }
   try {
+    await loadWhoAmI();
     await loadCampaigns();
   } catch (error) {
     if (error.status === 401) return; // onUnauthorised shows the sign-in

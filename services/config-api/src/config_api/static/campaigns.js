@@ -42,7 +42,7 @@ function row(campaign) {
   const nameCell = el("td", { "data-label": "Name" }, campaign.name);
   const actions = el(
     "td",
-    { class: "actions" },
+    { class: "actions", "data-admin": true },
     el("button", { type: "button", "aria-label": `Rename campaign ${campaign.name}`, onclick: () => startRename(campaign, nameCell) }, "Rename"),
     " ",
     el("button", { type: "button", class: "danger", "aria-label": `Delete campaign ${campaign.name}`, onclick: () => remove(campaign) }, "Delete"),

@@ -53,7 +53,7 @@ function render() {
   const pages = Math.max(1, Math.ceil(state.total / state.size));
   const first = state.total === 0 ? 0 : state.page * state.size + 1;
   const last = state.page * state.size + state.items.length;
-  $("#page-info").textContent = `${first}–${last} of ${state.total} · page ${state.page + 1} of ${pages}`;
+  $("#page-info").textContent = `${first}-${last} of ${state.total} · page ${state.page + 1} of ${pages}`;
   $("#prev-page").disabled = state.page === 0;
   $("#next-page").disabled = state.page + 1 >= pages;
   renderSelection();
@@ -100,7 +100,7 @@ function row(channel) {
   return el(
     "tr",
     { dataset: { id: channel.id } },
-    el("td", { class: "select" }, checkbox),
+    el("td", { class: "select", "data-admin": true }, checkbox),
     name,
     el("td", { "data-label": "Filters", class: "number" }, String(channel.filter_count ?? 0)),
     statusCell(channel),
@@ -122,16 +122,16 @@ function rowMenu(channel) {
     "aria-controls": menuId,
     "aria-label": `Options for ${channel.name}`,
   }, "⋯");
-  const item = (label, run, className) =>
-    el("li", { role: "none" }, el("button", { type: "button", role: "menuitem", class: className, tabindex: "-1", onclick: () => { close(); run(); } }, label));
+  const item = (label, run, className, adminOnly = false) =>
+    el("li", { role: "none", "data-admin": adminOnly }, el("button", { type: "button", role: "menuitem", class: className, tabindex: "-1", onclick: () => { close(); run(); } }, label));
   const menu = el(
     "ul",
     { id: menuId, role: "menu", class: "menu", hidden: true, "aria-label": `Options for ${channel.name}` },
-    item("Edit", () => actions.edit(channel)),
+    item("Edit", () => actions.edit(channel), undefined, true),
     item("Filters", () => actions.filters(channel)),
-    item("Delete", () => removeOne(channel), "danger"),
+    item("Delete", () => removeOne(channel), "danger", true),
   );
-  const items = () => $$("[role=menuitem]", menu);
+  const items = () => $$("[role=menuitem]", menu).filter((b) => b.offsetParent !== null);
   function close(focusToggle = false) {
     menu.hidden = true;
     toggle.setAttribute("aria-expanded", "false");

@@ -90,7 +90,7 @@ function render() {
         ),
         el(
           "div",
-          { class: "filter-actions" },
+          { class: "filter-actions", "data-admin": true },
           button("Up", `Move ${label} up`, () => move(index, -1), { disabled: index === 0 }),
           button("Down", `Move ${label} down`, () => move(index, 1), { disabled: index === filters.length - 1 }),
           button("Edit", `Edit ${label}`, () => edit(index)),
