@@ -1,0 +1,138 @@
+"""The create / edit window in a real browser: the activation rule, IMAP settings saved with
+a write-only password, errors next to the field the API names, and Validate against the real
+Dovecot (green, then a wrong password failing at its step)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from playwright.async_api import expect
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import httpx
+    from playwright.async_api import Locator, Page
+
+    from devstack.dovecot import Dovecot
+    from devstack.pytest_plugin import MailUser
+
+pytestmark = [pytest.mark.integration]
+
+
+async def _fill_imap(dialog: Locator, dovecot: Dovecot, user: str, password: str) -> None:
+    receiving = dialog.locator("#inbound-section")
+    await receiving.get_by_label("Type").select_option("imap")
+    await receiving.get_by_label("Host").fill(dovecot.host)
+    await receiving.get_by_label("Port").fill(str(dovecot.imaps_port))
+    await receiving.get_by_label("Security").select_option("ssl")
+    await receiving.get_by_label("Username").fill(user)
+    await receiving.get_by_label("Password").fill(password)
+
+
+async def _only_channel(seed: httpx.AsyncClient) -> dict[str, Any]:
+    [channel] = (await seed.get("/channels")).json()["items"]
+    return dict(channel)
+
+
+async def test_activation_rule_imap_settings_and_field_errors(
+    page: Page,
+    seed: httpx.AsyncClient,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    sign_in: Callable[[Page], Awaitable[None]],
+    screen: Callable[[Page, str], Awaitable[None]],
+) -> None:
+    """Activation stays disabled until a default campaign is chosen; a missing host is shown
+    next to the Host field; the saved password is shown only as "set" and kept on edit."""
+    assert (await seed.post("/campaigns", json={"name": "Support"})).status_code == 201
+    await sign_in(page)
+    await page.get_by_role("button", name="New channel").click()
+    dialog = page.get_by_role("dialog", name="New channel")
+    activated = dialog.get_by_label("Activated")
+    await expect(activated).to_be_disabled()
+    await expect(dialog.locator("#ch-enabled-hint")).to_contain_text("Choose a default campaign")
+
+    await dialog.get_by_label("Name", exact=True).fill("Support mailbox")
+    await dialog.get_by_label("Email address").fill(mail_user.address)
+    await _fill_imap(dialog, dovecot, mail_user.user, mail_user.password)
+    await dialog.locator("#inbound-section").get_by_label("Host").fill("")
+    await screen(page, "channel-new")
+    await dialog.get_by_role("button", name="Save").click()
+    host = dialog.locator("#inbound-section").get_by_label("Host")
+    await expect(host).to_have_attribute("aria-invalid", "true")
+    await expect(dialog.locator("#in-host-error")).to_be_visible()
+    await expect(host).to_be_focused()
+
+    await host.fill(dovecot.host)
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    await expect(page.locator("#channel-rows")).to_contain_text("Support mailbox")
+    saved = await _only_channel(seed)
+    assert saved["inbound"]["host"] == dovecot.host
+    assert saved["inbound"]["port"] == dovecot.imaps_port
+    assert saved["inbound"]["password_set"] is True
+    assert saved["enabled"] is False
+
+    await page.get_by_role("button", name="Options for Support mailbox").click()
+    await page.get_by_role("menuitem", name="Edit").click()
+    dialog = page.get_by_role("dialog", name="Edit channel Support mailbox")
+    password = dialog.locator("#inbound-section").get_by_label("Password")
+    await expect(password).to_have_value("")
+    await expect(password).to_have_attribute("placeholder", "set — leave empty to keep it")
+    await expect(dialog.locator("#in-password-state")).to_contain_text("A value is set")
+    await expect(dialog.get_by_label("Activated")).to_be_disabled()
+    await dialog.get_by_label("Default campaign").select_option(label="Support")
+    await expect(dialog.get_by_label("Activated")).to_be_enabled()
+    await dialog.get_by_label("Activated").check()
+    await screen(page, "channel-edit")
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    saved = await _only_channel(seed)
+    assert saved["enabled"] is True
+    assert saved["default_campaign_name"] == "Support"
+    assert saved["inbound"]["password_set"] is True
+
+
+async def test_validate_green_then_wrong_password_shows_the_failing_step(
+    page: Page,
+    seed: httpx.AsyncClient,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    sign_in: Callable[[Page], Awaitable[None]],
+    screen: Callable[[Page, str], Awaitable[None]],
+) -> None:
+    """Validate against the real Dovecot passes every step; with a wrong password it names the
+    auth step, and once saved the list shows the channel Inactive with that step."""
+    await sign_in(page)
+    await page.get_by_role("button", name="New channel").click()
+    dialog = page.get_by_role("dialog", name="New channel")
+    await dialog.get_by_label("Name", exact=True).fill("Support mailbox")
+    await _fill_imap(dialog, dovecot, mail_user.user, mail_user.password)
+    receiving = dialog.locator("#inbound-section")
+    await receiving.get_by_role("button", name="Validate receiving").click()
+    result = receiving.locator(".validate-result")
+    await expect(result.locator(".validate-headline")).to_have_text(
+        "Validated: every step passed.", timeout=60_000
+    )
+    await expect(result.locator(".steps li.failed")).to_have_count(0)
+    await expect(result.locator(".steps li.ok")).not_to_have_count(0)
+    await screen(page, "channel-validate-ok")
+
+    await receiving.get_by_label("Password").fill("not-the-password")
+    await receiving.get_by_role("button", name="Validate receiving").click()
+    await expect(result.locator(".validate-headline")).to_contain_text(
+        'Failed at step "auth"', timeout=60_000
+    )
+    await expect(result.locator(".steps li.failed")).to_have_count(1)
+    await screen(page, "channel-validate-failed")
+
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    row = page.locator("#channel-rows tr", has_text="Support mailbox")
+    await receiving.page.reload()
+    await expect(row.locator(".badge")).to_have_text("Inactive")
+    await expect(row.locator(".step")).to_contain_text("auth")
+    saved = await _only_channel(seed)
+    assert saved["status"]["state"] == "inactive"
