@@ -89,23 +89,7 @@ async def _create_campaign(page: Page, name: str, campaign_id: str) -> None:
     await expect(page.locator("#campaign-rows")).to_contain_text(name)
 
 
-async def test_mail_is_routed_by_a_filter_set_up_in_the_page(
-    page: Page,
-    services_url: tuple[ServiceProcesses, str],
-    kafka_settings: KafkaSettings,
-    dovecot: Dovecot,
-    mail_user: MailUser,
-) -> None:
-    """Campaigns, an activated IMAP channel and an "invoice" filter made in the page route a
-    delivered invoice question to the filter's campaign, not the default one."""
-    processes, url = services_url
-    run = uuid.uuid4().hex[:8]
-    await _sign_in(page, url)
-
-    await page.get_by_role("link", name="Campaigns").click()
-    await _create_campaign(page, "Support", f"support-{run}")
-    await _create_campaign(page, "Billing", f"billing-{run}")
-
+async def _create_channel_with_filter(page: Page, dovecot: Dovecot, mail_user: MailUser) -> None:
     await page.get_by_role("link", name="Channels").click()
     await page.get_by_role("button", name="New channel").click()
     dialog = page.get_by_role("dialog", name="New channel")
@@ -133,6 +117,26 @@ async def test_mail_is_routed_by_a_filter_set_up_in_the_page(
     await form.get_by_role("button", name="Save filter").click()
     await expect(filters.locator("#filter-list > li")).to_have_count(1)
     await filters.get_by_role("button", name="Close").click()
+
+
+async def test_mail_is_routed_by_a_filter_set_up_in_the_page(
+    page: Page,
+    services_url: tuple[ServiceProcesses, str],
+    kafka_settings: KafkaSettings,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+) -> None:
+    """Campaigns, an activated IMAP channel and an "invoice" filter made in the page route a
+    delivered invoice question to the filter's campaign, not the default one."""
+    processes, url = services_url
+    run = uuid.uuid4().hex[:8]
+    await _sign_in(page, url)
+
+    await page.get_by_role("link", name="Campaigns").click()
+    await _create_campaign(page, "Support", f"support-{run}")
+    await _create_campaign(page, "Billing", f"billing-{run}")
+
+    await _create_channel_with_filter(page, dovecot, mail_user)
 
     subject = f"Invoice copy please {run}"
     dovecot.deliver(mail_user.user, _customer_mail(mail_user.address, subject))
