@@ -78,7 +78,7 @@ async def _sign_in(page: Page, url: str) -> None:
     await page.goto(url)
     await page.get_by_label("Access token").fill(ADMIN_TOKEN)
     await page.get_by_role("button", name="Sign in").click()
-    await expect(page.get_by_role("heading", name="Channels")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Channels", exact=True)).to_be_visible()
 
 
 async def _create_campaign(page: Page, name: str, campaign_id: str) -> None:

@@ -112,9 +112,10 @@ async function start() {
 
 document.addEventListener("DOMContentLoaded", () => {
   api.onUnauthorised = () => {
+    const hadToken = api.signedIn;
     api.signOut();
     for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
-    showSignIn("Please sign in.");
+    showSignIn(hadToken ? "Your sign-in has expired or was revoked: please sign in again." : null);
   };
   setUpCampaigns(api);
   setUpChannels(api, { edit: (c) => openChannel(c).catch((e) => say(e.message)), filters: (c) => openFilters(c).catch((e) => say(e.message)) });
