@@ -95,11 +95,10 @@ async function remove(campaign) {
 
 // A campaign in use is refused (409) with the channels that use it: name them.
 function refusalText(campaign, error) {
-  const body = error.body || {};
-  const channels = body.channels ?? body.used_by ?? [];
+  const channels = error.body?.channels ?? [];
   if (error.status === 409 && channels.length) {
-    const names = channels.map((c) => (typeof c === "string" ? c : c.name ?? c.id)).join(", ");
-    return `Campaign "${campaign.name}" is still used by: ${names}. ${typeof body.detail === "string" ? body.detail : ""}`.trim();
+    const names = channels.map((c) => c.name ?? c.id).join(", ");
+    return `Campaign "${campaign.name}" cannot be deleted: it is still used by ${names}. Choose another default campaign or filter target for them first.`;
   }
   return error.message;
 }

@@ -214,9 +214,10 @@ async function bulk(action) {
   }
   try {
     const result = await api.post("/channels/bulk", { action, ids: chosen.map((c) => c.id) });
-    const failed = (result?.results ?? []).filter((r) => r.ok === false || (r.status && r.status >= 400));
+    const failed = result.items.filter((item) => !item.ok);
     if (failed.length) {
-      say(`${chosen.length - failed.length} ${BULK_WORDS[action]}; not done: ${failed.map((r) => `${r.id}: ${r.detail ?? r.error ?? r.status}`).join("; ")}`);
+      const name = (id) => state.selected.get(id)?.name ?? id;
+      say(`${result.succeeded} ${BULK_WORDS[action]}; not done: ${failed.map((item) => `${name(item.id)}: ${item.detail ?? `HTTP ${item.status}`}`).join("; ")}`);
     } else {
       say(`${chosen.length} channel(s) ${BULK_WORDS[action]}.`, "info");
     }

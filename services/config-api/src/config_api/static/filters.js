@@ -29,11 +29,15 @@ async function load() {
 
 // Every change writes the whole ordered list with the revision it was based on, so two
 // administrators editing at once get a clear conflict instead of losing a change.
+// A filter as the API takes it back (responses add names the request does not accept).
+const FILTER_FIELDS = ["id", "name", "campaign_id", ...["sender_keywords", "subject_keywords", "body_keywords", "all_of"], "regex", "header_conditions"];
+const filterIn = (filter) => Object.fromEntries(FILTER_FIELDS.filter((key) => filter[key] !== undefined).map((key) => [key, filter[key]]));
+
 async function store(next, focusAfter) {
   const summary = errorBox();
   clearErrors($("#filter-form"), summary);
   try {
-    const data = await api.put(`/channels/${seg(channel.id)}/filters`, { filters: next, revision });
+    const data = await api.put(`/channels/${seg(channel.id)}/filters`, { filters: next.map(filterIn), revision });
     filters = data.filters ?? next;
     revision = data.revision ?? revision;
     changed = true;
@@ -175,11 +179,11 @@ async function test(event) {
   event.preventDefault();
   const form = event.target;
   const output = $("#test-result");
-  const message = {
-    from: form.elements.from.value.trim(),
-    subject: form.elements.subject.value,
-    body: form.elements.body.value,
-  };
+  const headers = [
+    ["From", form.elements.from.value.trim()],
+    ["Subject", form.elements.subject.value],
+  ].filter(([, value]) => value !== "").map(([name, value]) => ({ name, value }));
+  const message = { headers, body: form.elements.body.value };
   clearErrors(form);
   try {
     const result = await api.post(`/channels/${seg(channel.id)}/filters/test`, message);
@@ -190,19 +194,25 @@ async function test(event) {
   }
 }
 
+// The API says which filter wins (or the default campaign) and why.
 function describeDecision(result) {
-  const reason = result.reason ?? result;
-  const kind = reason.kind ?? (reason.filter_id ? "filter" : "default");
-  const campaign = result.campaign_name ?? campaignName(result.campaign_id ?? reason.campaign_id);
-  if (kind === "filter") {
-    const index = filters.findIndex((f) => f.id === reason.filter_id);
-    const name = reason.filter_name ?? filters[index]?.name ?? reason.filter_id;
+  const campaign = result.campaign_name ?? (result.campaign_id ? campaignName(result.campaign_id) : null);
+  let headline;
+  if (result.reason === "filter") {
+    const index = filters.findIndex((f) => f.id === result.filter_id);
     const position = index >= 0 ? ` (number ${index + 1})` : "";
-    const why = reason.detail ?? reason.matched ?? result.explanation ?? "";
-    return el("p", { class: "decision filter" }, `Filter "${name}"${position} wins → campaign ${campaign}.`, why ? ` ${typeof why === "string" ? why : JSON.stringify(why)}` : "");
+    headline = `Filter "${result.filter_name || result.filter_id}"${position} wins → campaign ${campaign}.`;
+  } else if (result.reason === "default") {
+    headline = `No filter matches → default campaign ${campaign}.`;
+  } else {
+    headline = "No filter matches and the channel has no default campaign: the mail would not be routed.";
   }
-  const none = campaign ? `No filter matches → default campaign ${campaign}.` : "No filter matches and the channel has no default campaign: the mail would not be routed.";
-  return el("p", { class: "decision default" }, none);
+  return el(
+    "div",
+    { class: `decision ${result.reason}` },
+    el("p", { class: "decision-headline" }, headline),
+    result.explanation ? el("p", { class: "hint" }, result.explanation) : null,
+  );
 }
 
 // --- opening --------------------------------------------------------------------------------------
