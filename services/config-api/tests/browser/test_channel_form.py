@@ -95,7 +95,7 @@ async def test_activation_rule_imap_settings_and_field_errors(
     assert saved["inbound"]["password_set"] is True
 
 
-async def test_validate_green_then_wrong_password_shows_the_failing_step(
+async def test_validate_green_wrong_password_fails_at_auth_then_active(
     page: Page,
     seed: httpx.AsyncClient,
     dovecot: Dovecot,
@@ -103,21 +103,26 @@ async def test_validate_green_then_wrong_password_shows_the_failing_step(
     sign_in: Callable[[Page], Awaitable[None]],
     screen: Callable[[Page, str], Awaitable[None]],
 ) -> None:
-    """Validate against the real Dovecot passes every step; with a wrong password it names the
-    auth step, and once saved the list shows the channel Inactive with that step."""
+    """Validate against the real Dovecot passes every step; a wrong password fails at "auth",
+    and once saved and validated the list shows the channel Inactive with that step; with the
+    right password validated again it shows Active."""
+    assert (await seed.post("/campaigns", json={"name": "Support"})).status_code == 201
     await sign_in(page)
     await page.get_by_role("button", name="New channel").click()
     dialog = page.get_by_role("dialog", name="New channel")
     await dialog.get_by_label("Name", exact=True).fill("Support mailbox")
+    await dialog.get_by_label("Default campaign").select_option(label="Support")
+    await dialog.get_by_label("Activated").check()
     await _fill_imap(dialog, dovecot, mail_user.user, mail_user.password)
     receiving = dialog.locator("#inbound-section")
-    await receiving.get_by_role("button", name="Validate receiving").click()
     result = receiving.locator(".validate-result")
+    await receiving.get_by_role("button", name="Validate receiving").click()
     await expect(result.locator(".validate-headline")).to_have_text(
         "Validated: every step passed.", timeout=60_000
     )
     await expect(result.locator(".steps li.failed")).to_have_count(0)
-    await expect(result.locator(".steps li.ok")).not_to_have_count(0)
+    for step in ("dns", "tcp", "tls", "auth", "folder:INBOX"):
+        await expect(result.locator(".steps li.ok", has_text=step)).to_have_count(1)
     await screen(page, "channel-validate-ok")
 
     await receiving.get_by_label("Password").fill("not-the-password")
@@ -127,12 +132,34 @@ async def test_validate_green_then_wrong_password_shows_the_failing_step(
     )
     await expect(result.locator(".steps li.failed")).to_have_count(1)
     await screen(page, "channel-validate-failed")
-
     await dialog.get_by_role("button", name="Save").click()
     await expect(dialog).to_be_hidden()
+
     row = page.locator("#channel-rows tr", has_text="Support mailbox")
-    await receiving.page.reload()
     await expect(row.locator(".badge")).to_have_text("Inactive")
-    await expect(row.locator(".step")).to_contain_text("auth")
-    saved = await _only_channel(seed)
-    assert saved["status"]["state"] == "inactive"
+    await _validate_saved(page)
+    await expect(row.locator(".badge")).to_have_text("Inactive")
+    await expect(row.locator(".step")).to_have_text("failing step: auth (receiving)")
+    await expect(row.locator(".reason")).not_to_be_empty()
+    await screen(page, "channel-list-failing")
+
+    await page.get_by_role("button", name="Options for Support mailbox").click()
+    await page.get_by_role("menuitem", name="Edit").click()
+    dialog = page.get_by_role("dialog", name="Edit channel Support mailbox")
+    await dialog.locator("#inbound-section").get_by_label("Password").fill(mail_user.password)
+    await dialog.get_by_role("button", name="Save").click()
+    await expect(dialog).to_be_hidden()
+    await _validate_saved(page)
+    await expect(row.locator(".badge")).to_have_text("Active")
+    assert (await _only_channel(seed))["status"]["state"] == "active"
+
+
+async def _validate_saved(page: Page) -> None:
+    """Open the saved channel unchanged and validate it: the outcome is recorded."""
+    await page.get_by_role("button", name="Options for Support mailbox").click()
+    await page.get_by_role("menuitem", name="Edit").click()
+    dialog = page.get_by_role("dialog", name="Edit channel Support mailbox")
+    receiving = dialog.locator("#inbound-section")
+    await receiving.get_by_role("button", name="Validate receiving").click()
+    await expect(receiving.locator(".validate-headline")).to_be_visible(timeout=60_000)
+    await dialog.get_by_role("button", name="Cancel").click()

@@ -15,6 +15,7 @@ let dialog;
 let form;
 let current = null; // the channel being edited (as the API returned it), null when new
 let validation = null; // AbortController of a running validate
+let dirty = false; // changed since the window opened
 
 // --- showing the right fields ---------------------------------------------------------------------
 
@@ -179,29 +180,32 @@ async function save(event) {
 
 // --- validate -------------------------------------------------------------------------------------
 
+// One step of a probe (dns, tcp, tls, auth, folder:INBOX, mail_from, ...): passed or failed,
+// how long it took, and the server's or our message.
 function stepLine(step) {
-  const ok = step.ok ?? step.status === "ok";
-  const skipped = step.status === "skipped";
-  const seconds = step.elapsed_s ?? step.duration_s ?? (step.elapsed_ms ?? step.duration_ms ?? null) / 1000;
+  const seconds = step.elapsed_ms / 1000;
   return el(
     "li",
-    { class: skipped ? "skipped" : ok ? "ok" : "failed" },
-    el("span", { class: "mark", "aria-hidden": "true" }, skipped ? "–" : ok ? "✓" : "✗"),
-    el("strong", {}, step.name ?? step.step),
-    el("span", { class: "visually-hidden" }, skipped ? " skipped" : ok ? " passed" : " failed"),
-    Number.isFinite(seconds) && seconds > 0 ? el("span", { class: "took" }, ` ${seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(1)} s`}`) : null,
-    step.message || step.detail ? el("span", { class: "detail" }, step.message ?? step.detail) : null,
+    { class: step.ok ? "ok" : "failed" },
+    el("span", { class: "mark", "aria-hidden": "true" }, step.ok ? "✓" : "✗"),
+    el("strong", {}, step.name),
+    el("span", { class: "visually-hidden" }, step.ok ? " passed" : " failed"),
+    Number.isFinite(seconds) ? el("span", { class: "took" }, seconds < 1 ? `${Math.round(seconds * 1000)} ms` : `${seconds.toFixed(1)} s`) : null,
+    step.message && step.message !== "ok" ? el("span", { class: "detail" }, step.message) : null,
   );
 }
 
 function showValidation(box, result, direction) {
-  const report = result[direction] ?? result;
+  const report = result[direction];
+  if (!report) {
+    box.replaceChildren(el("p", { class: "validate-headline failed", role: "status" }, "Nothing to validate: this section is not set up."));
+    return;
+  }
   const steps = report.steps ?? [];
-  const ok = report.ok ?? steps.every((s) => s.ok ?? s.status === "ok");
-  const failing = steps.find((s) => !(s.ok ?? s.status === "ok") && s.status !== "skipped");
-  const headline = ok
+  const headline = report.ok
     ? "Validated: every step passed."
-    : `Failed at step "${failing?.name ?? failing?.step ?? report.step ?? "?"}": ${failing?.message ?? failing?.detail ?? report.message ?? report.reason ?? ""}`;
+    : `Failed at step "${report.failing_step}": ${report.message}`;
+  const ok = report.ok;
   box.replaceChildren(
     el("p", { class: `validate-headline ${ok ? "ok" : "failed"}`, role: "status" }, headline),
     el("ol", { class: "steps" }, steps.map(stepLine)),
@@ -227,11 +231,24 @@ async function validate(direction, button) {
   button.disabled = true;
   clearErrors(form, $("#channel-form-error"));
   try {
-    const settings = { [direction]: server(direction) };
-    const result = current
-      ? await api.post(`/channels/${seg(current.id)}/validate`, { direction, ...settings }, { signal: controller.signal })
-      : await api.post("/channels/validate", { direction, ...settings }, { signal: controller.signal });
+    // A saved channel shown unchanged is validated as saved, and the outcome becomes its
+    // status in the list; settings being edited are tried without recording anything.
+    const recorded = current && !dirty;
+    const result = recorded
+      ? await api.post(`/channels/${seg(current.id)}/validate`, undefined, { signal: controller.signal })
+      : await api.post(
+        "/channels/validate",
+        { channel_id: current?.id ?? null, email_address: readControl(form.elements.email_address), [direction]: server(direction) },
+        { signal: controller.signal },
+      );
     showValidation(box, result, direction);
+    if (recorded) {
+      // The saved channel was validated as a whole: show the other section's result too.
+      const other = direction === "inbound" ? "outbound" : "inbound";
+      if (result[other]) showValidation($(`#${other}-section .validate-result`), result, other);
+      reloadList().catch(() => {});
+    }
+    else if (current) box.append(el("p", { class: "hint" }, "Tried the settings as typed; the channel's status changes once they are saved and validated."));
   } catch (error) {
     if (error.name === "AbortError") {
       box.replaceChildren(el("p", { class: "validate-headline failed", role: "status" }, `No answer within ${VALIDATE_BOUND_S} s.`));
@@ -255,6 +272,7 @@ export async function openChannel(channel) {
   $("#channel-dialog-title").textContent = current ? `Edit channel ${current.name}` : "New channel";
   clearErrors(form, $("#channel-form-error"));
   fill(current);
+  dirty = false;
   dialogControl.open();
   form.elements.name.focus();
 }
@@ -268,6 +286,7 @@ export function setUpChannelForm(client, afterSave) {
   form = $("#channel-form");
   dialogControl = wireDialog(dialog, () => validation?.abort());
   form.addEventListener("submit", save);
+  form.addEventListener("input", () => { dirty = true; });
   form.elements.default_campaign_id.addEventListener("change", syncActivation);
   for (const select of $$("[data-kind-select]", form)) {
     select.addEventListener("change", () => {
