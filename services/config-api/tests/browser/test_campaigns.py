@@ -30,7 +30,7 @@ async def test_create_rename_and_delete_refused_while_used(
     view = page.locator("#campaigns-view")
     rows = page.locator("#campaign-rows tr")
 
-    await view.get_by_label("Name").fill("Support")
+    await view.get_by_label("Name", exact=True).fill("Support")
     await view.get_by_label("Id (optional)").fill("has space")
     await view.get_by_role("button", name="Create campaign").click()
     id_error = page.locator("#campaign-id-error")

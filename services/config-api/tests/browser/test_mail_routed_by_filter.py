@@ -83,7 +83,7 @@ async def _sign_in(page: Page, url: str) -> None:
 
 async def _create_campaign(page: Page, name: str, campaign_id: str) -> None:
     view = page.locator("#campaigns-view")
-    await view.get_by_label("Name").fill(name)
+    await view.get_by_label("Name", exact=True).fill(name)
     await view.get_by_label("Id (optional)").fill(campaign_id)
     await view.get_by_role("button", name="Create campaign").click()
     await expect(page.locator("#campaign-rows")).to_contain_text(name)
