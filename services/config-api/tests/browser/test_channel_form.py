@@ -4,6 +4,8 @@ Dovecot (green, then a wrong password failing at its step)."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -31,6 +33,21 @@ async def _fill_imap(dialog: Locator, dovecot: Dovecot, user: str, password: str
     await receiving.get_by_label("Password").fill(password)
 
 
+async def _only_offered_kinds_can_be_chosen(page: Page, seed: httpx.AsyncClient) -> None:
+    """The server types offered in the window are those the API's OpenAPI document takes."""
+    schemas = (await seed.get(seed.base_url.join("/openapi.json"))).json()["components"]["schemas"]
+    for direction, select in (("inbound", "#in-kind"), ("outbound", "#out-kind")):
+        refs = re.findall(
+            r"#/components/schemas/(\w+)", json.dumps(schemas["ChannelIn"]["properties"][direction])
+        )
+        taken = {schemas[ref]["properties"]["kind"]["const"] for ref in refs}
+        offered = await page.eval_on_selector_all(
+            f"{select} option:not([value=''])",
+            "options => options.filter(o => !o.disabled).map(o => o.value)",
+        )
+        assert set(offered) == taken, direction
+
+
 async def _only_channel(seed: httpx.AsyncClient) -> dict[str, Any]:
     [channel] = (await seed.get("/channels")).json()["items"]
     return dict(channel)
@@ -54,6 +71,7 @@ async def test_activation_rule_imap_settings_and_field_errors(
     await expect(activated).to_be_disabled()
     await expect(dialog.locator("#ch-enabled-hint")).to_contain_text("Choose a default campaign")
 
+    await _only_offered_kinds_can_be_chosen(page, seed)
     await dialog.get_by_label("Name", exact=True).fill("Support mailbox")
     await dialog.get_by_label("Email address").fill(mail_user.address)
     await _fill_imap(dialog, dovecot, mail_user.user, mail_user.password)

@@ -264,11 +264,50 @@ async function validate(direction, button) {
   }
 }
 
+// --- which server types this API takes ------------------------------------------------------------
+
+// The API's OpenAPI document says which inbound / outbound kinds a channel may have; a type
+// the server does not take yet is shown but cannot be chosen.
+let supportedKinds = null;
+
+async function loadSupportedKinds() {
+  const response = await fetch("openapi.json", { cache: "no-store" }).catch(() => null);
+  if (!response?.ok) return null;
+  const doc = await response.json().catch(() => null);
+  const schemas = doc?.components?.schemas;
+  const channelIn = schemas?.ChannelIn?.properties;
+  if (!channelIn) return null;
+  const kinds = (property) => {
+    const refs = JSON.stringify(channelIn[property] ?? {}).match(/#\/components\/schemas\/[A-Za-z0-9_.-]+/g) ?? [];
+    return new Set(
+      refs.map((ref) => {
+        const kind = schemas[ref.split("/").pop()]?.properties?.kind;
+        return kind?.const ?? kind?.enum?.[0] ?? kind?.default;
+      }).filter(Boolean),
+    );
+  };
+  return { inbound: kinds("inbound"), outbound: kinds("outbound") };
+}
+
+function offerSupportedKinds(kinds) {
+  if (!kinds) return;
+  for (const direction of ["inbound", "outbound"]) {
+    for (const option of form.elements[`${direction}.kind`].options) {
+      if (!option.value || kinds[direction].size === 0) continue;
+      const offered = kinds[direction].has(option.value);
+      option.disabled = !offered;
+      option.textContent = option.textContent.replace(/ \(not available on this server yet\)$/, "") + (offered ? "" : " (not available on this server yet)");
+    }
+  }
+}
+
 // --- opening --------------------------------------------------------------------------------------
 
 export async function openChannel(channel) {
   // Edit the channel as it is now, not as the list showed it a while ago.
   current = channel ? await api.get(`/channels/${seg(channel.id)}`) : null;
+  supportedKinds ??= loadSupportedKinds();
+  offerSupportedKinds(await supportedKinds);
   $("#channel-dialog-title").textContent = current ? `Edit channel ${current.name}` : "New channel";
   clearErrors(form, $("#channel-form-error"));
   fill(current);
