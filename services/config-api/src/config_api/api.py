@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from config_api import mapping, routing_test
+from config_api import mapping, routing_test, validation
 from config_api.auth import (
     AdminRequired,
     Authenticator,
@@ -55,6 +55,7 @@ from config_api.schemas import (
     TokenIn,
     TokenList,
     TokenOut,
+    ValidateSettings,
     WhoAmI,
 )
 from config_api.search import ChannelQuery, select_channels
@@ -62,6 +63,7 @@ from config_api.settings import ConfigApiSettings
 from config_api.store import ConfigStore
 from email_channels.events import ApiToken, ChannelConfig, Filter
 from email_channels.secretbox import SecretBox
+from email_channels.validation import ValidationReport
 
 
 @dataclass
@@ -285,6 +287,46 @@ async def bulk_channels(body: BulkAction, store: StoreDep) -> BulkResult:
             items.append(BulkItem(id=channel_id, ok=True, status=status))
     succeeded = sum(item.ok for item in items)
     return BulkResult(items=items, succeeded=succeeded, failed=len(items) - succeeded)
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+@api.post(
+    "/channels/{channel_id}/validate",
+    tags=["validate"],
+    dependencies=Admin,
+    response_model_exclude_none=False,
+)
+async def validate_channel(
+    channel_id: ChannelId, store: StoreDep, runtime: RuntimeDep
+) -> ValidationReport:
+    """Contact the saved channel's servers (bounded, 60 s by default); the outcome is recorded
+    on email.channel-status, so the channel shows Active once validated and working."""
+    channel = store.channel(channel_id)
+    report = await validation.validate(channel, settings=runtime.settings, box=runtime.box)
+    await store.record_status(validation.status_reports(channel_id, report))
+    return report.model_copy(update={"recorded": True})
+
+
+@api.post("/channels/validate", tags=["validate"], dependencies=Admin)
+async def validate_settings(
+    body: ValidateSettings, store: StoreDep, runtime: RuntimeDep
+) -> ValidationReport:
+    """Contact the servers of settings not saved yet; nothing is recorded."""
+    if body.inbound is None and body.outbound is None:
+        raise InvalidInput(Problem(("body", "inbound"), "give inbound and/or outbound settings"))
+    current = store.channel(body.channel_id) if body.channel_id else None
+    draft = ChannelIn(
+        name=current.name if current else "unsaved",
+        email_address=body.email_address,
+        inbound=body.inbound,
+        outbound=body.outbound,
+    )
+    channel = mapping.channel_config(
+        draft, channel_id=body.channel_id or "unsaved", box=runtime.box, current=current
+    )
+    return await validation.validate(channel, settings=runtime.settings, box=runtime.box)
 
 
 # --- filters ------------------------------------------------------------------------------------

@@ -462,3 +462,19 @@ class BulkResult(ResponseModel):
     items: list[BulkItem]
     succeeded: int
     failed: int
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+class ValidateSettings(RequestModel):
+    """Body of ``POST /channels/validate``: settings not saved yet.
+
+    With ``channel_id``, omitted passwords are taken from that saved channel (the same rule
+    as an update: only while host, port, user and TLS mode are unchanged).
+    """
+
+    channel_id: OptionalId = None
+    email_address: OptionalEmail = Field(default=None, description="used as MAIL FROM")
+    inbound: ImapInboundIn | None = None
+    outbound: SmtpOutboundIn | None = None
