@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from devstack.dovecot import Dovecot
     from devstack.pytest_plugin import MailUser
+    from devstack.smtp import SmtpServer
 
 pytestmark = [pytest.mark.integration]
 
@@ -58,11 +59,13 @@ async def test_activation_rule_imap_settings_and_field_errors(
     seed: httpx.AsyncClient,
     dovecot: Dovecot,
     mail_user: MailUser,
+    smtp_server: SmtpServer,
     sign_in: Callable[[Page], Awaitable[None]],
     screen: Callable[[Page, str], Awaitable[None]],
 ) -> None:
     """Activation stays disabled until a default campaign is chosen; a missing host is shown
-    next to the Host field; the saved password is shown only as "set" and kept on edit."""
+    next to the Host field; the saved password is shown only as "set" and kept on edit; SMTP
+    sending settings validate green."""
     assert (await seed.post("/campaigns", json={"name": "Support"})).status_code == 201
     await sign_in(page)
     await page.get_by_role("button", name="New channel").click()
@@ -104,6 +107,7 @@ async def test_activation_rule_imap_settings_and_field_errors(
     await dialog.get_by_label("Default campaign").select_option(label="Support")
     await expect(dialog.get_by_label("Activated")).to_be_enabled()
     await dialog.get_by_label("Activated").check()
+    await _fill_smtp_and_validate(dialog, smtp_server)
     await screen(page, "channel-edit")
     await dialog.get_by_role("button", name="Save").click()
     await expect(dialog).to_be_hidden()
@@ -111,6 +115,24 @@ async def test_activation_rule_imap_settings_and_field_errors(
     assert saved["enabled"] is True
     assert saved["default_campaign_name"] == "Support"
     assert saved["inbound"]["password_set"] is True
+    assert saved["outbound"]["port"] == smtp_server.port
+    assert saved["outbound"]["password_set"] is True
+
+
+async def _fill_smtp_and_validate(dialog: Locator, smtp: SmtpServer) -> None:
+    """Sending over the test SMTP server (STARTTLS + AUTH) validates green."""
+    assert smtp.credentials is not None
+    sending = dialog.locator("#outbound-section")
+    await sending.get_by_label("Type").select_option("smtp")
+    await sending.get_by_label("Host").fill(smtp.host)
+    await sending.get_by_label("Port").fill(str(smtp.port))
+    await sending.get_by_label("Security").select_option("starttls")
+    await sending.get_by_label("Username").fill(smtp.credentials[0])
+    await sending.get_by_label("Password").fill(smtp.credentials[1])
+    await sending.get_by_role("button", name="Validate sending").click()
+    await expect(sending.locator(".validate-headline")).to_have_text(
+        "Validated: every step passed.", timeout=60_000
+    )
 
 
 async def test_validate_green_wrong_password_fails_at_auth_then_active(

@@ -35,6 +35,21 @@ async def _add_filter(dialog: Locator, name: str, campaign: str, **keywords: str
     await expect(form).to_be_hidden()
 
 
+async def _bad_regex_is_refused_next_to_its_field(dialog: Locator) -> None:
+    """A regular expression the router could not run safely is refused at save time, and the
+    error stands next to the Regular expression field; nothing is added."""
+    await dialog.get_by_role("button", name="Add filter").click()
+    form = dialog.locator("#filter-form")
+    await form.get_by_label("Name").fill("Broken")
+    await form.get_by_label("Target campaign").select_option(label="Sales")
+    await form.get_by_label("Regular expression").fill("(a+)+\\1")
+    await form.get_by_role("button", name="Save filter").click()
+    await expect(form.get_by_label("Regular expression")).to_have_attribute("aria-invalid", "true")
+    await expect(form.locator("#f-regex-error")).to_be_visible()
+    await form.get_by_role("button", name="Cancel").click()
+    await expect(dialog.locator("#filter-list > li")).to_have_count(3)
+
+
 async def test_three_filters_reordered_and_a_message_tested(
     page: Page,
     seed: httpx.AsyncClient,
@@ -64,6 +79,7 @@ async def test_three_filters_reordered_and_a_message_tested(
     await _add_filter(dialog, "Angry customers", "Complaints", sender="angry", subject="complaint")
     items = dialog.locator("#filter-list > li")
     await expect(items).to_have_count(3)
+    await _bad_regex_is_refused_next_to_its_field(dialog)
     await expect(items.nth(2)).to_contain_text("sender: angry")
 
     up = dialog.get_by_role("button", name="Move Angry customers up")

@@ -72,7 +72,11 @@ function showSecretState(direction, server) {
       input.after(note);
       input.setAttribute("aria-describedby", `${input.getAttribute("aria-describedby") || ""} ${id}`.trim());
     }
-    note.textContent = isSet ? "A value is set (never shown). Type a new one to replace it." : "Not set.";
+    const stored = isSet ? "A value is set (never shown). Type a new one to replace it." : "Not set.";
+    note.textContent = stored;
+    input.oninput = () => {
+      note.textContent = input.value ? "The value typed here will be saved." : stored;
+    };
   }
 }
 
