@@ -111,6 +111,8 @@ async def test_activation_rule_imap_settings_and_field_errors(
     await screen(page, "channel-edit")
     await dialog.get_by_role("button", name="Save").click()
     await expect(dialog).to_be_hidden()
+    # The keyboard focus comes back to the row the window was opened from.
+    await expect(page.get_by_role("button", name="Options for Support mailbox")).to_be_focused()
     saved = await _only_channel(seed)
     assert saved["enabled"] is True
     assert saved["default_campaign_name"] == "Support"

@@ -48,7 +48,15 @@ export async function loadChannels() {
 
 function render() {
   const body = $("#channel-rows");
+  // Re-rendering replaces the rows: keep the keyboard focus on the same control of the same row.
+  const focused = document.activeElement;
+  const focusedRow = body.contains(focused) ? focused.closest("tr")?.dataset.id : undefined;
+  const focusedClass = focused?.className;
   body.replaceChildren(...state.items.map(row));
+  if (focusedRow !== undefined && focusedClass) {
+    const again = [...body.rows].find((r) => r.dataset.id === focusedRow)?.getElementsByClassName(focusedClass.split(" ")[0])[0];
+    again?.focus();
+  }
   $("#channels-empty").hidden = state.items.length > 0;
   const pages = Math.max(1, Math.ceil(state.total / state.size));
   const first = state.total === 0 ? 0 : state.page * state.size + 1;
@@ -123,7 +131,7 @@ function rowMenu(channel) {
     "aria-label": `Options for ${channel.name}`,
   }, "⋯");
   const item = (label, run, className, adminOnly = false) =>
-    el("li", { role: "none", "data-admin": adminOnly }, el("button", { type: "button", role: "menuitem", class: className, tabindex: "-1", onclick: () => { close(); run(); } }, label));
+    el("li", { role: "none", "data-admin": adminOnly }, el("button", { type: "button", role: "menuitem", class: className, tabindex: "-1", onclick: () => { close(true); run(); } }, label));
   const menu = el(
     "ul",
     { id: menuId, role: "menu", class: "menu", hidden: true, "aria-label": `Options for ${channel.name}` },
