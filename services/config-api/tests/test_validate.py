@@ -9,12 +9,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import structlog.testing
 
 from devstack.ports import free_port
 from email_channels.settings import CommonSettings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
 
     import httpx
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
     from devstack.dovecot import Dovecot
     from devstack.pytest_plugin import MailUser
     from devstack.smtp import SmtpServer
+    from email_channels.settings import KafkaSettings
 
     RunApi = Callable[[ConfigApiSettings], AbstractAsyncContextManager[httpx.AsyncClient]]
+    ReadTopic = Callable[[KafkaSettings, str], Awaitable[list[tuple[str, bytes | None]]]]
 
 pytestmark = pytest.mark.integration
 
@@ -243,3 +246,53 @@ async def test_saved_password_is_reused_only_for_the_same_server(
     assert same.json()["ok"] is True, same.text
     assert moved.status_code == 422
     assert moved.json()["detail"][0]["field"] == "inbound.password"
+
+
+CANARY = "canary-Pw-7f3a9c2e-do-not-leak"
+
+
+async def test_canary_password_never_leaves_the_secret_box(
+    api: httpx.AsyncClient,
+    api_settings: ConfigApiSettings,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    smtp_server: SmtpServer,
+    read_topic: ReadTopic,
+) -> None:
+    """A password used for create, update, both validates and a failed login never appears in
+    an API response, in any config topic's bytes, or in any log event (structlog, all levels)."""
+    responses: list[httpx.Response] = []
+    with structlog.testing.capture_logs() as events:
+        created = await api.post(
+            "/api/v1/channels",
+            json={
+                "name": "Canary",
+                "inbound": imap(dovecot, mail_user, password=CANARY),
+                "outbound": smtp(smtp_server, password=CANARY),
+            },
+        )
+        channel_id = created.json()["id"]
+        responses.append(created)
+        responses.append(await api.get(f"/api/v1/channels/{channel_id}"))
+        responses.append(await api.get("/api/v1/channels"))
+        responses.append(await api.post(f"/api/v1/channels/{channel_id}/validate"))
+        responses.append(
+            await api.post(
+                "/api/v1/channels/validate",
+                json={"inbound": imap(dovecot, mail_user, password=CANARY)},
+            )
+        )
+        bad = imap(dovecot, mail_user, password=CANARY)
+        bad["password"] = f" {CANARY}"
+        responses.append(await api.post("/api/v1/channels", json={"name": "x", "inbound": bad}))
+    kafka = api_settings.kafka
+    topics = [kafka.topics.channels, kafka.topics.channel_status, kafka.topics.filters]
+    records = [record for topic in topics for record in await read_topic(kafka, topic)]
+
+    assert responses[3].json()["failing_step"] == "inbound.auth"  # the login really failed
+    assert responses[-1].status_code == 422
+    assert all(CANARY not in response.text for response in responses)
+    assert records
+    assert all(CANARY.encode() not in (value or b"") for _, value in records)
+    assert events
+    assert CANARY not in repr(events)

@@ -117,7 +117,7 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
             kafka.bootstrap_servers,
             kafka.version,
             token=env["CONFIG_API_ADMIN_TOKEN"],
-            demo=demo,
+            demo=env if demo else None,
         )
         while not stopping.wait(1.0):
             try:
@@ -180,7 +180,9 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> None:
     log.info("demo channel created", channel_id=channel["id"], campaign_id=campaign["id"])
 
 
-def _banner(base: str, bootstrap: str, version: str, *, token: str, demo: bool) -> None:
+def _banner(
+    base: str, bootstrap: str, version: str, *, token: str, demo: dict[str, str] | None
+) -> None:
     lines = [
         "",
         "Email Channels is running.",
@@ -191,7 +193,11 @@ def _banner(base: str, bootstrap: str, version: str, *, token: str, demo: bool) 
         f"  Kafka          {bootstrap} (Apache Kafka {version})",
         "  services       config-api, router, fetcher, sender",
     ]
-    if demo:
+    if demo is not None:
+        lines.append(
+            f"  demo mail      IMAPS 127.0.0.1:{demo['DEMO_IMAPS_PORT']}, SMTP (STARTTLS) "
+            f"127.0.0.1:{demo['DEMO_SMTP_PORT']}, user {DEMO_USER} / {DEMO_PASSWORD}"
+        )
         lines.append("  demo           3 seeded mails flow from Dovecot to email.routed;")
         lines.append("                 see them: make tail TOPIC=email.routed")
     lines += ["Press Ctrl-C to stop.", ""]
