@@ -132,7 +132,9 @@ def run_peer(port: int, count: int) -> float:
 # --- ours: the sender process -----------------------------------------------------------------
 
 
-async def run_ours(bootstrap: str, sink_port: int, count: int, conversations: int) -> dict[str, Any]:
+async def run_ours(
+    bootstrap: str, sink_port: int, count: int, conversations: int
+) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - bench process only
 
     from email_channels.admin import ensure_topics  # noqa: PLC0415
@@ -193,7 +195,10 @@ async def run_ours(bootstrap: str, sink_port: int, count: int, conversations: in
     log_path = os.environ.get("BENCH_SENDER_LOG")
     with open(log_path, "wb") if log_path else tempfile.TemporaryFile() as log:  # noqa: PTH123, SIM115
         sender = subprocess.Popen(  # noqa: S603 - our own service
-            [sys.executable, *os.environ.get("BENCH_SENDER_PY_ARGS", "").split(), "-m", "sender"], env=env, stderr=log, stdout=log
+            [sys.executable, *os.environ.get("BENCH_SENDER_PY_ARGS", "").split(), "-m", "sender"],
+            env=env,
+            stderr=log,
+            stdout=log,
         )
         try:
             events = await _collect_deliveries(
@@ -265,11 +270,23 @@ def main() -> int:
     ours_rate = ours["sent"] / ours["seconds"]
     rows = [
         ("what", "messages", "seconds", "msg/s"),
-        ("smtplib loop, one connection (peer)", str(args.count), f"{peer_s:.2f}", f"{peer_rate:.0f}"),
-        ("sender: email.outbound -> SMTP (ours)", str(ours["sent"]), f"{ours['seconds']:.2f}", f"{ours_rate:.0f}"),
+        (
+            "smtplib loop, one connection (peer)",
+            str(args.count),
+            f"{peer_s:.2f}",
+            f"{peer_rate:.0f}",
+        ),
+        (
+            "sender: email.outbound -> SMTP (ours)",
+            str(ours["sent"]),
+            f"{ours['seconds']:.2f}",
+            f"{ours_rate:.0f}",
+        ),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    print(f"sender throughput, {args.count} x {BODY_BYTES // 1024} KB to an aiosmtpd sink on loopback")  # noqa: T201
+    print(
+        f"sender throughput, {args.count} x {BODY_BYTES // 1024} KB to an aiosmtpd sink on loopback"
+    )  # noqa: T201
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))  # noqa: T201
     print(f"ratio ours / peer: {ours_rate / peer_rate:.2f}x (target >= 3x)")  # noqa: T201

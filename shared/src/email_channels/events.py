@@ -204,18 +204,6 @@ class HeaderCondition(Contract):
     keywords: Annotated[list[str], Field(min_length=1)]
 
 
-class HeaderCondition(Contract):
-    """One header-field condition of a filter: any keyword found in any value of the header.
-
-    ``header`` is a header field name (case-insensitive, e.g. ``X-Priority``, ``List-Id``);
-    keywords are case-insensitive substrings of the *decoded* header value(s). A message
-    without the header does not satisfy the condition.
-    """
-
-    header: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[!-9;-~]+$")]
-    keywords: Annotated[list[str], Field(min_length=1)]
-
-
 class Filter(Contract):
     """One routing rule. Keywords are case-insensitive; any keyword of a field matches.
 
