@@ -10,7 +10,7 @@ No broker needed: this measures parsing alone (one core, in process). Rows:
 Corpora: the committed real-world corpus (services/router/tests/corpus, 46 mails) and 200
 generated ~25 KB mails (text + html alternative, a small attachment). Each measurement runs
 for about ``SECONDS`` of wall time. Run: ``uv run --frozen python bench/bench_parsing.py``.
-"""  # noqa: INP001
+"""
 
 from __future__ import annotations
 
@@ -106,10 +106,10 @@ def main() -> None:
             (label, "stdlib policy.default bare", rate(stdlib.parsebytes, mails), "(peer)"),
         ])  # fmt: skip
     width = max(len(r[0]) for r in rows)
-    print(f"{'corpus':<{width}}  {'parser':<28} {'msg/s':>10}  vs stdlib path")  # noqa: T201
+    print(f"{'corpus':<{width}}  {'parser':<28} {'msg/s':>10}  vs stdlib path")
     for corpus_name, parser, value, ratio in rows:
-        print(f"{corpus_name:<{width}}  {parser:<28} {value:>10,.0f}  {ratio}")  # noqa: T201
-    print(f"(one core, in process, ~{SECONDS:.0f} s per row; shared machine: figures are noisy)")  # noqa: T201
+        print(f"{corpus_name:<{width}}  {parser:<28} {value:>10,.0f}  {ratio}")
+    print(f"(one core, in process, ~{SECONDS:.0f} s per row; shared machine: figures are noisy)")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ Both run as child processes with the same batch size and compression. Bounded: N
 a time limit per measurement. Set KAFKA_BOOTSTRAP_SERVERS to use an existing broker.
 """
 
-# ruff: noqa: INP001, T201 - a script (not a package) whose output is its printed table
-
 from __future__ import annotations
 
 import argparse
@@ -176,7 +174,7 @@ async def measure(bootstrap: str, size: int, count: int, workdir: Path) -> tuple
             finally:
                 await admin.close()
         log = (workdir / f"{mode}-{size}.log").open("wb")
-        child = subprocess.Popen(  # noqa: ASYNC220, S603 - our own interpreter, started once
+        child = subprocess.Popen(
             command, env=child_env(settings, workdir / "blobs"), stdout=log, stderr=log
         )
         try:

@@ -77,14 +77,14 @@ def run_sink(port_file: Path) -> None:
     while not stop["now"]:
         time.sleep(0.1)
     controller.stop()
-    print(json.dumps(counts), flush=True)  # noqa: T201 - the summary is the sink's output
+    print(json.dumps(counts), flush=True)
 
 
 class Sink:
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory()
         port_file = Path(self._dir.name) / "port"
-        self.process = subprocess.Popen(  # noqa: S603 - this very script
+        self.process = subprocess.Popen(
             [sys.executable, __file__, "--sink", str(port_file)], stdout=subprocess.PIPE
         )
         deadline = time.monotonic() + 30
@@ -193,8 +193,8 @@ async def run_ours(
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
     }
     log_path = os.environ.get("BENCH_SENDER_LOG")
-    with open(log_path, "wb") if log_path else tempfile.TemporaryFile() as log:  # noqa: PTH123, SIM115
-        sender = subprocess.Popen(  # noqa: S603 - our own service
+    with open(log_path, "wb") if log_path else tempfile.TemporaryFile() as log:  # noqa: PTH123
+        sender = subprocess.Popen(
             [sys.executable, *os.environ.get("BENCH_SENDER_PY_ARGS", "").split(), "-m", "sender"],
             env=env,
             stderr=log,
@@ -286,15 +286,15 @@ def main() -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(
         f"sender throughput, {args.count} x {BODY_BYTES // 1024} KB to an aiosmtpd sink on loopback"
-    )  # noqa: T201
+    )
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))  # noqa: T201
-    print(f"ratio ours / peer: {ours_rate / peer_rate:.2f}x (target >= 3x)")  # noqa: T201
-    print(  # noqa: T201
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"ratio ours / peer: {ours_rate / peer_rate:.2f}x (target >= 3x)")
+    print(
         f"sink: {summary['messages']} messages, {summary['duplicates']} duplicate Message-IDs; "
         f"sender non-sent outcomes: {ours['other']}"
     )
-    print("figures taken on a shared 2-core machine; other work may have loaded the CPU")  # noqa: T201
+    print("figures taken on a shared 2-core machine; other work may have loaded the CPU")
     return 0
 
 
