@@ -450,19 +450,22 @@ async def kill_at_progress(
     thresholds: Iterable[float],
     progress: Callable[[], float],
     timeout_s: float,
-) -> int:
-    """SIGKILL ``name`` and start it again each time ``progress()`` (0..1) first passes one of
-    ``thresholds``: the kill lands while that service has work in flight. Returns the kills."""
-    done = 0
+) -> tuple[int, int]:
+    """SIGKILL ``name`` and start it again each time ``progress()`` (0..1) first reaches one of
+    ``thresholds``, so the kill lands while that service has work in flight (a service that
+    commits whole batches may jump past a threshold: the kill then lands between batches or
+    after the last one, still a crash and a restart). Returns ``(kills, mid_stream)``."""
+    kills = mid_stream = 0
     deadline = time.monotonic() + timeout_s
     for threshold in sorted(thresholds):
         while progress() < threshold and time.monotonic() < deadline:  # noqa: ASYNC110 - polls counters of other tasks
-            await asyncio.sleep(0.05)
-        if progress() >= 1.0 or time.monotonic() >= deadline:
+            await asyncio.sleep(0.02)
+        if time.monotonic() >= deadline:
             break
+        mid_stream += progress() < 1.0
         pipeline.restart(name)
-        done += 1
-    return done
+        kills += 1
+    return kills, mid_stream
 
 
 async def wait_for(
