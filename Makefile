@@ -50,6 +50,7 @@ format:
 ## schemas: regenerate the committed JSON Schemas of the topic contracts
 schemas:
 	$(UV) run --frozen python -m email_channels.schemas
+	$(UV) run --frozen python -m email_channels.topics > deploy/helm/email-channels/files/topics.json
 
 ## tail: print a topic's records, e.g. make tail TOPIC=email.routed (FOLLOW=1 keeps waiting)
 tail: WITH_MAIL_SERVERS=0

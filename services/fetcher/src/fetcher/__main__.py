@@ -13,7 +13,7 @@ import logging
 import structlog
 
 from email_channels.errors import PipelineError
-from email_channels.service import run_until_signalled, start_observability
+from email_channels.service import health_server, run_until_signalled, start_observability
 from fetcher.app import FetcherApp
 from fetcher.settings import FetcherSettings
 
@@ -27,7 +27,9 @@ def main() -> None:
     # with quotes or backslashes escapes its scrubbing): never below WARNING, even at debug.
     logging.getLogger("aioimaplib").setLevel(logging.WARNING)
     try:
-        asyncio.run(run_until_signalled(FetcherApp(settings).run))
+        app = FetcherApp(settings)
+        health = health_server(settings.common, app.not_ready_reason)
+        asyncio.run(run_until_signalled(app.run, health=health))
     except PipelineError as exc:
         log.error("fetcher stopped", error=str(exc), error_kind=exc.kind)
         raise SystemExit(1) from exc

@@ -44,13 +44,16 @@ from email_channels.codec import encode, encode_key, record_headers
 from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, RetryPolicy
 from email_channels.events import ChannelConfig, ChannelFilters
+from email_channels.health import group_problem, views_problem
 from email_channels.producer import MAX_REQUEST_BYTES, assert_durable, map_publish_error
+from email_channels.service import health_server
 from router.handlers import EmailRouter, RawRecordHandler, RecordProcessor
 
 if TYPE_CHECKING:
     from email_channels.blobstore import BlobStore
     from email_channels.codec import Headers
     from email_channels.events import Contract
+    from email_channels.health import HealthServer
     from email_channels.settings import KafkaSettings
     from email_channels.topics import TopicNames
     from router.settings import RouterSettings
@@ -117,6 +120,35 @@ class RouterState(Service):
         await asyncio.gather(
             self.channels.catch_up(timeout=timeout), self.filters.catch_up(timeout=timeout)
         )
+
+
+class HealthService(Service):
+    """/healthz and /readyz (email_channels.health) on the worker's loop, first up, last down."""
+
+    def __init__(self, server: HealthServer, **kwargs: Any) -> None:
+        self.server = server
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.server.start()
+
+    async def on_stop(self) -> None:
+        await self.server.stop()
+
+
+def router_not_ready(app: faust.App, state: RouterState, group: str) -> str | None:
+    """For /readyz: config views caught up, then a working member of the router's group."""
+    views: list[tuple[str, CompactedView[Any] | None]] = [
+        ("channels", state.channels),
+        ("filters", state.filters),
+    ]
+    if reason := views_problem(views):
+        return reason
+    if app.rebalancing:
+        return f"consumer group {group} is rebalancing"
+    # faust runs the aiokafka consumer in its own thread: look at that consumer's membership.
+    consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+    return group_problem(consumer, group)
 
 
 class FaustPublisher:
@@ -203,6 +235,9 @@ def build_app(settings: RouterSettings, *, blobs: BlobStore) -> faust.App:
     app.transport = DurableTransport(app.conf.broker_consumer, app)
 
     state = RouterState(settings, blobs)
+    health = health_server(settings.common, lambda: router_not_ready(app, state, settings.app_id))
+    if health is not None:
+        app.add_dependency(HealthService(health))  # first: probes answer while config loads
     app.add_dependency(state)  # before faust's own services: config is read before routing
 
     publisher = FaustPublisher(app, topics)
