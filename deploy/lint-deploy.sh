@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Static checks of the deployment artefacts (part of `make lint`):
+#   hadolint over deploy/Dockerfile, helm lint + template of the chart (default and production
+#   values), Checkov over the rendered manifests with the reasons in deploy/helm/.checkov.yaml.
+# helm is built from its Go module into var/tools (gitignored) the first time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=deploy/tool-versions.env
+source deploy/tool-versions.env
+UV=${UV:-uv}
+
+$UV run --frozen hadolint deploy/Dockerfile
+
+HELM=var/tools/helm
+if [ ! -x "$HELM" ]; then
+  command -v go >/dev/null || { echo "lint-deploy: go is needed to build helm ($HELM_MODULE)" >&2; exit 1; }
+  echo "lint-deploy: building helm from $HELM_MODULE (a few minutes, once)"
+  mkdir -p var/tools
+  GOBIN="$PWD/var/tools" GOFLAGS=-buildvcs=false go install "$HELM_MODULE"
+fi
+chart=deploy/helm/email-channels
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for values in "" values-production.yaml; do
+  args=(--kube-version "$KUBE_VERSION")
+  [ -n "$values" ] && args+=(-f "$chart/$values")
+  "$HELM" lint --strict "$chart" "${args[@]}" >/dev/null
+  "$HELM" template ec "$chart" --namespace email "${args[@]}" >"$out/${values:-values-default}.rendered.yaml"
+done
+$UV tool run --from "checkov==$CHECKOV_VERSION" checkov --config-file deploy/helm/.checkov.yaml \
+  --directory "$out" >"$out/checkov.txt" 2>&1 || { cat "$out/checkov.txt"; exit 1; }
+echo "lint-deploy: hadolint, helm lint and Checkov passed"

@@ -1,0 +1,107 @@
+"""Tools the chart tests need, built or fetched here when missing (no cluster, no registry).
+
+- ``helm``: built from its Go module with the machine's Go toolchain into ``var/tools``
+  (gitignored; a few minutes the first time, cached after). Tests skip only when ``go`` is
+  absent and no binary is cached.
+- KEDA's CRDs: from KEDA's Go module (``go mod download``), the source of its released CRDs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+CHART = ROOT / "deploy" / "helm" / "email-channels"
+TOOLS = ROOT / "var" / "tools"
+VERSIONS = dict(
+    line.split("=", 1)
+    for line in (ROOT / "deploy" / "tool-versions.env").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+)
+HELM_MODULE = VERSIONS["HELM_MODULE"]
+KEDA_MODULE = VERSIONS["KEDA_MODULE"]
+KUBE_VERSION = VERSIONS["KUBE_VERSION"]
+
+
+def _go() -> str:
+    go = shutil.which("go") or (
+        "/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None
+    )
+    if go is None:
+        pytest.skip("the Go toolchain is needed to build helm and fetch KEDA's CRDs")
+    return go
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    binary = TOOLS / "helm"
+    if not binary.exists():
+        TOOLS.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [_go(), "install", HELM_MODULE],
+            env=os.environ | {"GOBIN": str(TOOLS), "GOFLAGS": "-buildvcs=false"},
+            check=True,
+            timeout=1200,
+        )
+    return binary
+
+
+def render(helm: Path, *args: str) -> list[dict[str, Any]]:
+    """``helm template`` of the chart with ``args``; the rendered documents."""
+    result = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "ec",
+            str(CHART),
+            "--namespace",
+            "email",
+            "--kube-version",
+            KUBE_VERSION,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="session")
+def default_manifests(helm: Path) -> list[dict[str, Any]]:
+    return render(helm)
+
+
+@pytest.fixture(scope="session")
+def production_manifests(helm: Path) -> list[dict[str, Any]]:
+    return render(helm, "-f", str(CHART / "values-production.yaml"))
+
+
+@pytest.fixture(scope="session")
+def keda_crds() -> dict[str, dict[str, Any]]:
+    """kind -> openAPIV3Schema of the served version, from KEDA's released CRDs."""
+    result = subprocess.run(
+        [_go(), "mod", "download", "-json", KEDA_MODULE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    bases = Path(json.loads(result.stdout)["Dir"]) / "config" / "crd" / "bases"
+    schemas: dict[str, dict[str, Any]] = {}
+    for path in bases.glob("keda.sh_*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        [version] = [v for v in crd["spec"]["versions"] if v["served"]]
+        schemas[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+    return schemas
