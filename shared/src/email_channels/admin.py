@@ -66,6 +66,34 @@ async def ensure_topics(
         await admin.close()
 
 
+async def check_topics(
+    settings: KafkaSettings, *, client_id: str = "email-channels-admin"
+) -> list[str]:
+    """What is wrong with the contract's topics, without changing anything (empty = all good):
+    missing topics, then the first contradiction of each check ``ensure_topics`` makes."""
+    names = settings.topics.all()
+    admin = AIOKafkaAdminClient(**settings.client_kwargs(), client_id=client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        problems = [f"topic {name} is missing" for name in names if name not in existing]
+        present = {name: spec for name, spec in names.items() if name in existing}
+        checks: list[Callable[[], Awaitable[None]]] = [
+            lambda: _check_policies(admin, present),
+            lambda: _check_partitions(admin, settings, present),
+        ]
+        if settings.require_durable_topics:
+            checks.append(lambda: _check_durability(admin, present))
+        for check in checks if present else []:
+            try:
+                await _settled(check)
+            except TopicMismatch as exc:
+                problems.append(str(exc))
+        return problems
+    finally:
+        await admin.close()
+
+
 async def _create(
     admin: AIOKafkaAdminClient,
     settings: KafkaSettings,

@@ -13,3 +13,7 @@ CAMPAIGN_HEADER: Final = "campaign-id"
 
 LOOP_HEADER: Final = "X-Email-Channels-Loop"
 """Mail header the sender stamps on every message the product sends; seen inbound, it is a loop."""
+
+REPLAY_HEADER: Final = "dlq-replay-of"
+"""Kafka record header on a record re-published from ``email.dlq`` (``email-channels dlq
+replay``): ``<dlq topic>/<partition>/<offset>`` of the dead letter it came from."""
