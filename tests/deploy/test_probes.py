@@ -77,6 +77,7 @@ def common_env(kafka_settings: Any, secret_keys: str, tmp_path: Path) -> dict[st
 MODULES = {"fetcher": "fetcher", "router": "router", "sender": "sender", "config-api": "config_api"}
 
 
+@pytest.mark.e2e
 async def test_every_service_answers_the_charts_probes(kafka_settings, secret_keys, tmp_path):
     """All four services, on real Kafka: /healthz 200 at once, /readyz 200 once ready."""
     liveness, readiness = probe_paths()
