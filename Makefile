@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench
+.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench image-test
 
 bootstrap:
 	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
@@ -36,6 +36,12 @@ bench: WITH_MAIL_SERVERS=1
 bench: bootstrap
 	@set -e; for script in bench/bench_$(BENCH).py; do \
 	  echo "== $$script"; $(UV) run --frozen python $$script; done
+
+## image-test: build deploy/Dockerfile with buildah on a Debian-built base, run each entry point
+image-test: WITH_MAIL_SERVERS=0
+image-test: export WITH_IMAGE_BUILDER=1
+image-test: bootstrap
+	EMAIL_CHANNELS_IMAGE_TEST=1 $(UV) run --frozen pytest tests/deploy/test_image.py -m image $(PYTEST_ARGS)
 
 lint: WITH_MAIL_SERVERS=0
 lint: bootstrap

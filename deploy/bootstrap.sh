@@ -13,6 +13,10 @@ if [ "${WITH_MAIL_SERVERS:-1}" = 1 ]; then
   command -v dovecot >/dev/null && [ -x /usr/lib/dovecot/imap ] && [ -x /usr/lib/dovecot/pop3 ] \
     || need_apt+=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd)
 fi
+if [ "${WITH_IMAGE_BUILDER:-0}" = 1 ]; then  # make image-test: build the image without Docker
+  command -v buildah >/dev/null || need_apt+=(buildah)
+  command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} from Debian's packages"

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import start_http_server
+from pydantic_settings import BaseSettings
 
 from email_channels.health import HealthServer
 from email_channels.logconfig import configure_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     from email_channels.health import Readiness
     from email_channels.settings import CommonSettings
@@ -27,6 +29,44 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HELP_FLAGS = {"-h", "--help"}
+
+
+def exit_with_help_if_asked(
+    service: str, description: str, settings: type[BaseSettings], argv: list[str] | None = None
+) -> None:
+    """``<service> --help``: what the service does and every setting it reads, then exit 0.
+
+    The services take no arguments (settings come from the environment); this is how an
+    operator learns the variable names from the image itself."""
+    args = sys.argv[1:] if argv is None else argv
+    if not HELP_FLAGS & set(args):
+        return
+    lines = [f"usage: {service}", "", description.strip(), "", "environment:"]
+    lines += list(_settings_lines(settings))
+    sys.stdout.write("\n".join(lines) + "\n")
+    raise SystemExit(0)
+
+
+def _settings_lines(settings: type[BaseSettings]) -> Iterator[str]:
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    nested: list[type[BaseSettings]] = []
+    for name, field in settings.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseSettings):
+            nested.append(kind)
+            continue
+        if field.default_factory is not None:
+            default = " (default: computed)"
+        elif field.is_required():
+            default = " (required)"
+        else:
+            default = f" (default: {field.default!r})"
+        yield f"  {prefix}{name.upper()}{default}"
+        if field.description:
+            yield f"      {field.description}"
+    for model in nested:
+        yield from _settings_lines(model)
 
 
 def start_observability(service: str, common: CommonSettings) -> None:

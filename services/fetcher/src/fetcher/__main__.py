@@ -13,7 +13,12 @@ import logging
 import structlog
 
 from email_channels.errors import PipelineError
-from email_channels.service import health_server, run_until_signalled, start_observability
+from email_channels.service import (
+    exit_with_help_if_asked,
+    health_server,
+    run_until_signalled,
+    start_observability,
+)
 from fetcher.app import FetcherApp
 from fetcher.settings import FetcherSettings
 
@@ -21,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 
 def main() -> None:
+    exit_with_help_if_asked("fetcher", __doc__ or "", FetcherSettings)
     settings = FetcherSettings()
     start_observability("fetcher", settings.common)
     # aioimaplib logs every line it sends and receives at debug (message bodies; a password

@@ -16,7 +16,7 @@ import structlog
 
 from email_channels.admin import ensure_topics
 from email_channels.blobstore import blob_store_from_url
-from email_channels.service import start_observability
+from email_channels.service import exit_with_help_if_asked, start_observability
 from router.app import build_app
 from router.settings import RouterSettings
 
@@ -24,6 +24,7 @@ log = structlog.get_logger("router")
 
 
 def main() -> None:
+    exit_with_help_if_asked("router", __doc__ or "", RouterSettings)
     settings = RouterSettings()
     common = settings.common
     start_observability("router", common)

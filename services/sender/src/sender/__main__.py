@@ -7,7 +7,12 @@ import asyncio
 import structlog
 
 from email_channels.errors import PipelineError
-from email_channels.service import health_server, run_until_signalled, start_observability
+from email_channels.service import (
+    exit_with_help_if_asked,
+    health_server,
+    run_until_signalled,
+    start_observability,
+)
 from sender.app import SenderApp
 from sender.settings import SenderSettings
 
@@ -15,6 +20,7 @@ log = structlog.get_logger(__name__)
 
 
 def main() -> None:
+    exit_with_help_if_asked("sender", __doc__ or "", SenderSettings)
     settings = SenderSettings()
     start_observability("sender", settings.common)
     try:
