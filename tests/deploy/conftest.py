@@ -28,6 +28,7 @@ VERSIONS = dict(
 )
 HELM_MODULE = VERSIONS["HELM_MODULE"]
 KEDA_MODULE = VERSIONS["KEDA_MODULE"]
+PROMETHEUS_OPERATOR_MODULE = VERSIONS["PROMETHEUS_OPERATOR_MODULE"]
 KUBE_VERSION = VERSIONS["KUBE_VERSION"]
 
 
@@ -87,21 +88,43 @@ def production_manifests(helm: Path) -> list[dict[str, Any]]:
     return render(helm, "-f", str(CHART / "values-production.yaml"))
 
 
-@pytest.fixture(scope="session")
-def keda_crds() -> dict[str, dict[str, Any]]:
-    """kind -> openAPIV3Schema of the served version, from KEDA's released CRDs."""
+class _CrdLoader(yaml.SafeLoader):
+    """SafeLoader that reads YAML 1.1's ``=`` (value key) as the string it is in CRD enums."""
+
+
+_CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: node.value)
+
+
+def crd_schemas(module: str, directory: str, pattern: str) -> dict[str, dict[str, Any]]:
+    """kind -> openAPIV3Schema of the served version of the CRDs a Go module ships."""
     result = subprocess.run(
-        [_go(), "mod", "download", "-json", KEDA_MODULE],
+        [_go(), "mod", "download", "-json", module],
         capture_output=True,
         text=True,
         check=True,
         timeout=600,
         cwd=ROOT,
     )
-    bases = Path(json.loads(result.stdout)["Dir"]) / "config" / "crd" / "bases"
+    bases = Path(json.loads(result.stdout)["Dir"]) / directory
     schemas: dict[str, dict[str, Any]] = {}
-    for path in bases.glob("keda.sh_*.yaml"):
-        crd = yaml.safe_load(path.read_text())
+    for path in bases.glob(pattern):
+        crd = yaml.load(path.read_text(), Loader=_CrdLoader)
         [version] = [v for v in crd["spec"]["versions"] if v["served"]]
         schemas[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
     return schemas
+
+
+@pytest.fixture(scope="session")
+def keda_crds() -> dict[str, dict[str, Any]]:
+    """KEDA's released CRDs (config/crd/bases of its Go module)."""
+    return crd_schemas(KEDA_MODULE, "config/crd/bases", "keda.sh_*.yaml")
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds() -> dict[str, dict[str, Any]]:
+    """The Prometheus operator's CRDs (ServiceMonitor, PrometheusRule) from its Go module."""
+    return crd_schemas(
+        PROMETHEUS_OPERATOR_MODULE,
+        "example/prometheus-operator-crd",
+        "monitoring.coreos.com_*.yaml",
+    )

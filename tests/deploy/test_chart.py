@@ -84,6 +84,25 @@ def test_keda_resources_match_kedas_crd_schemas(production_manifests, default_ma
     assert checked == 6
 
 
+def test_monitoring_resources_match_the_prometheus_operators_crds(
+    production_manifests, monitoring_crds
+):
+    """ServiceMonitors and the PrometheusRule validate against the operator's released CRDs;
+    the rule alerts on channel failures, unowned mailboxes, dead letters and consumer lag."""
+    monitors = of_kind(production_manifests, "ServiceMonitor")
+    [rule] = of_kind(production_manifests, "PrometheusRule")
+    assert len(monitors) == 4
+    for doc in [*monitors, rule]:
+        # The CRD's patterns are Go regexps (e.g. a mid-pattern "(?i)"): no metaschema check.
+        jsonschema.Draft7Validator(monitoring_crds[doc["kind"]]).validate(doc)
+    alerts = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert 'consumergroup="email-router"' in alerts["EmailChannelsRouterLag"]
+    assert 'consumergroup="email-sender"' in alerts["EmailChannelsSenderLag"]
+    assert alerts["EmailChannelsMailboxesUnowned"].endswith("< 12")
+    assert 'outcome="dead_lettered"' in alerts["EmailChannelsDeadLetters"]
+    assert 'kind="ChannelMisconfigured"' in alerts["EmailChannelFailing"]
+
+
 def test_keda_scales_router_and_sender_on_their_groups_lag(production_manifests):
     """Router scales on email.raw / email-router, sender on email.outbound / email-sender."""
     router = named(production_manifests, "ScaledObject", "-router")
