@@ -14,13 +14,18 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .conftest import ROOT
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 pytestmark = [
     pytest.mark.image,
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         os.environ.get("EMAIL_CHANNELS_IMAGE_TEST") != "1",
         reason="image build takes minutes: make image-test (EMAIL_CHANNELS_IMAGE_TEST=1)",
@@ -114,38 +119,42 @@ def image() -> str:
     return IMAGE
 
 
-def run_in(image: str, *command: str) -> subprocess.CompletedProcess[str]:
-    container = buildah("from", image).stdout.strip()
-    try:
-        return buildah("run", "--isolation", "chroot", container, "--", *command, timeout=120)
-    finally:
-        buildah("rm", container)
+@pytest.fixture(scope="module")
+def container(image: str) -> Iterator[str]:
+    """One working container of the image (with vfs storage each one is a full copy)."""
+    name = buildah("from", image).stdout.strip()
+    yield name
+    buildah("rm", name)
 
 
-def test_every_entry_point_answers_help_in_the_image(image):
+def run_in(container: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return buildah("run", "--isolation", "chroot", container, "--", *command, timeout=120)
+
+
+def test_every_entry_point_answers_help_in_the_image(container):
     """fetcher, router, sender and config-api print their usage and settings in the image."""
     for command in ENTRY_POINTS:
-        result = run_in(image, command, "--help")
+        result = run_in(container, command, "--help")
         assert result.returncode == 0, (command, result.stdout, result.stderr)
         assert f"usage: {command}" in result.stdout
         assert "KAFKA_BOOTSTRAP_SERVERS" in result.stdout
         assert "EMAIL_CHANNELS_SECRET_KEYS" in result.stdout
 
 
-def test_the_cli_runs_as_the_unprivileged_user(image):
+def test_the_cli_runs_as_the_unprivileged_user(image, container):
     """`email-channels version` lists the installed packages; the image runs as uid 10001."""
-    version = run_in(image, "email-channels", "version")
+    version = run_in(container, "email-channels", "version")
     assert version.returncode == 0, version.stderr
     assert "email-channels-cli 0.1.0" in version.stdout
-    assert run_in(image, "id", "-u").stdout.strip() == "10001"
+    assert run_in(container, "id", "-u").stdout.strip() == "10001"
     config = buildah("inspect", "--type", "image", "--format", "{{.OCIv1.Config.User}}", image)
     assert config.stdout.strip() == "10001:10001"
 
 
-def test_the_image_holds_no_dev_tools_nor_devstack(image):
+def test_the_image_holds_no_dev_tools_nor_devstack(container):
     """Only the locked runtime dependencies: no pytest, ruff, mypy or devstack in the venv."""
     result = run_in(
-        image,
+        container,
         "python3",
         "-c",
         "import importlib.util as u; print([m for m in ('pytest','ruff','mypy',"

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from email_channels.events import TOPIC_MODELS
+from email_channels.headers import REPLAY_HEADER
 from email_channels.topics import SPECS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -50,6 +51,12 @@ def asyncapi_document() -> str:
             "content-type": {"type": "string", "const": "application/json"},
             "schema": {"type": "string", "const": f"{spec.model}/v{_version(model)}"},
         }
+        if spec.topic.value != "email.dlq":
+            headers[REPLAY_HEADER] = {
+                "type": "string",
+                "description": "on a record re-published from email.dlq (email-channels dlq "
+                "replay): <dlq topic>/<partition>/<offset> of its dead letter",
+            }
         if spec.topic.value == "email.routed":
             headers["campaign-id"] = {
                 "type": "string",
