@@ -88,14 +88,14 @@ def production_manifests(helm: Path) -> list[dict[str, Any]]:
     return render(helm, "-f", str(CHART / "values-production.yaml"))
 
 
-class _CrdLoader(yaml.SafeLoader):
+class _CrdLoader(yaml.CSafeLoader):
     """SafeLoader that reads YAML 1.1's ``=`` (value key) as the string it is in CRD enums."""
 
 
 _CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: node.value)
 
 
-def crd_schemas(module: str, directory: str, pattern: str) -> dict[str, dict[str, Any]]:
+def crd_schemas(module: str, directory: str, *patterns: str) -> dict[str, dict[str, Any]]:
     """kind -> openAPIV3Schema of the served version of the CRDs a Go module ships."""
     result = subprocess.run(
         [_go(), "mod", "download", "-json", module],
@@ -107,7 +107,7 @@ def crd_schemas(module: str, directory: str, pattern: str) -> dict[str, dict[str
     )
     bases = Path(json.loads(result.stdout)["Dir"]) / directory
     schemas: dict[str, dict[str, Any]] = {}
-    for path in bases.glob(pattern):
+    for path in (path for pattern in patterns for path in bases.glob(pattern)):
         crd = yaml.load(path.read_text(), Loader=_CrdLoader)
         [version] = [v for v in crd["spec"]["versions"] if v["served"]]
         schemas[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
@@ -126,5 +126,6 @@ def monitoring_crds() -> dict[str, dict[str, Any]]:
     return crd_schemas(
         PROMETHEUS_OPERATOR_MODULE,
         "example/prometheus-operator-crd",
-        "monitoring.coreos.com_*.yaml",
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
     )
