@@ -62,7 +62,7 @@ schemas:
 ## tail: print a topic's records, e.g. make tail TOPIC=email.routed (FOLLOW=1 keeps waiting)
 tail: WITH_MAIL_SERVERS=0
 tail: bootstrap
-	$(UV) run --frozen python -m devstack tail $(TOPIC) $(if $(FOLLOW),--follow,)
+	$(UV) run --frozen email-channels tail $(TOPIC) $(if $(FOLLOW),--follow,)
 
 ## kafka: only a local Kafka broker in the foreground
 kafka: WITH_MAIL_SERVERS=0
