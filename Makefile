@@ -5,7 +5,7 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench image-test
+.PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench chaos image-test
 
 bootstrap:
 	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
@@ -33,6 +33,7 @@ test-unit: bootstrap
 ## bench: throughput/latency/memory tables against the named peers (bench/bench_*.py; BENCH=name for one)
 BENCH ?= *
 bench: WITH_MAIL_SERVERS=1
+bench: export WITH_BENCH_PEERS=1
 bench: bootstrap
 	@set -e; for script in bench/bench_$(BENCH).py; do \
 	  echo "== $$script"; $(UV) run --frozen python $$script; done
@@ -43,11 +44,16 @@ image-test: export WITH_IMAGE_BUILDER=1
 image-test: bootstrap
 	EMAIL_CHANNELS_IMAGE_TEST=1 $(UV) run --frozen pytest tests/deploy/test_image.py -m image $(PYTEST_ARGS)
 
+## chaos: the long fault-injection scenarios (marker chaos: tests/chaos prints a ledger per scenario)
+chaos: WITH_MAIL_SERVERS=1
+chaos: bootstrap
+	EMAIL_CHANNELS_CHAOS=1 $(UV) run --frozen pytest -m chaos -s -p no:cacheprovider $(PYTEST_ARGS)
+
 lint: WITH_MAIL_SERVERS=0
 lint: bootstrap
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy shared/src services/*/src deploy/devstack/src tools/cli/src
+	$(UV) run --frozen mypy shared/src services/*/src deploy/devstack/src contracts/src examples/campaign-autoreply/src tools/cli/src
 	UV="$(UV)" ./deploy/lint-deploy.sh
 
 format:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what `make run` and `make test` need on a fresh Debian machine, idempotently:
 # uv (from PyPI), the Python workspace (uv.lock), Java + Maven (to fetch and run Apache Kafka
-# from Maven Central), Dovecot (the real IMAP/POP3 server the tests use).
+# from Maven Central), Dovecot (the real IMAP/POP3 server the tests use), Chromium (the browser
+# the admin page's tests drive with Playwright; its own browser download cannot work here).
 # As non-root it installs nothing system-wide and says what is missing instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,14 @@ fi
 if [ "${WITH_IMAGE_BUILDER:-0}" = 1 ]; then  # make image-test: build the image without Docker
   command -v buildah >/dev/null || need_apt+=(buildah)
   command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+fi
+# make bench: the peers the benchmarks measure against (bench/bench_*.py).
+if [ "${WITH_BENCH_PEERS:-0}" = 1 ]; then
+  command -v fetchmail >/dev/null || need_apt+=(fetchmail)
+fi
+# make test: a real browser for the admin page's tests (Playwright drives Debian's chromium).
+if [ "${WITH_BROWSER:-${WITH_MAIL_SERVERS:-1}}" = 1 ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

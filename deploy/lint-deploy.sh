@@ -2,7 +2,7 @@
 # Static checks of the deployment artefacts (part of `make lint`):
 #   hadolint over deploy/Dockerfile, helm lint + template of the chart (default and production
 #   values), Checkov over the rendered manifests with the reasons in deploy/helm/.checkov.yaml.
-# helm is built from its Go module into var/tools (gitignored) the first time.
+# helm is built from its Go module the first time, cached per user (deploy/ensure-helm.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=deploy/tool-versions.env
@@ -11,13 +11,7 @@ UV=${UV:-uv}
 
 $UV run --frozen hadolint deploy/Dockerfile
 
-HELM=var/tools/helm
-if [ ! -x "$HELM" ]; then
-  command -v go >/dev/null || { echo "lint-deploy: go is needed to build helm ($HELM_MODULE)" >&2; exit 1; }
-  echo "lint-deploy: building helm from $HELM_MODULE (a few minutes, once)"
-  mkdir -p var/tools
-  GOBIN="$PWD/var/tools" GOFLAGS=-buildvcs=false go install "$HELM_MODULE"
-fi
+HELM=$(./deploy/ensure-helm.sh)
 chart=deploy/helm/email-channels
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -41,7 +41,7 @@ def service_env(name: str, base: dict[str, str], port: int, tmp_path: Path) -> d
     else:
         env |= {"EMAIL_CHANNELS_HEALTH_HOST": "127.0.0.1", "EMAIL_CHANNELS_HEALTH_PORT": str(port)}
     if name == "router":
-        env["ROUTER_DATA_DIR"] = str(tmp_path / "router")
+        env["ROUTER_INSTANCE_ID"] = f"probe-{tmp_path.name}"
     return env
 
 

@@ -86,7 +86,8 @@ def router_env(kafka_settings: KafkaSettings, tmp_path: Path) -> dict[str, str]:
         "KAFKA_PARTITIONS": str(kafka_settings.partitions),
         "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path / 'blobs'}",
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
-        "ROUTER_DATA_DIR": str(tmp_path / "faust"),
+        "ROUTER_INSTANCE_ID": "router-0",
+        "ROUTER_SESSION_TIMEOUT_S": "6",
         "ROUTER_RETRY_MAX_BACKOFF_SECONDS": "1",
     }
 

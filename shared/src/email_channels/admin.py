@@ -22,7 +22,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from email_channels.errors import PermanentError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from email_channels.settings import KafkaSettings
     from email_channels.topics import TopicSpec
@@ -47,10 +47,14 @@ class TopicCreationFailed(PermanentError):
 
 
 async def ensure_topics(
-    settings: KafkaSettings, *, client_id: str = "email-channels-admin"
+    settings: KafkaSettings,
+    *,
+    client_id: str = "email-channels-admin",
+    extra_topics: Mapping[str, TopicSpec] | None = None,
 ) -> None:
-    """Create missing topics of the contract and check the existing ones."""
-    names = settings.topics.all()
+    """Create missing topics of the contract (and ``extra_topics``, full name -> spec, e.g. a
+    service's own retry topics) and check the existing ones."""
+    names = {**settings.topics.all(), **(extra_topics or {})}
     admin = AIOKafkaAdminClient(**settings.client_kwargs(), client_id=client_id)
     await admin.start()
     try:

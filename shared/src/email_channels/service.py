@@ -1,7 +1,7 @@
 """What every service's entry point does: logging, the metrics port, the health endpoints and
 a graceful stop.
 
-Frameworks that own their loop (uvicorn, faust) only use :func:`start_observability` (and
+Frameworks that own their loop (uvicorn) only use :func:`start_observability` (and
 start :func:`health_server` on their loop); the plain asyncio services also run their app
 through :func:`run_until_signalled`, which serves the health endpoints while the app runs.
 """

@@ -20,6 +20,7 @@ class Topic(StrEnum):
     CHANNELS = "email.channels"
     FILTERS = "email.filters"
     CAMPAIGNS = "email.campaigns"
+    API_TOKENS = "email.api-tokens"
     CHANNEL_STATUS = "email.channel-status"
     FETCH_CURSORS = "email.fetch-cursors"
     RAW = "email.raw"
@@ -27,6 +28,7 @@ class Topic(StrEnum):
     OUTBOUND = "email.outbound"
     DELIVERY = "email.delivery"
     DLQ = "email.dlq"
+    ROUTER_STATE = "email.router-state"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,13 @@ SPECS: tuple[TopicSpec, ...] = (
         "the channel's ordered filter list",
     ),
     TopicSpec(Topic.CAMPAIGNS, "campaign id", "compact", "Campaign", "campaign id and name"),
+    TopicSpec(
+        Topic.API_TOKENS,
+        "token id",
+        "compact",
+        "ApiToken",
+        "config-api's static API tokens (hashed), tombstone on revoke",
+    ),
     TopicSpec(
         Topic.CHANNEL_STATUS,
         "channel id/direction",
@@ -111,6 +120,15 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         Topic.DLQ, "original key", "delete", "DeadLetter", "poison record + error class + stage"
     ),
+    TopicSpec(
+        Topic.ROUTER_STATE,
+        "email/<email id>, msg/<channel id>/<Message-ID> or conv/<channel id>/<conversation id>",
+        "compact",
+        "RouterMark",
+        "internal to the router, written in its routing transactions: seen email ids, "
+        "Message-IDs with a content hash (duplicate window, thread affinity), a conversation's "
+        "campaign; also the Message-IDs of sent mail (from email.delivery)",
+    ),
 )
 
 
@@ -134,6 +152,10 @@ class TopicNames:
     @property
     def campaigns(self) -> str:
         return self(Topic.CAMPAIGNS)
+
+    @property
+    def api_tokens(self) -> str:
+        return self(Topic.API_TOKENS)
 
     @property
     def channel_status(self) -> str:
@@ -162,6 +184,10 @@ class TopicNames:
     @property
     def dlq(self) -> str:
         return self(Topic.DLQ)
+
+    @property
+    def router_state(self) -> str:
+        return self(Topic.ROUTER_STATE)
 
     def all(self) -> dict[str, TopicSpec]:
         """Full name -> spec, for every topic of the contract."""

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
+import os
+import subprocess
+import sys
+import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
+from devstack.ports import free_port
 from email_channels.blobstore import LocalBlobStore
 from email_channels.compacted import CompactedView
 from email_channels.consume import make_consumer
 from email_channels.events import ChannelConfig, DeadLetter, ImapInbound, SmtpOutbound
-from email_channels.headers import REPLAY_HEADER
+from email_channels.headers import (
+    ORIGINAL_TOPIC_HEADER,
+    REPLAY_HEADER,
+    RETRY_DUE_HEADER,
+    RETRY_LEVEL_HEADER,
+)
 from email_channels.producer import EventProducer
 from email_channels.secretbox import SecretBox
 from email_channels_cli.app import app
@@ -171,6 +180,34 @@ def test_dlq_list_show_and_replay_one_channel(kafka_settings):
     assert headers[REPLAY_HEADER].decode().startswith(f"{dlq}/")
 
 
+def test_dlq_replay_sends_a_retried_outbound_back_to_its_original_topic(kafka_settings):
+    """A dead letter read from a sender retry topic goes back to its `original-topic`
+    (email.outbound), without the retry headers and with the replay header naming it."""
+    outbound = kafka_settings.topics.outbound
+    letter = dead_letter(
+        kafka_settings,
+        channel="ch-r",
+        offset=5,
+        stage="sender",
+        source_topic=f"{outbound}.retry.3",
+        original_headers={
+            "schema": "OutboundEmail/1",
+            ORIGINAL_TOPIC_HEADER: outbound,
+            RETRY_LEVEL_HEADER: "3",
+            RETRY_DUE_HEADER: "1700000000000",
+        },
+    )
+    asyncio.run(publish(kafka_settings, (kafka_settings.topics.dlq, "ch-r", letter)))
+    result = invoke(kafka_env(kafka_settings), "dlq", "replay", "--all", "--yes")
+    assert result.exit_code == 0, result.output
+    [record] = asyncio.run(read_all(kafka_settings, outbound))
+    headers = dict(record.headers)
+    assert json.loads(record.value)["n"] == 5
+    assert headers["schema"] == b"OutboundEmail/1"
+    assert headers[REPLAY_HEADER].decode().startswith(f"{kafka_settings.topics.dlq}/")
+    assert not {ORIGINAL_TOPIC_HEADER, RETRY_LEVEL_HEADER, RETRY_DUE_HEADER} & set(headers)
+
+
 def test_dlq_replay_reads_a_large_original_from_the_blob_store(kafka_settings, tmp_path):
     """A dead letter whose value went to the blob store is replayed with that value."""
     blobs = LocalBlobStore(tmp_path / "blobs")
@@ -249,61 +286,98 @@ def test_secrets_rotate_reports_a_secret_whose_key_is_gone(kafka_settings):
     assert asyncio.run(channel_now(kafka_settings, "rot-lost")) == channel
 
 
-class _ConfigApi(BaseHTTPRequestHandler):
-    """config-api's validate route as the issue specifies it (the real one lands with the
-    config-api branch): a bearer token, ``{"direction": ...}`` in, steps out."""
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        body = json.loads(self.rfile.read(length))
-        if self.headers.get("Authorization") != "Bearer good":
-            self._answer(401, {"detail": "sign in"})
-        elif self.path != "/api/v1/channels/ch-1/validate":
-            self._answer(404, {"detail": "no such channel"})
-        elif body["direction"] == "inbound":
-            steps = [{"name": n, "status": "ok", "elapsed_ms": 12} for n in ("dns", "tcp", "tls")]
-            self._answer(200, {"ok": True, "steps": [*steps, {"name": "auth", "status": "ok"}]})
-        else:
-            steps = [
-                {"name": "dns", "status": "ok"},
-                {"name": "auth", "status": "failed", "message": "535 authentication failed"},
-            ]
-            self._answer(200, {"ok": False, "steps": steps})
-
-    def _answer(self, status: int, body: Any) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *_args: Any) -> None:
-        return
+ADMIN_TOKEN = "cli-test-admin-token-0123456789"
 
 
 @pytest.fixture
-def config_api_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ConfigApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def config_api_url(kafka_settings, secret_keys, pki):
+    """A real config-api (``python -m config_api``, as the image runs it) on this test's topics,
+    allowed to reach loopback mail servers and trusting the test CA; its base URL."""
+    port = free_port()
+    env = (
+        os.environ
+        | kafka_env(kafka_settings)
+        | {
+            "EMAIL_CHANNELS_SECRET_KEYS": secret_keys,
+            "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1",
+            "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
+            "CONFIG_API_HOST": "127.0.0.1",
+            "CONFIG_API_PORT": str(port),
+            "CONFIG_API_ADMIN_TOKEN": ADMIN_TOKEN,
+            "CONFIG_API_VALIDATE_TIMEOUT_S": "10",
+        }
+    )
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "config_api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"config-api did not get ready: {process.stderr.read()!r}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+        process.stderr.close()
 
 
-def test_channel_validate_shows_each_step_and_fails_on_a_failed_one(config_api_url):
-    """Inbound passes, outbound fails at auth: both shown, exit 1; a bad token exits 2."""
-    env = {"CONFIG_API_URL": config_api_url, "CONFIG_API_TOKEN": "good"}
-    result = invoke(env, "channel", "validate", "ch-1")
+def test_channel_validate_shows_each_step_and_fails_on_a_failed_one(config_api_url, smtp_server):
+    """Against the real config-api: inbound (closed port) fails at tcp, outbound (real SMTP)
+    passes: both shown with their steps, exit 1; --direction outbound alone exits 0; a bad
+    token and an unknown channel exit 2 with config-api's reason."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    created = httpx.post(
+        f"{config_api_url}/api/v1/channels",
+        headers=admin,
+        json={
+            "name": "Validated from the CLI",
+            "email_address": "support@example.com",
+            "inbound": {
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "tls": "ssl",
+                "username": "nobody",
+                "password": "not-shown-anywhere",
+                "folders": ["INBOX"],
+            },
+            "outbound": {
+                "host": smtp_server.host,
+                "port": smtp_server.port,
+                "tls": "starttls",
+                "username": smtp_server.credentials[0],
+                "password": smtp_server.credentials[1],
+            },
+        },
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    channel_id = created.json()["id"]
+    env = {"CONFIG_API_URL": config_api_url, "CONFIG_API_TOKEN": ADMIN_TOKEN}
+
+    result = invoke(env, "channel", "validate", channel_id)
     assert result.exit_code == 1, result.output
-    assert "inbound: ✓ valid" in result.output
-    assert "outbound: ✗ failed" in result.output
-    assert "535 authentication failed" in result.output
-    inbound = invoke(env, "channel", "validate", "ch-1", "--direction", "inbound")
-    assert inbound.exit_code == 0, inbound.output
-    refused = invoke(env | {"CONFIG_API_TOKEN": "bad"}, "channel", "validate", "ch-1")
-    assert refused.exit_code == 2
-    assert "refused the token (401)" in refused.output
+    assert "inbound (imap): ✗ failed" in result.output
+    assert "outbound (smtp): ✓ valid" in result.output
+    assert "mail_from" in result.output
+    assert "outcome recorded on email.channel-status" in result.output
+    assert "not-shown-anywhere" not in result.output
+    outbound = invoke(env, "channel", "validate", channel_id, "--direction", "outbound")
+    assert outbound.exit_code == 0, outbound.output
+    assert "inbound" not in outbound.output
+    refused = invoke(env | {"CONFIG_API_TOKEN": "bad"}, "channel", "validate", channel_id)
+    assert refused.exit_code == 2, refused.output
+    assert "refused the token (401" in refused.output
     unknown = invoke(env, "channel", "validate", "nope")
+    assert unknown.exit_code == 2, unknown.output
     assert "knows no channel 'nope'" in unknown.output

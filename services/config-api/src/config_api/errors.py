@@ -5,14 +5,18 @@ place (``install_error_handlers``). Kafka's own errors are translated into them 
 too (``ConfigStore._publish``), so nothing above the store sees an aiokafka type::
 
     ConfigApiError                      status
+    ├── NotAuthenticated                401  no, unknown, expired or badly signed credentials
+    ├── Forbidden                       403  signed in, but the role does not allow it
     ├── NotFound                        404  no such channel / campaign
     ├── Conflict                        409
     │   ├── AlreadyExists               409  a client-chosen id is taken
-    │   └── RevisionConflict            409  stale ``revision``: names the current one
+    │   ├── RevisionConflict            409  stale ``revision``: names the current one
+    │   └── CampaignInUse               409  delete refused: names the channels using it
     ├── InvalidInput                    422  names the field (``loc``), never echoes its value
     └── Unavailable                     503  retriable: Kafka down, not caught up yet, ...
         └── WriterFenced                503  a newer config-api instance took over the writes
 
+401 and 403 answer ``application/problem+json`` (RFC 9457) with a ``WWW-Authenticate`` header.
 Messages are shown to API clients and logged: they never contain a secret.
 """
 
@@ -27,6 +31,24 @@ class ConfigApiError(Exception):
     status_code: ClassVar[int] = 500
     outcome: ClassVar[str] = "error"
     """Short label for the canonical log line and the write metrics."""
+
+
+class NotAuthenticated(ConfigApiError):
+    """Who are you? No credentials, or credentials that do not verify (the message says why)."""
+
+    status_code = 401
+    outcome = "unauthenticated"
+
+    def __init__(self, message: str, *, token_sent: bool = False) -> None:
+        super().__init__(message)
+        self.token_sent = token_sent
+
+
+class Forbidden(ConfigApiError):
+    """Signed in, but the role does not allow this (viewers read, admins write)."""
+
+    status_code = 403
+    outcome = "forbidden"
 
 
 class NotFound(ConfigApiError):
@@ -52,6 +74,19 @@ class RevisionConflict(Conflict):
             f"the request was based on revision {sent}; reload it and apply the change again"
         )
         self.current_revision = current
+
+
+class CampaignInUse(Conflict):
+    """A campaign that is a channel's default or a filter's target cannot be deleted."""
+
+    def __init__(self, campaign_id: str, channels: list[dict[str, object]]) -> None:
+        names = ", ".join(repr(c["name"]) for c in channels[:5])
+        more = f" and {len(channels) - 5} more" if len(channels) > 5 else ""  # noqa: PLR2004
+        super().__init__(
+            f"campaign {campaign_id!r} is still used by {len(channels)} channel(s) "
+            f"({names}{more}): change their default campaign or filters first"
+        )
+        self.extra = {"channels": channels}
 
 
 class Problem(NamedTuple):

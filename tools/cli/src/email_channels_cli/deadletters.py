@@ -2,8 +2,11 @@
 
 A dead letter (:class:`~email_channels.events.DeadLetter`) carries the original record: its
 topic, key, headers and value (inline, or by blob reference when it was large). Replaying
-publishes exactly that record again to its source topic with the durable producer, plus one
-header naming the dead letter (:data:`~email_channels.headers.REPLAY_HEADER`). The stages
+publishes that record again with the durable producer, plus one header naming the dead letter
+(:data:`~email_channels.headers.REPLAY_HEADER`), to the topic it was first written to: the
+``original-topic`` header (:data:`~email_channels.headers.ORIGINAL_TOPIC_HEADER`) when a stage
+had re-published it (the sender's retry topics), else the dead letter's ``source_topic``. The
+retry bookkeeping headers are dropped, so a replayed outbound starts its retries afresh. The
 downstream are idempotent (stable email ids, the sender's sent ledger), so a record replayed
 twice is harmless; replay is still an operator's decision, one filter at a time.
 """
@@ -17,7 +20,12 @@ from typing import TYPE_CHECKING
 from email_channels.codec import decode, decode_key
 from email_channels.errors import PermanentError
 from email_channels.events import DeadLetter
-from email_channels.headers import REPLAY_HEADER
+from email_channels.headers import (
+    ORIGINAL_TOPIC_HEADER,
+    REPLAY_HEADER,
+    RETRY_DUE_HEADER,
+    RETRY_LEVEL_HEADER,
+)
 from email_channels.producer import EventProducer
 from email_channels.topics import Topic
 from email_channels_cli.tail import records
@@ -30,6 +38,11 @@ if TYPE_CHECKING:
 
 CHANNEL_KEYED = {Topic.CHANNELS, Topic.FILTERS, Topic.FETCH_CURSORS, Topic.RAW}
 """Topics whose record key is the channel id (design.md §3)."""
+
+NOT_REPLAYED_HEADERS = frozenset(
+    {REPLAY_HEADER, ORIGINAL_TOPIC_HEADER, RETRY_LEVEL_HEADER, RETRY_DUE_HEADER}
+)
+"""Headers a stage added on its way (and a previous replay's): not part of the replayed record."""
 
 
 class LetterNotFound(PermanentError):
@@ -48,6 +61,12 @@ class Letter:
     def ref(self) -> str:
         """``partition/offset``: how ``dlq show`` and ``dlq replay --ref`` name it."""
         return f"{self.partition}/{self.offset}"
+
+
+def replay_target(letter: DeadLetter) -> str:
+    """Where a replay publishes: the ``original-topic`` header when present, else the topic the
+    dead letter was read from."""
+    return letter.original_headers.get(ORIGINAL_TOPIC_HEADER) or letter.source_topic
 
 
 def channel_of(letter: DeadLetter, settings: KafkaSettings) -> str | None:
@@ -107,17 +126,21 @@ async def replay(
     blobs: BlobStore,
     on_replayed: Callable[[Letter], None] | None = None,
 ) -> int:
-    """Publish each letter's original record to its source topic; the number replayed."""
+    """Publish each letter's original record to :func:`replay_target`; the number replayed."""
     async with EventProducer(settings, client_id="email-channels-cli-replay") as producer:
         for item in letters:
             letter = item.letter
             value = letter.original_value
             if value is None and letter.original_value_ref is not None:
                 value = await blobs.get(letter.original_value_ref)
-            headers = [(k, v.encode("utf-8")) for k, v in letter.original_headers.items()]
-            headers = [(k, v) for k, v in headers if k != REPLAY_HEADER]
+            headers = [
+                (k, v.encode("utf-8"))
+                for k, v in letter.original_headers.items()
+                if k not in NOT_REPLAYED_HEADERS
+            ]
             headers.append((REPLAY_HEADER, f"{settings.topics.dlq}/{item.ref}".encode()))
-            await producer.publish_raw(letter.source_topic, letter.original_key, value, headers)
+            target = replay_target(letter)
+            await producer.publish_raw(target, letter.original_key, value, headers)
             if on_replayed is not None:
                 on_replayed(item)
     return len(letters)

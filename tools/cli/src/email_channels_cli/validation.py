@@ -1,92 +1,82 @@
 """``channel validate``: ask config-api to validate a saved channel's settings.
 
 config-api runs the same connection code as the fetcher and sender (DNS, TCP, TLS, auth,
-folder), bounded to 60 s per direction, and answers with the steps it went through:
-``POST /api/v1/channels/{id}/validate`` with ``{"direction": "inbound" | "outbound"}`` and a
-bearer token (``CONFIG_API_TOKEN`` / ``--token``).
+folder, ...) for every direction the channel configures, bounded as a whole (60 s by default),
+and records the outcome on email.channel-status: ``POST /api/v1/channels/{id}/validate`` (no
+body) with a bearer token (``CONFIG_API_TOKEN`` / ``--token``; an admin's). The answer is
+``email_channels.validation.ValidationReport``, read here with that very model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
+from pydantic import ValidationError
 
 from email_channels.errors import PermanentError, TransientError
+from email_channels.validation import ValidationReport
+
+if TYPE_CHECKING:
+    from email_channels.validation import Direction, DirectionReport
 
 VALIDATE_BOUND_S = 60.0
-"""config-api's bound of one validation; the client waits a little longer."""
+"""config-api's default bound of one validation; the client waits a little longer."""
 
 
 class ValidationRequestFailed(PermanentError):
-    """config-api refused the request (unknown channel, bad token, no such setting)."""
+    """config-api refused the request (unknown channel, bad token) or answered nonsense."""
 
 
-@dataclass(frozen=True)
-class Step:
-    name: str
-    ok: bool
-    skipped: bool
-    message: str | None
-    seconds: float | None
+def directions_of(report: ValidationReport, wanted: list[Direction]) -> list[DirectionReport]:
+    """The reports of the ``wanted`` directions the channel configures, in that order."""
+    found = {"inbound": report.inbound, "outbound": report.outbound}
+    return [each for direction in wanted if (each := found[direction]) is not None]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One direction's validation as config-api reported it."""
-
-    direction: str
-    ok: bool
-    steps: list[Step]
-    message: str | None
-
-
-def outcome_of(direction: str, body: Any) -> Outcome:
-    """Read config-api's answer (``{direction: report}`` or the report itself)."""
-    report = body.get(direction, body) if isinstance(body, dict) else {}
-    steps = []
-    for raw in report.get("steps") or []:
-        status = raw.get("status")
-        ok = bool(raw.get("ok", status == "ok"))
-        seconds = raw.get("elapsed_s", raw.get("duration_s"))
-        if seconds is None and raw.get("elapsed_ms") is not None:
-            seconds = raw["elapsed_ms"] / 1000
-        steps.append(
-            Step(
-                name=str(raw.get("name") or raw.get("step") or "?"),
-                ok=ok,
-                skipped=status == "skipped",
-                message=raw.get("message") or raw.get("detail"),
-                seconds=seconds,
-            )
-        )
-    ok = bool(report.get("ok", all(s.ok or s.skipped for s in steps) and bool(steps)))
-    return Outcome(direction, ok, steps, report.get("message") or report.get("reason"))
+def _problem(response: httpx.Response) -> str:
+    """The ``detail`` of config-api's problem+json answer, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return str(detail) if detail else response.text[:500]
 
 
 async def validate_channel(
-    url: str, token: str | None, channel_id: str, direction: str, *, timeout_s: float = 75.0
-) -> Outcome:
-    """Validate one direction of a saved channel through config-api."""
+    url: str,
+    token: str | None,
+    channel_id: str,
+    *,
+    timeout_s: float = VALIDATE_BOUND_S + 15,
+) -> ValidationReport:
+    """Validate every configured direction of a saved channel through config-api."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     endpoint = f"{url.rstrip('/')}/api/v1/channels/{channel_id}/validate"
     try:
         async with httpx.AsyncClient(timeout=timeout_s, headers=headers) as client:
-            response = await client.post(endpoint, json={"direction": direction})
+            response = await client.post(endpoint)
     except httpx.TimeoutException as exc:
         raise TransientError(f"config-api gave no answer within {timeout_s} s") from exc
     except httpx.TransportError as exc:
         raise TransientError(f"cannot reach config-api at {url}: {exc}") from exc
     if response.status_code in {401, 403}:
         raise ValidationRequestFailed(
-            f"config-api refused the token ({response.status_code}): set CONFIG_API_TOKEN "
-            "or --token to an admin API token"
+            f"config-api refused the token ({response.status_code}: {_problem(response)}): set "
+            "CONFIG_API_TOKEN or --token to an admin's API token"
         )
     if response.status_code == 404:  # noqa: PLR2004
-        raise ValidationRequestFailed(f"config-api knows no channel {channel_id!r}")
+        raise ValidationRequestFailed(
+            f"config-api knows no channel {channel_id!r} ({_problem(response)})"
+        )
     if response.status_code >= 400:  # noqa: PLR2004
         raise ValidationRequestFailed(
-            f"config-api answered {response.status_code}: {response.text[:500]}"
+            f"config-api answered {response.status_code}: {_problem(response)}"
         )
-    return outcome_of(direction, response.json())
+    try:
+        return ValidationReport.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ValidationRequestFailed(
+            f"config-api's answer is not a validation report: {exc}"
+        ) from exc

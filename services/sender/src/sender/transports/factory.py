@@ -1,12 +1,18 @@
-"""Which transport sends for a channel: chosen by the channel's outbound settings."""
+"""Which transport sends for a channel: chosen by the channel's outbound settings.
+
+Transports are kept per channel (each SMTP transport owns its channel's session pool) and
+rebuilt when the channel's outbound settings change; the old one's sessions are closed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from email_channels.events import GraphOutbound, SmtpOutbound
 from email_channels.tls import client_contexts
 from sender.errors import ChannelUnavailable
+from sender.transports.pool import PoolLimits
 from sender.transports.smtp import SmtpTransport
 
 if TYPE_CHECKING:
@@ -23,6 +29,14 @@ class TransportFactory(Protocol):
         """A transport for ``channel``; ChannelUnavailable when it has none this release knows."""
         ...
 
+    def reap(self) -> None:
+        """Close connections idle for too long."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        ...
+
 
 class ChannelTransports:
     """The production factory: SMTP today; Exchange Online (Graph sendMail) slots in here."""
@@ -35,24 +49,38 @@ class ChannelTransports:
         ca_file: Path | None,
         smtp_timeout: float,
         local_hostname: str | None = None,
+        limits: PoolLimits | None = None,
     ) -> None:
         self._host_policy = host_policy
         self._secrets = secrets
         self._tls = client_contexts(extra_ca_file=ca_file)
         self._smtp_timeout = smtp_timeout
         self._local_hostname = local_hostname
+        self._limits = limits or PoolLimits()
+        self._smtp: dict[str, tuple[SmtpOutbound, SmtpTransport]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
 
     def __call__(self, channel: ChannelConfig) -> Transport:
         match channel.outbound:
             case SmtpOutbound() as smtp:
-                return SmtpTransport(
+                known = self._smtp.get(channel.id)
+                if known is not None and known[0] == smtp:
+                    return known[1]
+                if known is not None:  # settings changed: new sessions from now on
+                    task = asyncio.create_task(known[1].aclose())
+                    self._retired.add(task)
+                    task.add_done_callback(self._retired.discard)
+                transport = SmtpTransport(
                     smtp,
                     host_policy=self._host_policy,
                     secrets=self._secrets,
                     tls_context=self._tls[smtp.verify_tls],
                     timeout=self._smtp_timeout,
                     local_hostname=self._local_hostname,
+                    limits=self._limits,
                 )
+                self._smtp[channel.id] = (smtp, transport)
+                return transport
             case GraphOutbound():
                 raise ChannelUnavailable(
                     f"channel {channel.id} sends through Exchange Online, which this sender "
@@ -60,3 +88,14 @@ class ChannelTransports:
                 )
             case None:
                 raise ChannelUnavailable(f"channel {channel.id} has no outbound settings")
+
+    def reap(self) -> None:
+        for _settings, transport in self._smtp.values():
+            transport.pool.reap()
+
+    async def aclose(self) -> None:
+        transports, self._smtp = list(self._smtp.values()), {}
+        for _settings, transport in transports:
+            await transport.aclose()
+        if self._retired:
+            await asyncio.wait(set(self._retired), timeout=10)
