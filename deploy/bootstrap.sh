@@ -14,6 +14,10 @@ if [ "${WITH_MAIL_SERVERS:-1}" = 1 ]; then
   command -v dovecot >/dev/null && [ -x /usr/lib/dovecot/imap ] && [ -x /usr/lib/dovecot/pop3 ] \
     || need_apt+=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd)
 fi
+if [ "${WITH_IMAGE_BUILDER:-0}" = 1 ]; then  # make image-test: build the image without Docker
+  command -v buildah >/dev/null || need_apt+=(buildah)
+  command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+fi
 # make bench: the peers the benchmarks measure against (bench/bench_*.py).
 if [ "${WITH_BENCH_PEERS:-0}" = 1 ]; then
   command -v fetchmail >/dev/null || need_apt+=(fetchmail)
@@ -25,11 +29,28 @@ fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing ${need_apt[*]} from Debian's packages"
+    # Debian starts (and enables) a system-wide dovecot on the standard ports when it installs
+    # one; ours runs on private ports. Only a dovecot this install adds is kept from starting,
+    # never one that was on the machine before (a developer's own mail server).
+    new_dovecot=0
+    if [[ " ${need_apt[*]} " == *" dovecot-core "* ]] && ! dpkg -s dovecot-core >/dev/null 2>&1; then
+      new_dovecot=1
+    fi
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ "$new_dovecot" = 1 ] && [ ! -e "$policy" ]; then
+      # policy-rc.d exit 101 = "action forbidden": invoke-rc.d / deb-systemd-invoke start nothing
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+      trap 'if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    # Debian starts a system-wide dovecot on the standard ports; ours runs on private ports.
-    if command -v systemctl >/dev/null; then systemctl disable --now dovecot >/dev/null 2>&1 || true; fi
-    pkill -x dovecot 2>/dev/null || true
+    if [ "$own_policy" = 1 ]; then rm -f "$policy"; own_policy=0; fi
+    if [ "$new_dovecot" = 1 ] && command -v systemctl >/dev/null; then
+      # The package enabled its unit for the next boot (and, had a policy-rc.d of someone
+      # else allowed it, started it): undo exactly that, for the dovecot we just installed.
+      systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+    fi
   else
     echo "bootstrap: please install: ${need_apt[*]} (apt-get install ...)" >&2
     exit 1

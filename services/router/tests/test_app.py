@@ -63,3 +63,15 @@ def test_only_sent_mail_with_a_message_id_leaves_a_mark() -> None:
     assert (mark.kind, mark.campaign_id, mark.conversation_id) == ("sent", "sales", "conv-1")
     assert sent_mark(sent.model_copy(update={"status": DeliveryStatus.REJECTED})) is None
     assert sent_mark(sent.model_copy(update={"message_id": None})) is None
+
+
+def test_readiness_waits_for_the_config_views_before_the_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before run() has read anything, /readyz names the first view not caught up; the group
+    is only asked about once every view (channels, filters, marks) is."""
+    app = RouterApp(settings(monkeypatch), blobs=MemoryBlobStore())
+    assert app.not_ready_reason() == "t.email.channels not caught up yet"
+    for view in (app.channels, app.filters, app.state):
+        view._caught_up.set()
+    assert app.not_ready_reason() == "consumer of group t.email-router not started"

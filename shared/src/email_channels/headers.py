@@ -26,7 +26,9 @@ ORIGINAL_TOPIC_HEADER: Final = "original-topic"
 was first written to. A DLQ replay sends a dead letter back to this topic when present, else to
 its ``source_topic``."""
 
-REPLAY_HEADER: Final = "dlq-replay"
-"""Kafka record header set by the DLQ replay command on a re-published record: the sender then
-sends an outbound whose earlier outcome was failed, rejected or deferred (never one that was
-sent or whose outcome is unknown)."""
+REPLAY_HEADER: Final = "dlq-replay-of"
+"""Kafka record header set by the DLQ replay command (``email-channels dlq replay``) on a
+re-published record; its value locates the dead letter it came from:
+``<dlq topic>/<partition>/<offset>``. Its presence alone makes the sender send an outbound whose
+earlier outcome was failed, rejected or deferred (never one that was sent or whose outcome is
+unknown)."""

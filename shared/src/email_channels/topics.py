@@ -6,6 +6,7 @@ tests, share one cluster without seeing each other's data.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -191,3 +192,35 @@ class TopicNames:
     def all(self) -> dict[str, TopicSpec]:
         """Full name -> spec, for every topic of the contract."""
         return {self(spec.topic): spec for spec in SPECS}
+
+
+def manifest() -> dict[str, list[dict[str, object]]]:
+    """The registry as data: the Helm chart's ``files/topics.json`` (Strimzi KafkaTopic
+    resources) is generated from it by ``make schemas``, and a test fails when they differ."""
+    return {
+        "topics": [
+            {
+                "name": spec.topic.value,
+                "key": spec.key,
+                "cleanup": spec.cleanup,
+                "model": spec.model,
+                "description": spec.description,
+                "configs": spec.configs,
+                "co_partitioned_with": (
+                    spec.co_partitioned_with.value if spec.co_partitioned_with else None
+                ),
+            }
+            for spec in SPECS
+        ]
+    }
+
+
+def manifest_json() -> str:
+    """:func:`manifest` as the committed JSON text (sorted keys, two-space indent)."""
+    return json.dumps(manifest(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(manifest_json())

@@ -38,6 +38,13 @@ class FetcherApp:
     def __init__(self, settings: FetcherSettings) -> None:
         self.settings = settings
         self._secret_box = settings.common.secret_box(needed_for="decrypt mailbox passwords")
+        self._ownership: Ownership | None = None
+
+    def not_ready_reason(self) -> str | None:
+        """For /readyz: ready once the channels this fetcher owns are known."""
+        if self._ownership is None:
+            return "starting: topics and producer"
+        return self._ownership.not_ready_reason()
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
@@ -61,6 +68,7 @@ class FetcherApp:
                 ownership = Ownership(
                     settings.kafka, supervisor, group_id=settings.group_id, client_id=client_id
                 )
+                self._ownership = ownership
                 log.info(
                     "fetcher starting",
                     instance_id=settings.instance_id,

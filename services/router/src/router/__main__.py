@@ -13,7 +13,12 @@ import structlog
 
 from email_channels.blobstore import blob_store_from_url
 from email_channels.errors import PipelineError
-from email_channels.service import run_until_signalled, start_observability
+from email_channels.service import (
+    exit_with_help_if_asked,
+    health_server,
+    run_until_signalled,
+    start_observability,
+)
 from router.app import RouterApp
 from router.settings import RouterSettings
 
@@ -21,6 +26,7 @@ log = structlog.get_logger("router")
 
 
 def main() -> None:
+    exit_with_help_if_asked("router", __doc__ or "", RouterSettings)
     settings = RouterSettings()
     common = settings.common
     start_observability("router", common)
@@ -32,8 +38,9 @@ def main() -> None:
         topic_prefix=settings.kafka.topic_prefix,
     )
     app = RouterApp(settings, blobs=blob_store_from_url(common.blob_store_url))
+    health = health_server(common, app.not_ready_reason)
     try:
-        asyncio.run(run_until_signalled(app.run))
+        asyncio.run(run_until_signalled(app.run, health=health))
     except PipelineError as exc:
         log.error("router stopped", error=str(exc), error_kind=exc.kind)
         raise SystemExit(1) from exc

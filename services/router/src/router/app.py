@@ -39,6 +39,7 @@ from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, RetryPolicy, consume
 from email_channels.errors import TransientError
 from email_channels.events import ChannelConfig, ChannelFilters, RouterMark
+from email_channels.health import group_problem, views_problem
 from email_channels.producer import MAX_REQUEST_BYTES, EventProducer, assert_durable
 from router.delivery_marks import DeliveryMarks
 from router.handlers import EmailRouter, RawRecordHandler
@@ -70,6 +71,17 @@ class RouterApp:
         self.state = CompactedView(
             kafka, topics.router_state, RouterMark, client_id=f"{settings.app_id}-state"
         )
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def not_ready_reason(self) -> str | None:
+        """For /readyz: config views and the table of marks caught up, then a working member
+        of the router's group (joined, with a generation)."""
+        views: list[tuple[str, CompactedView[Any] | None]] = [
+            ("channels", self.channels),
+            ("filters", self.filters),
+            ("router-state", self.state),
+        ]
+        return views_problem(views) or group_problem(self._consumer, self.settings.app_id)
 
     @property
     def transactional_id(self) -> str:
@@ -106,6 +118,7 @@ class RouterApp:
             stack.push_async_callback(consumer.stop)
             await _start(consumer.start(), "the email.raw consumer")
             consumer.subscribe([settings.kafka.topics.raw], listener=loop)
+            self._consumer = consumer
 
             delivery = DeliveryMarks(settings.kafka, group_id=f"{settings.app_id}-delivery-marks")
             marks_producer = EventProducer(settings.kafka, client_id=f"{settings.app_id}-marks")

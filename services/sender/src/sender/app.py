@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -21,6 +21,7 @@ from email_channels.blobstore import blob_store_from_url
 from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, make_consumer
 from email_channels.events import ChannelConfig
+from email_channels.health import group_problem, views_problem
 from email_channels.lanes import LaneConsumer
 from email_channels.producer import EventProducer
 from sender.handlers import OutboundHandler
@@ -29,7 +30,7 @@ from sender.retries import RetrySchedule
 from sender.transports.factory import ChannelTransports
 
 if TYPE_CHECKING:
-    from aiokafka import TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from email_channels.blobstore import BlobStore
     from sender.settings import SenderSettings
@@ -55,6 +56,14 @@ class SenderApp:
         self._transports = transports
         self._blobs = blobs
         self.ready = asyncio.Event()
+        self._views: list[tuple[str, CompactedView[Any] | None]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def not_ready_reason(self) -> str | None:
+        """For /readyz: views caught up, then a working member of the outbound group."""
+        if not self.ready.is_set():
+            return "starting: topics, producer, channels and sent-ids views"
+        return views_problem(self._views) or group_problem(self._consumer, self.settings.group_id)
 
     def default_transports(self) -> TransportFactory:
         common = self.settings.common
@@ -94,6 +103,7 @@ class SenderApp:
             deliveries = delivery_view(kafka, ledger, client_id=f"{client_id}-ledger")
             await deliveries.start()
             stack.push_async_callback(deliveries.stop)
+            self._views = [("channels", channels), ("delivery", deliveries)]
 
             handler = OutboundHandler(
                 channels=channels,
@@ -132,6 +142,7 @@ class SenderApp:
             consumer.subscribe([topics.outbound, *retries.topic_names], listener=lanes.listener)
             await consumer.start()
             stack.push_async_callback(consumer.stop)
+            self._consumer = consumer
             reaper = asyncio.create_task(_reap(transports, settings.pool_idle_s / 2))
             stack.callback(reaper.cancel)
 

@@ -12,7 +12,7 @@ does not make a settled outbound look open again.
 The handler reads it like this:
 
 - ``sent`` or ``unknown``: never send again (a DLQ replay neither);
-- ``failed`` / ``rejected``: settled; only a DLQ replay (``dlq-replay`` header) sends again;
+- ``failed`` / ``rejected``: settled; only a DLQ replay (``dlq-replay-of`` header) sends again;
 - ``sending`` by another process (or an earlier life of this one): an intent without an outcome
   — report ``unknown`` unless the channel prefers at-least-once;
 - ``deferred`` at retry level N: records below level N were already handed on; skip them.
