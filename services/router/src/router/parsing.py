@@ -6,8 +6,10 @@ that is not an email at all (empty, or no header field near the start) raises
 :class:`UnparseableEmail` (a :class:`~email_channels.errors.PermanentError`), which the
 consume loop dead-letters.
 
-Two parsers (:func:`parse_email`): the Rust-backed ``fast_mail_parser`` where it is known to
-read the message the same way (:mod:`router.fast_parse` says when), else the stdlib parser.
+Three paths (:func:`parse_email`): the Rust-backed ``fast_mail_parser`` where it is known to
+read the message the same way (:mod:`router.fast_parse` says when); *hybrid*, our header
+reading with its MIME reading, for raw 8-bit or repaired header blocks that pass the same
+checks; else the stdlib parser. A differential fuzz test holds the first two to the third.
 
 Decisions worth knowing:
 
