@@ -79,8 +79,8 @@ def test_the_fast_parser_unchecked_is_measured_and_the_check_keeps_it_out_where_
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The Rust parser alone misreads some corpus mails (e.g. it drops raw 8-bit header bytes):
-    its agreement is printed, and every mail it gets wrong is one the auto path does not give
-    it."""
+    its agreement is printed; the auto path never takes its reading of those mails (they go
+    to the stdlib, or to the hybrid path: our header reading, its MIME reading)."""
     agree, misses = agreement("fast")
     total = len(EXPECTED)
     with capsys.disabled():
@@ -91,6 +91,6 @@ def test_the_fast_parser_unchecked_is_measured_and_the_check_keeps_it_out_where_
     wrong = {miss.split(":")[0] for miss in misses}
     assert wrong, "the fast parser reads the whole corpus right: the checks may be relaxed"
     for name in wrong:
-        assert parse_email((CORPUS / name).read_bytes()).parser == "stdlib", name
-    fast = [n for n in EXPECTED if parse_email((CORPUS / n).read_bytes()).parser == "fast"]
-    assert len(fast) >= total // 3, "the fast path takes too little of real mail to matter"
+        assert parse_email((CORPUS / name).read_bytes()).parser != "fast", name
+    rust = [n for n in EXPECTED if parse_email((CORPUS / n).read_bytes()).parser != "stdlib"]
+    assert len(rust) >= total // 2, "the Rust parser reads too little of real mail to matter"

@@ -19,6 +19,8 @@ and the stdlib path reads the message):
   result then holds exactly the bodies our rules (:mod:`router.bodies`) choose; anything
   richer (several inline texts, alternatives inside mixed parts) needs the tree rules;
 - not a delivery report (``multipart/report``): bounce details need the MIME tree;
+- no part that looks uuencoded (``begin `` at its start: the stdlib decodes
+  ``x-uuencode``, the fast parser does not);
 - every Content-Type has a ``/``, every address one ``@`` and no encoded-word, the header
   block no bare CR (garbage the two parsers read differently; found by differential
   fuzzing, ``tests/test_parse_fuzz.py``).
@@ -55,13 +57,17 @@ if TYPE_CHECKING:
     from router.parse_limits import ParseLimits
 
 
-def _ascii_or_no_charset(raw: bytes) -> bool:
+def _ascii_or_no_charset(content_type: str, raw: bytes) -> bool:
     """Whether a text part may be 8-bit text declared US-ASCII or not declared at all.
 
     We read such text as header bytes are (UTF-8 first); the fast parser reads it as
-    windows-1252 without a warning (measured). Every text Content-Type line must name a
-    charset other than US-ASCII (a charset on a folded line is not seen: stdlib then).
+    windows-1252 without a warning (measured). A single-part message must declare a charset
+    other than US-ASCII; in a multipart every text Content-Type line must (a charset on a
+    folded line is not seen: the stdlib reads the message then).
     """
+    if not content_type.lower().startswith("multipart/"):
+        found = _CHARSET.search(content_type.encode("ascii", "replace"))
+        return found is None or found.group(1).lower() in {b"us-ascii", b"ascii"}
     text_types = _TEXT_TYPE.findall(raw)
     if not text_types:
         return True
@@ -73,8 +79,26 @@ def _ascii_or_no_charset(raw: bytes) -> bool:
 
 _TEXT_TYPE = re.compile(rb"^content-type:[ \t]*text/[^\r\n]*", re.IGNORECASE | re.MULTILINE)
 _CHARSET = re.compile(rb"charset=\"?([\w.:-]+)", re.IGNORECASE)
-_ADDR_SPEC = re.compile(r"[^@\s]+@[^@\s]+\Z")
-"""One ``@``: the fast parser passes ``a@b.examplea@b.example`` through, the stdlib does not."""
+_BOUNDARY = re.compile(r'boundary[ \t]*=[ \t]*(?:"([^"]{1,200})"|([^;\s]{1,200}))', re.IGNORECASE)
+
+
+def _boundary_present(content_type: str, raw: bytes) -> bool:
+    """A multipart whose boundary never occurs: the stdlib keeps the body as one part, the
+    fast parser drops it."""
+    if not content_type.lower().startswith("multipart/"):
+        return True
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return False
+    boundary = found.group(1) or found.group(2)
+    return boundary.isascii() and b"--" + boundary.encode() in raw
+
+
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+\Z")
+"""A well-formed media type: the two parsers read malformed ones differently."""
+_ADDR_SPEC = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+\Z")
+"""One ``@``, no specials: the fast parser passes ``a@b.examplea@b.example`` or
+``>a@b.example`` through, the stdlib does not."""
 
 _MAX_FAST_HEADER_BYTES = 64 * 1024
 _BLANK_BEFORE_COLON = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]+:", re.MULTILINE)
@@ -112,7 +136,7 @@ def parse(
         if checked:
             return None
         raise UnparseableEmail(f"fast parser failed: {type(exc).__name__}: {exc}") from exc
-    read = _Read(mail)
+    read = Read(mail)
     if checked and not read.same_as_ours(raw, limits.max_parts):
         return None
     if not read.headers:
@@ -120,7 +144,7 @@ def parse(
     return _parsed(mail, read, own_address, limits)
 
 
-class _Read:
+class Read:
     """What the parse gave, each read once (every attribute read copies out of Rust)."""
 
     def __init__(self, mail: PyMail) -> None:
@@ -140,7 +164,8 @@ class _Read:
         return values[0] if values else None
 
     def same_as_ours(self, raw: bytes, max_parts: int) -> bool:
-        content_type = (self.first("content-type") or "").strip().lower()
+        original_type = (self.first("content-type") or "").strip()
+        content_type = original_type.lower()
         return (
             not self.warnings
             and bool(self.headers)
@@ -149,8 +174,11 @@ class _Read:
             and len(self.html) <= 1
             and not content_type.startswith("multipart/report")
             and not any(a.mimetype.lower().startswith("message/") for a in self.attachments)
-            and not (self._non_ascii_text() and _ascii_or_no_charset(raw))
-            and "/" in (content_type or "text/plain")
+            and not (self._non_ascii_text() and _ascii_or_no_charset(original_type, raw))
+            and _MEDIA_TYPE.match(content_type.split(";")[0].strip() or "text/plain") is not None
+            and _boundary_present(original_type, raw)
+            and not any(b"begin " in a.content[:80] for a in self.attachments)
+            and not any("begin " in text[:80] for text in self.plain)
             and all("/" in a.mimetype for a in self.attachments)
             and all(_ADDR_SPEC.match(a.address) for a in self.addresses)
             and not any("=?" in a.address for a in self.addresses)
@@ -168,17 +196,12 @@ def _addresses(found: list[PyAddress]) -> tuple[Address, ...]:
     return tuple(a for a in (_address(f) for f in found) if a is not None)
 
 
-def _parsed(mail: PyMail, read: _Read, own_address: str | None, limits: ParseLimits) -> ParsedEmail:
+def _parsed(mail: PyMail, read: Read, own_address: str | None, limits: ParseLimits) -> ParsedEmail:
     def header(name: str) -> str | None:
         value = read.first(name)
         return (one_line(value) or None) if value is not None else None
 
-    text = read.plain[0] if read.plain else None
-    html = read.html[0] if read.html else None
-    if text is not None and not text.strip() and html:
-        text = None  # an empty text/plain is no body
-    if text is None and html is not None:
-        text = html_to_text(html, max_chars=limits.max_html_chars)
+    text, html = bodies(read, limits)
     from_ = _address(read.from_)
     date, _ = parse_date(read.first("date"))
     failed = [a.strip() for a in (header("x-failed-recipients") or "").split(",") if a.strip()]
@@ -219,3 +242,14 @@ def attachment(
         or (part.disposition is None and part.content_id is not None),
         content_id=part.content_id,
     )
+
+
+def bodies(read: Read, limits: ParseLimits) -> tuple[str | None, str | None]:
+    """(text, html): an empty text/plain is no body; no text body -> the html as text."""
+    text = read.plain[0] if read.plain else None
+    html = read.html[0] if read.html else None
+    if text is not None and not text.strip() and html:
+        text = None
+    if text is None and html is not None:
+        text = html_to_text(html, max_chars=limits.max_html_chars)
+    return text, html

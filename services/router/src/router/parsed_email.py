@@ -69,7 +69,8 @@ class ParsedEmail:
     undecoded_headers: tuple[UndecodedHeader, ...] = ()
     """Header fields sent as raw 8-bit bytes: the charset they were read with, and their hash."""
     parser: str = "stdlib"
-    """Which parser read the message: ``fast`` (Rust-backed) or ``stdlib``."""
+    """Which parser read the message: ``fast`` (Rust-backed), ``hybrid`` (our header reading,
+    the Rust parser's MIME reading) or ``stdlib``."""
 
     @property
     def sender_text(self) -> str:

@@ -6,8 +6,10 @@ that is not an email at all (empty, or no header field near the start) raises
 :class:`UnparseableEmail` (a :class:`~email_channels.errors.PermanentError`), which the
 consume loop dead-letters.
 
-Two parsers (:func:`parse_email`): the Rust-backed ``fast_mail_parser`` where it is known to
-read the message the same way (:mod:`router.fast_parse` says when), else the stdlib parser.
+Three paths (:func:`parse_email`): the Rust-backed ``fast_mail_parser`` where it is known to
+read the message the same way (:mod:`router.fast_parse` says when); *hybrid*, our header
+reading with its MIME reading, for raw 8-bit or repaired header blocks that pass the same
+checks; else the stdlib parser. A differential fuzz test holds the first two to the third.
 
 Decisions worth knowing:
 
@@ -55,7 +57,7 @@ from email_channels.headers import LOOP_HEADER
 from router import fast_parse
 from router.bodies import BodyParts, choose_bodies, html_to_text, subparts
 from router.header_block import HeaderBlock, split_header_block
-from router.header_text import decode_8bit, decode_header_value
+from router.header_text import decode_8bit, decode_header_value, has_raw_bytes, raw_bytes
 from router.parse_limits import DEFAULT_LIMITS, Budget, ParseLimits
 from router.parsed_email import (
     MSGID,
@@ -120,7 +122,7 @@ def parse_email(
         )
         if parsed is not None:
             return parsed
-    return _parse_stdlib(raw, own_address=own_address, limits=limits)
+    return _parse_stdlib(raw, own_address=own_address, limits=limits, hybrid=path == "auto")
 
 
 def conversation_id(
@@ -139,13 +141,24 @@ def conversation_id(
 # --- the stdlib path ----------------------------------------------------------------------------
 
 
-def _parse_stdlib(raw: bytes, *, own_address: str | None, limits: ParseLimits) -> ParsedEmail:
+def _parse_stdlib(
+    raw: bytes, *, own_address: str | None, limits: ParseLimits, hybrid: bool = False
+) -> ParsedEmail:
     block = split_header_block(raw, limits)
     if block is None:
         raise UnparseableEmail("no header fields: not an email message")
-    limits_hit = list(block.limits_hit)
     if len(block.message) > limits.max_stdlib_bytes:
         return _parse_large(block, own_address=own_address, limits=limits)
+    if hybrid and not block.limits_hit:
+        parsed = _parse_hybrid(block, own_address=own_address, limits=limits)
+        if parsed is not None:
+            return parsed
+    return _parse_tree(block, own_address=own_address, limits=limits)
+
+
+def _parse_tree(block: HeaderBlock, *, own_address: str | None, limits: ParseLimits) -> ParsedEmail:
+    """The stdlib parse: the MIME tree, read by our body rules, within the bounds."""
+    limits_hit = list(block.limits_hit)
     message = _parse_bounded(block, limits, limits_hit)
     if not message.keys():
         raise UnparseableEmail("no header fields: not an email message")
@@ -184,6 +197,59 @@ def _parse_stdlib(raw: bytes, *, own_address: str | None, limits: ParseLimits) -
     )
 
 
+def _parse_hybrid(
+    block: HeaderBlock, *, own_address: str | None, limits: ParseLimits
+) -> ParsedEmail | None:
+    """Header fields read by ours (raw 8-bit bytes, junk lines), MIME by the Rust parser, when
+    its checks hold for the repaired bytes (:meth:`router.fast_parse.Read.same_as_ours`);
+    None: the stdlib reads the message."""
+    head = block.message[: block.body_start]
+    if head.count(b"\r") != head.count(b"\r\n"):
+        return None  # a bare CR: the two parsers split such lines differently
+    try:
+        mail = fast_mail_parser.parse_email(block.message)
+    except fast_mail_parser.ParseError:
+        return None
+    read = fast_parse.Read(mail)
+    if not read.same_as_ours(block.message, limits.max_parts):
+        return None
+    header_message = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
+    if not header_message.keys() or any(
+        key.lower() in _STRUCTURE_FIELDS and not str(value).isascii()
+        for key, value in header_message.raw_items()
+    ):
+        return None  # 8-bit bytes in a MIME structure field: the Rust parser drops them
+    defects: list[str] = []
+    headers = _HeaderReader(
+        header_message, defects, limits, declared=_declared_charset(header_message, block)
+    )
+    text, html = fast_parse.bodies(read, limits)
+    return _assemble(
+        header_message,
+        headers,
+        defects,
+        own_address=own_address,
+        limits=limits,
+        bodies=(text, html),
+        attachments=[fast_parse.attachment(a.mimetype, a.content, a) for a in read.attachments],
+        repaired=block.repaired,
+        limits_hit=[],
+        parser="hybrid",
+    )
+
+
+_STRUCTURE_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
+
+
+def _declared_charset(header_message: Message, block: HeaderBlock) -> str | None:
+    """The charset of the first text part, read from the bytes (no MIME tree at hand)."""
+    if header_message.get_content_maintype() == "text":
+        return header_message.get_content_charset()
+    return _first_text_charset_in(
+        block.message[block.body_start : block.body_start + _CHARSET_SCAN_BYTES]
+    )
+
+
 def _assemble(
     message: Message,
     headers: _HeaderReader,
@@ -195,6 +261,7 @@ def _assemble(
     attachments: list[AttachmentPart],
     repaired: bool,
     limits_hit: list[str],
+    parser: str = "stdlib",
 ) -> ParsedEmail:
     from_list = headers.addresses("from")
     from_ = from_list[0] if from_list else None
@@ -225,7 +292,7 @@ def _assemble(
         ),
         defects=tuple(dict.fromkeys(defects)),
         undecoded_headers=tuple(headers.undecoded),
-        parser="stdlib",
+        parser=parser,
     )
 
 
@@ -239,10 +306,9 @@ def _parse_large(
         block.message[: block.body_start]
     )
     defects: list[str] = []
-    declared = header_message.get_content_charset() or _first_text_charset_in(
-        block.message[block.body_start : block.body_start + _CHARSET_SCAN_BYTES]
+    headers = _HeaderReader(
+        header_message, defects, limits, declared=_declared_charset(header_message, block)
     )
-    headers = _HeaderReader(header_message, defects, limits, declared=declared)
     if not header_message.keys():
         raise UnparseableEmail("no header fields: not an email message")
     decoded = _DecodedBudget(limits.max_decoded_bytes)
@@ -282,15 +348,19 @@ def _parse_large(
 
 
 _CHARSET_SCAN_BYTES = 64 * 1024
-_TEXT_CHARSET = re.compile(
-    rb"^content-type:[ \t]*text/[^\r\n]*?charset=\"?([\w.:-]{1,40})", re.IGNORECASE | re.MULTILINE
+_TEXT_TYPE = re.compile(
+    rb"^content-type:[ \t]*text/[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*", re.IGNORECASE | re.MULTILINE
 )
+_CHARSET = re.compile(rb"charset[ \t]*=[ \t]*\"?([\w.:-]{1,40})", re.IGNORECASE)
 
 
 def _first_text_charset_in(body: bytes) -> str | None:
-    """The charset of the first text part declared in the start of a (large) body."""
-    found = _TEXT_CHARSET.search(body)
-    return found.group(1).decode("ascii") if found else None
+    """The charset of the first text part that declares one, in the start of a body."""
+    for text_type in _TEXT_TYPE.finditer(body):
+        found = _CHARSET.search(text_type.group(0))
+        if found:
+            return found.group(1).decode("ascii")
+    return None
 
 
 def _parse_bounded(block: HeaderBlock, limits: ParseLimits, limits_hit: list[str]) -> Message:
@@ -553,6 +623,8 @@ def _attachment(part: Message, content_type: str, defects: list[str]) -> Attachm
         content = payload if isinstance(payload, bytes) else b""
     try:
         filename = part.get_filename()
+        if filename and "\ufffd" in filename:  # compat32 replaced raw 8-bit bytes: re-read them
+            filename = _raw_filename(part) or filename
         if filename and "=?" in filename:  # RFC 2047 in a parameter: common, though not allowed
             filename = str(make_header(decode_header(filename)))
     except Exception as exc:
@@ -567,6 +639,21 @@ def _attachment(part: Message, content_type: str, defects: list[str]) -> Attachm
         inline=disposition == "inline" or (disposition is None and content_id is not None),
         content_id=content_id.strip("<>") if content_id else None,
     )
+
+
+_FILENAME = re.compile(
+    r'\b(?:file)?name[ \t]*=[ \t]*(?:"([^"]{1,1000})"|([^;\s]{1,1000}))', re.IGNORECASE
+)
+
+
+def _raw_filename(part: Message) -> str | None:
+    """A file name sent as raw 8-bit bytes, read as header bytes are (see header_text)."""
+    for field in ("content-disposition", "content-type"):
+        for key, value in part.raw_items():
+            found = _FILENAME.search(str(value)) if key.lower() == field else None
+            if found and has_raw_bytes(name := found.group(1) or found.group(2)):
+                return decode_8bit(raw_bytes(name), None)[0]
+    return None
 
 
 def _embedded_message_bytes(part: Message, defects: list[str]) -> bytes:
