@@ -6,5 +6,5 @@ optional field, major for a new ``schema_version``) and paste the fingerprint th
 (also printed by ``python -m email_channels_contracts.fingerprint``).
 """
 
-__version__ = "1.0.0"
-SCHEMA_FINGERPRINT = "ed49dcc15473e5c8b2497970003acb24d24c597297d653649cd9a9dad5302e35"
+__version__ = "1.1.0"
+SCHEMA_FINGERPRINT = "1e87933633cc8189f827985456ffd1793f40c324355c656987ce8b60b8f7534f"

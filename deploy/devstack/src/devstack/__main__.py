@@ -156,7 +156,7 @@ def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
 
 
 def _create_demo_channel(base: str, env: dict[str, str]) -> str:
-    """Create the demo campaign and channel, validate it; return the campaign id."""
+    """Create the demo campaign and channel (validated once); return the campaign id."""
     token = env["CONFIG_API_ADMIN_TOKEN"]
     campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"}, token=token)
     channel = _post(
