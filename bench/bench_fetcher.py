@@ -501,7 +501,7 @@ async def latency(
             f"bare IDLE client, LMTP -> EXISTS: {percentile(floor, 50) * ms:.0f} / "
             f"{percentile(floor, 99) * ms:.0f}"
         ),
-        f"+{(percentile(ours, 50) - percentile(floor, 50)) * ms:.0f} ms p50",
+        f"{(percentile(ours, 50) - percentile(floor, 50)) * ms:+.0f} ms p50",
     )
 
 
