@@ -442,9 +442,9 @@ class RouterMark(Contract):
     """Value of ``email.router-state`` (internal to the router): what it has routed and what
     the sender has sent, so re-fetches are dropped and replies follow their thread.
 
-    Keys: ``email/<email id>`` (seen email ids), ``msg/<channel id>/<Message-ID>`` (the
-    Message-ID + content-hash window, and thread affinity), ``conv/<channel id>/<conversation
-    id>`` (a conversation's campaign).
+    Keys: ``email/<email id>`` (kind ``routed``: an email routed, or dropped as a duplicate of
+    the mark's Message-ID) and ``sent/<outbound id>`` (kind ``sent``). Readers index them by
+    email id, by channel + Message-ID (duplicate window, thread affinity) and by conversation.
     """
 
     schema_version: Literal[1] = 1

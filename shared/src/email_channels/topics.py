@@ -122,12 +122,12 @@ SPECS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(
         Topic.ROUTER_STATE,
-        "email/<email id>, msg/<channel id>/<Message-ID> or conv/<channel id>/<conversation id>",
+        "email/<email id> or sent/<outbound id>",
         "compact",
         "RouterMark",
-        "internal to the router, written in its routing transactions: seen email ids, "
-        "Message-IDs with a content hash (duplicate window, thread affinity), a conversation's "
-        "campaign; also the Message-IDs of sent mail (from email.delivery)",
+        "internal to the router, written in its routing transactions: each routed email's "
+        "id, Message-ID, content hash, conversation and campaign (duplicates, thread "
+        "affinity); also the Message-IDs of sent mail (from email.delivery)",
     ),
 )
 

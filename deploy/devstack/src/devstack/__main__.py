@@ -230,7 +230,11 @@ async def tail(topic: str, *, follow: bool) -> None:
     settings = KafkaSettings()
     name = settings.topics(Topic(topic)) if topic in {t.value for t in Topic} else topic
     consumer = AIOKafkaConsumer(
-        name, **settings.client_kwargs(), group_id=None, auto_offset_reset="earliest"
+        name,
+        **settings.client_kwargs(),
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",  # records of aborted transactions are not shown
     )
     await consumer.start()
     try:

@@ -68,8 +68,14 @@ class RouterApp:
         self.filters = CompactedView(
             kafka, topics.filters, ChannelFilters, client_id=f"{settings.app_id}-filters"
         )
+        self.marks = Marks(window=timedelta(seconds=settings.duplicate_window_s))
         self.state = CompactedView(
-            kafka, topics.router_state, RouterMark, client_id=f"{settings.app_id}-state"
+            kafka,
+            topics.router_state,
+            RouterMark,
+            client_id=f"{settings.app_id}-state",
+            on_change=self.marks.on_change,
+            retain=False,  # the marks keep their own indexes
         )
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -105,7 +111,7 @@ class RouterApp:
                 "config and marks loaded",
                 channels=len(self.channels),
                 filters=len(self.filters),
-                marks=len(self.state),
+                marks=len(self.marks),
             )
             producer = self._transactional_producer()
             stack.push_async_callback(producer.stop)
@@ -186,7 +192,6 @@ class RouterApp:
     def _routing_loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> RoutingLoop:
         settings = self.settings
         publisher = TransactionalPublisher(producer, settings.kafka.topics)
-        marks = Marks(self.state, window=timedelta(seconds=settings.duplicate_window_s))
         handler = RawRecordHandler(
             EmailRouter(
                 channels=self.channels,
@@ -196,7 +201,7 @@ class RouterApp:
                 max_routed_bytes=settings.max_routed_bytes,
             ),
             publisher,
-            marks,
+            self.marks,
             prefetch_concurrency=settings.prefetch_concurrency,
         )
         return RoutingLoop(

@@ -1,7 +1,7 @@
 """Sent mail -> marks in ``email.router-state``, so replies to it follow their thread.
 
 Reads ``email.delivery`` (its own consumer group, read_committed) and, for every ``sent``
-event with a Message-ID, writes the mark ``msg/<channel id>/<Message-ID>`` (kind ``sent``:
+event with a Message-ID, writes the mark ``sent/<outbound id>`` (kind ``sent``: its Message-ID,
 conversation and campaign of the outbound mail). Writing a mark twice is harmless (the same
 key and value), so this loop is at-least-once through the shared consume loop. A delivery
 record that does not decode is not ours to dead-letter (the sender's readers see it too): it
@@ -18,7 +18,7 @@ from email_channels.codec import decode
 from email_channels.consume import make_consumer
 from email_channels.errors import PoisonRecord
 from email_channels.events import DeliveryEvent, DeliveryStatus, RouterMark
-from router.marks import message_key
+from router.marks import sent_key
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
@@ -42,7 +42,7 @@ def sent_mark(event: DeliveryEvent) -> tuple[str, RouterMark] | None:
         campaign_id=event.campaign_id,
         at=event.at,
     )
-    return message_key(event.channel_id, event.message_id), mark
+    return sent_key(event.outbound_id), mark
 
 
 class DeliveryMarks:

@@ -35,7 +35,7 @@ from email_channels.events import (
 from email_channels.headers import CAMPAIGN_HEADER
 from router import rules
 from router.header_fields import header_fields
-from router.marks import Marks, content_sha256, email_key, routed_marks
+from router.marks import Marks, content_sha256, email_key, routed_mark
 from router.parsing import conversation_id, parse_email
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ class RawRecordHandler:
     ) -> None:
         self._router = router
         self._publisher = publisher
-        self._marks = marks if marks is not None else Marks({}, window=DEFAULT_WINDOW)
+        self._marks = marks if marks is not None else Marks(window=DEFAULT_WINDOW)
         self._ahead = asyncio.Semaphore(prefetch_concurrency)
         self._prefetched: dict[tuple[str, int, int], asyncio.Task[Prepared]] = {}
 
@@ -333,7 +333,8 @@ class RawRecordHandler:
                 raw.channel_id, routed.message_id, content, now=datetime.now(UTC)
             )
             if earlier is not None:
-                await self._publish_marks([(email_key(raw.email_id), earlier)])
+                seen = earlier.model_copy(update={"email_id": raw.email_id})
+                await self._publish_mark(email_key(raw.email_id), seen)
                 EMAILS.labels("duplicate_message").inc()
                 log.info(
                     "duplicate dropped: same Message-ID and content already routed",
@@ -347,7 +348,7 @@ class RawRecordHandler:
                 routed,
                 headers=[(CAMPAIGN_HEADER, routed.campaign_id.encode())],
             )
-            await self._publish_marks(routed_marks(routed, content))
+            await self._publish_mark(email_key(raw.email_id), routed_mark(routed, content))
             EMAILS.labels("thread" if thread is not None else "routed").inc()
             log.info(
                 "email routed",
@@ -361,10 +362,9 @@ class RawRecordHandler:
                 loop=routed.flags.loop,
             )
 
-    async def _publish_marks(self, marks: list[tuple[str, RouterMark]]) -> None:
-        for key, mark in marks:
-            await self._publisher.publish(self._publisher.topics.router_state, key, mark)
-            self._marks.stage(key, mark)
+    async def _publish_mark(self, key: str, mark: RouterMark) -> None:
+        await self._publisher.publish(self._publisher.topics.router_state, key, mark)
+        self._marks.stage(mark)
 
 
 class RecordProcessor:

@@ -1,22 +1,24 @@
 """The router's table of what it has routed and what the product has sent.
 
-Three kinds of mark, all in the compacted topic ``email.router-state`` (value
+One record per fact in the compacted topic ``email.router-state`` (value
 :class:`~email_channels.events.RouterMark`):
 
-- ``email/<email id>``: this fetched message was routed. A re-fetch (same email id) is dropped.
-- ``msg/<channel id>/<Message-ID>``: a message with this Message-ID and content hash was routed
-  on the channel (or sent from it, from ``email.delivery``). The same mail arriving again by
-  another path (a second folder, a re-delivery) within the window is dropped; a reply to it
-  (In-Reply-To / References) joins its conversation and campaign.
-- ``conv/<channel id>/<conversation id>``: the campaign a conversation was routed to (for sent
-  mail whose delivery event carries a conversation but no campaign).
+- ``email/<email id>`` (kind ``routed``): this fetched message was routed, with its channel,
+  Message-ID, content hash, conversation and campaign;
+- ``sent/<outbound id>`` (kind ``sent``): the product sent this Message-ID from the channel,
+  in that conversation and campaign (from ``email.delivery``).
 
-The router writes its marks in the same Kafka transaction as the routed records and the
-consumed offsets, so the table never disagrees with ``email.routed``. Every router instance
-reads the whole topic (a :class:`~email_channels.compacted.CompactedView`, read_committed) and
-catches up before it routes a partition it was just assigned. Lookups see, in order: the marks
-of the batch in progress (not committed yet), the marks this instance committed that the view
-has not read back yet, and the view.
+Every router instance reads the whole topic (read_committed) into three in-memory indexes:
+seen email ids (a re-fetch is dropped), Message-ID per channel -> its latest mark (the same mail
+arriving again by another path within the window is dropped; a reply (In-Reply-To /
+References) joins its conversation and campaign), and conversation -> campaign. The router
+writes its marks in the same Kafka transaction as the routed records and the consumed offsets,
+so the table never disagrees with ``email.routed``; marks of a batch in progress are visible to
+the rest of the batch, applied to the indexes when the transaction commits and dropped when
+it aborts. A newly assigned partition is routed only after the reader has caught up.
+
+The indexes hold one entry per routed email (compaction keeps one record per key); the
+duplicate window is checked against each mark's time.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from email_channels.events import RouterMark
 
@@ -33,13 +35,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from email_channels.events import RoutedEmail
-
-RECENT_MAX = 200_000
-"""Marks kept for read-back after commit; the view has read them long before this many more."""
-
-
-class MarkLookup(Protocol):
-    def get(self, key: str, /) -> RouterMark | None: ...
 
 
 def normal_message_id(message_id: str) -> str:
@@ -51,12 +46,8 @@ def email_key(email_id: str) -> str:
     return f"email/{email_id}"
 
 
-def message_key(channel_id: str, message_id: str) -> str:
-    return f"msg/{channel_id}/{normal_message_id(message_id)}"
-
-
-def conversation_key(channel_id: str, conversation_id: str) -> str:
-    return f"conv/{channel_id}/{conversation_id}"
+def sent_key(outbound_id: str) -> str:
+    return f"sent/{outbound_id}"
 
 
 def content_sha256(routed: RoutedEmail) -> str:
@@ -86,48 +77,72 @@ class Thread:
 
 
 class Marks:
-    """Lookups over the table, plus the marks of the transaction in progress."""
+    """The indexes over the table, plus the marks of the transaction in progress."""
 
-    def __init__(
-        self, view: MarkLookup, *, window: timedelta, recent_max: int = RECENT_MAX
-    ) -> None:
-        self._view = view
+    def __init__(self, *, window: timedelta) -> None:
         self._window = window
-        self._recent_max = recent_max
-        self._pending: dict[str, RouterMark] = {}
-        self._recent: dict[str, RouterMark] = {}
+        self._emails: set[str] = set()
+        self._messages: dict[tuple[str, str], RouterMark] = {}
+        self._campaigns: dict[tuple[str, str], str] = {}
+        self._pending: list[RouterMark] = []
+        self._pending_emails: set[str] = set()
+        self._pending_messages: dict[tuple[str, str], RouterMark] = {}
 
-    def get(self, key: str) -> RouterMark | None:
-        mark = self._pending.get(key)
-        if mark is None:
-            mark = self._recent.get(key)
-        if mark is None:
-            mark = self._view.get(key)
-        return mark
+    def __len__(self) -> int:
+        return len(self._emails) + len(self._messages)
+
+    async def on_change(self, _key: str, mark: RouterMark | None) -> None:
+        """The topic reader's callback (:class:`~email_channels.compacted.CompactedView`)."""
+        if mark is not None:
+            self.apply(mark)
+
+    def apply(self, mark: RouterMark) -> None:
+        """Add one committed mark to the indexes (applying it twice changes nothing)."""
+        if mark.kind == "routed" and mark.email_id:
+            self._emails.add(mark.email_id)
+        if mark.message_id:
+            self._messages[(mark.channel_id, normal_message_id(mark.message_id))] = mark
+        if mark.kind == "routed" and mark.conversation_id and mark.campaign_id:
+            self._campaigns[(mark.channel_id, mark.conversation_id)] = mark.campaign_id
 
     # --- the transaction in progress ---
 
-    def stage(self, key: str, mark: RouterMark) -> None:
-        self._pending[key] = mark
+    def stage(self, mark: RouterMark) -> None:
+        self._pending.append(mark)
+        if mark.email_id:
+            self._pending_emails.add(mark.email_id)
+        if mark.message_id:
+            self._pending_messages[(mark.channel_id, normal_message_id(mark.message_id))] = mark
 
-    def pending(self) -> list[tuple[str, RouterMark]]:
-        return list(self._pending.items())
+    def pending(self) -> list[RouterMark]:
+        return list(self._pending)
 
     def committed(self) -> None:
-        """The transaction holding the pending marks committed: keep them until read back."""
-        self._recent.update(self._pending)
-        self._pending.clear()
-        overflow = len(self._recent) - self._recent_max
-        for key in list(self._recent)[: max(0, overflow)]:
-            del self._recent[key]
+        """The transaction holding the pending marks committed: they are in the table now."""
+        for mark in self._pending:
+            self.apply(mark)
+        self.aborted()
 
     def aborted(self) -> None:
         self._pending.clear()
+        self._pending_emails.clear()
+        self._pending_messages.clear()
 
     # --- questions ---
 
     def seen(self, email_id: str) -> bool:
-        return self.get(email_key(email_id)) is not None
+        return email_id in self._pending_emails or email_id in self._emails
+
+    def by_message_id(self, channel_id: str, message_id: str) -> RouterMark | None:
+        key = (channel_id, normal_message_id(message_id))
+        return self._pending_messages.get(key) or self._messages.get(key)
+
+    def campaign_of(self, channel_id: str, conversation_id: str) -> str | None:
+        for mark in reversed(self._pending):
+            same = (mark.channel_id, mark.conversation_id) == (channel_id, conversation_id)
+            if same and mark.kind == "routed" and mark.campaign_id:
+                return mark.campaign_id
+        return self._campaigns.get((channel_id, conversation_id))
 
     def duplicate_of(
         self, channel_id: str, message_id: str | None, content: str, *, now: datetime
@@ -135,7 +150,7 @@ class Marks:
         """The routed mark of the same Message-ID with the same content within the window."""
         if not message_id:
             return None
-        mark = self.get(message_key(channel_id, message_id))
+        mark = self.by_message_id(channel_id, message_id)
         if mark is None or mark.kind != "routed" or mark.content_sha256 != content:
             return None
         return mark if now - mark.at <= self._window else None
@@ -148,21 +163,20 @@ class Marks:
         candidates = [in_reply_to] if in_reply_to else []
         candidates.extend(reversed(list(references)))
         for message_id in candidates:
-            mark = self.get(message_key(channel_id, message_id))
+            mark = self.by_message_id(channel_id, message_id)
             if mark is None:
                 continue
             campaign = mark.campaign_id
             if campaign is None and mark.conversation_id is not None:
-                conversation = self.get(conversation_key(channel_id, mark.conversation_id))
-                campaign = conversation.campaign_id if conversation is not None else None
+                campaign = self.campaign_of(channel_id, mark.conversation_id)
             if campaign is not None:
                 return Thread(mark.conversation_id, campaign, normal_message_id(message_id))
         return None
 
 
-def routed_marks(routed: RoutedEmail, content: str) -> list[tuple[str, RouterMark]]:
-    """The marks one routed email leaves in the table."""
-    mark = RouterMark(
+def routed_mark(routed: RoutedEmail, content: str) -> RouterMark:
+    """The mark one routed email leaves in the table (key: :func:`email_key`)."""
+    return RouterMark(
         kind="routed",
         channel_id=routed.channel_id,
         email_id=routed.email_id,
@@ -172,8 +186,3 @@ def routed_marks(routed: RoutedEmail, content: str) -> list[tuple[str, RouterMar
         campaign_id=routed.campaign_id,
         at=datetime.now(UTC),
     )
-    marks = [(email_key(routed.email_id), mark)]
-    if routed.message_id:
-        marks.append((message_key(routed.channel_id, routed.message_id), mark))
-    marks.append((conversation_key(routed.channel_id, routed.conversation_id), mark))
-    return marks
