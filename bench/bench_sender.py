@@ -12,6 +12,7 @@ Everything runs on this machine over loopback:
   consumption, compose, header checks, intent, SMTP, delivery events all included).
 
 Bounded: 3,000 messages each (``--count``), a 300 s ceiling. Prints one table with the ratio.
+``BENCH_SENDER_LOG=path`` keeps the sender's log.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 CEILING_S = 300.0
+PUBLISH_BATCH = 500
 BODY_BYTES = 5 * 1024
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
 
@@ -77,7 +79,7 @@ def run_sink(port_file: Path) -> None:
     while not stop["now"]:
         time.sleep(0.1)
     controller.stop()
-    print(json.dumps(counts), flush=True)
+    print(json.dumps(counts), flush=True)  # the summary is the sink's output
 
 
 class Sink:
@@ -180,7 +182,7 @@ async def run_ours(
             )
             key = outbound.conversation_id or outbound.outbound_id
             sends.append(producer.publish(topics.outbound, key, outbound))
-            if len(sends) >= 500:
+            if len(sends) >= PUBLISH_BATCH:
                 await asyncio.gather(*sends)
                 sends = []
         await asyncio.gather(*sends)
@@ -193,32 +195,47 @@ async def run_ours(
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
     }
     log_path = os.environ.get("BENCH_SENDER_LOG")
-    with open(log_path, "wb") if log_path else tempfile.TemporaryFile() as log:  # noqa: PTH123
-        sender = subprocess.Popen(
-            [sys.executable, *os.environ.get("BENCH_SENDER_PY_ARGS", "").split(), "-m", "sender"],
-            env=env,
-            stderr=log,
-            stdout=log,
+    sender, log = _start_sender(env, Path(log_path) if log_path else None)
+    try:
+        events = await _collect_deliveries(
+            AIOKafkaConsumer,
+            kafka,
+            topics.delivery,
+            count=count,
+            decode=decode,
+            model=DeliveryEvent,
         )
+        cpu_s = _cpu_seconds(sender.pid)
+    finally:
+        sender.send_signal(signal.SIGTERM)
         try:
-            events = await _collect_deliveries(
-                AIOKafkaConsumer, kafka, topics.delivery, count, decode, DeliveryEvent
-            )
-        finally:
-            sender.send_signal(signal.SIGTERM)
-            try:
-                sender.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                sender.kill()
+            sender.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sender.kill()
+        log.close()
     intents = [e.at for e in events if e.status is DeliveryStatus.SENDING]
     sent = [e for e in events if e.status is DeliveryStatus.SENT]
     others = [e for e in events if e.status not in {DeliveryStatus.SENDING, DeliveryStatus.SENT}]
     span = (max(e.at for e in sent) - min(intents)).total_seconds()
-    return {"seconds": span, "sent": len(sent), "other": len(others)}
+    return {"seconds": span, "sent": len(sent), "other": len(others), "cpu_s": cpu_s}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_sender(
+    env: dict[str, str], log_path: Path | None
+) -> tuple[subprocess.Popen[bytes], Any]:
+    log = log_path.open("wb") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
+    process = subprocess.Popen([sys.executable, "-m", "sender"], env=env, stderr=log, stdout=log)
+    return process, log
 
 
 async def _collect_deliveries(
-    consumer_class: Any, kafka: Any, topic: str, count: int, decode: Any, model: Any
+    consumer_class: Any, kafka: Any, topic: str, *, count: int, decode: Any, model: Any
 ) -> list[Any]:
     consumer = consumer_class(
         topic, **kafka.client_kwargs(), group_id=None, auto_offset_reset="earliest"
@@ -259,8 +276,8 @@ def main() -> int:
 
     sink = Sink()
     try:
-        peer_s = run_peer(sink.port, args.count)
-        with running_kafka() as endpoint:
+        with running_kafka() as endpoint:  # the peer runs beside the same idle broker
+            peer_s = run_peer(sink.port, args.count)
             ours = asyncio.run(
                 run_ours(endpoint.bootstrap_servers, sink.port, args.count, args.conversations)
             )
@@ -292,7 +309,8 @@ def main() -> int:
     print(f"ratio ours / peer: {ours_rate / peer_rate:.2f}x (target >= 3x)")
     print(
         f"sink: {summary['messages']} messages, {summary['duplicates']} duplicate Message-IDs; "
-        f"sender non-sent outcomes: {ours['other']}"
+        f"sender non-sent outcomes: {ours['other']}; sender CPU {ours['cpu_s']:.1f} s "
+        f"(start-up included)"
     )
     print("figures taken on a shared 2-core machine; other work may have loaded the CPU")
     return 0

@@ -11,6 +11,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Self
 
@@ -42,7 +44,7 @@ from sender.settings import SenderSettings
 from sender.transports.smtp import SmtpTransport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from devstack.smtp import ReceivedMail
 
@@ -520,3 +522,106 @@ async def test_header_injection_matrix_reaches_the_server_as_zero_injected_heade
     assert injected == []
     assert not any("evil@victim.example" in m.rcpt_tos for m in smtp_server.messages)
     assert ours[0].message()[LOOP_HEADER] == channel.id
+
+
+# --- one black-holed server never stalls a healthy channel ----------------------------------
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A port that accepts TCP connections (into the backlog) and never says a word."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(512)
+        yield listener.getsockname()[1]
+
+
+async def test_a_black_holed_channel_never_stalls_a_healthy_one(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    """Mail for a server that never answers goes through the retry topics to 'failed' while
+    the healthy channel's mail, interleaved on the same partitions, is sent within seconds."""
+    settings = settings.model_copy(update={"smtp_timeout": 2.0, "connect_cooldown_s": 5.0})
+    healthy = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    with black_hole() as port:
+        dead = smtp_channel(secret_box, smtp_server)
+        dead = dead.model_copy(update={"outbound": dead.outbound.model_copy(update={"port": port})})
+        await producer.publish(topics.channels, healthy.id, healthy)
+        await producer.publish(topics.channels, dead.id, dead)
+        stuck = [outbound_for(dead, to=recipient("stuck")) for _ in range(20)]
+        fine = [outbound_for(healthy, to=recipient("fine")) for _ in range(20)]
+
+        async with running(settings):
+            started = time.monotonic()
+            for index, (a, b) in enumerate(zip(stuck, fine, strict=True)):
+                await producer.publish(topics.outbound, f"conv-{index}", a)
+                await producer.publish(topics.outbound, f"conv-{index}", b)
+            await wait_until(
+                lambda: all(delivery(deliveries, o.outbound_id) for o in fine), timeout=60
+            )
+            healthy_s = time.monotonic() - started
+            await wait_until(
+                lambda: all(
+                    any(e.status.final for e in delivery(deliveries, o.outbound_id)) for o in stuck
+                ),
+                timeout=90,
+            )
+
+    assert healthy_s < 15, f"the healthy channel took {healthy_s:.1f}s"
+    assert all(
+        [e.status for e in delivery(deliveries, o.outbound_id)] == [DeliveryStatus.SENT]
+        for o in fine
+    )
+    for outbound in stuck:
+        events = delivery(deliveries, outbound.outbound_id)
+        assert [e.status for e in events] == [
+            DeliveryStatus.DEFERRED,
+            DeliveryStatus.DEFERRED,
+            DeliveryStatus.FAILED,
+        ], events
+    assert not any("stuck" in r for m in smtp_server.messages for r in m.rcpt_tos)
+
+
+# --- the session pool against the real server ----------------------------------------------
+
+
+async def test_pooled_sessions_are_reused_across_messages(smtp_server, secret_box, pki):
+    """Ten messages one after another: one TLS+AUTH session, every message delivered."""
+    channel = smtp_channel(secret_box, smtp_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    addresses = [recipient("pool") for _ in range(10)]
+    try:
+        for address in addresses:
+            await transport.send(compose(outbound_for(channel, to=address), channel))
+        concurrent = [recipient("pool") for _ in range(8)]
+        await asyncio.gather(
+            *(
+                transport.send(compose(outbound_for(channel, to=address), channel))
+                for address in concurrent
+            )
+        )
+    finally:
+        await transport.aclose()
+    for address in [*addresses, *concurrent]:
+        await received(smtp_server, address)
+    assert transport.pool.opened <= transport.pool.limits.max_sessions
+    assert transport.pool.opened >= 1
+
+
+async def test_a_session_the_server_dropped_is_replaced_transparently(smtp_server, secret_box, pki):
+    """The server closed an idle pooled session: the next message opens a new one and goes."""
+    channel = smtp_channel(secret_box, smtp_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    first, second = recipient("drop"), recipient("drop")
+    try:
+        await transport.send(compose(outbound_for(channel, to=first), channel))
+        idle = transport.pool._idle[0][0]
+        assert idle.transport is not None
+        idle.transport.abort()  # the connection is gone, as after a server-side timeout
+        await asyncio.sleep(0.1)
+        await transport.send(compose(outbound_for(channel, to=second), channel))
+    finally:
+        await transport.aclose()
+    await received(smtp_server, second)
+    assert transport.pool.opened == 2

@@ -5,6 +5,10 @@ One :class:`SessionPool` per channel (its transport owns it):
 - at most ``max_sessions`` sessions are open or being opened at once; a sender waits for a free
   one at most ``acquire_wait_s``, then the send fails as transient (it comes back through the
   retry topics);
+- at most twice that many messages are *admitted* at once (:meth:`SessionPool.admitted`): an
+  admitted message may already record its intent while it waits for a session, which hides
+  the intent's Kafka round trip without letting intents run far ahead of the sessions (after a
+  crash, at most the admitted messages are reported ``unknown``);
 - a session is reused for the next message (last used first); a session whose transaction
   failed is RSET before reuse; one that broke is closed, never reused;
 - idle sessions are closed after ``idle_s`` (:meth:`SessionPool.reap`, and on take);
@@ -81,6 +85,7 @@ class SessionPool:
         self.limits = limits
         self._where = where
         self._slots = asyncio.Semaphore(limits.max_sessions)
+        self._admission = asyncio.Semaphore(2 * limits.max_sessions)
         self._idle: list[tuple[aiosmtplib.SMTP, float, bool]] = []
         self._cooldown_until = 0.0
         self._cooldown_reason = ""
@@ -90,6 +95,21 @@ class SessionPool:
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """One message's turn: its intent may start; it gets a session next."""
+        self._check_cooldown()
+        try:
+            await asyncio.wait_for(self._admission.acquire(), self.limits.acquire_wait_s)
+        except TimeoutError as exc:
+            raise TransientError(
+                f"{self._where}: no turn to send within {self.limits.acquire_wait_s}s"
+            ) from exc
+        try:
+            yield
+        finally:
+            self._admission.release()
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Session]:

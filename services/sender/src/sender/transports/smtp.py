@@ -8,9 +8,10 @@ MAIL/RCPT/DATA on them (step ``send``):
 
 - a reused session that turns out dead (421, reset, timeout) *before DATA* is discarded and the
   message tried once more on a fresh session;
-- the intent callback (``before_data``) starts once a session is ready, at most once per
-  message, runs while MAIL/RCPT are sent, and DATA waits for it: the intent is recorded as late
-  as possible and always before the message is out;
+- the intent callback (``before_data``) starts once the message is admitted by the pool (at
+  most twice as many messages as sessions), at most once per message, runs while a session is
+  found and MAIL/RCPT are sent, and DATA waits for it: the intent is always recorded before the
+  message is out, and never far ahead of it;
 - a connection lost during DATA, before the server answered, raises
   :class:`~sender.errors.DeliveryUncertain`: the message may be delivered, never send it again;
 - a failed transaction is RSET before the session is reused.
@@ -130,14 +131,15 @@ class SmtpTransport:
     ) -> SendResult:
         intent = _Intent(before_data)
         try:
-            return await self._send(email, intent)
+            async with self.pool.admitted():
+                intent.start()  # travels to Kafka while a session is found and the envelope
+                return await self._send(email, intent)  # is sent; DATA waits for it
         finally:
             await intent.settle()
 
     async def _send(self, email: ComposedEmail, intent: _Intent) -> SendResult:
         for tries_left in (1, 0):
             async with self.pool.session() as session:
-                intent.start()  # travels to Kafka while the envelope is sent; DATA waits for it
                 try:
                     refused, reply = await _transaction(session, email, intent)
                 except _StaleSession as stale:
