@@ -14,6 +14,7 @@ if [ "${WITH_MAIL_SERVERS:-1}" = 1 ]; then
   command -v dovecot >/dev/null && [ -x /usr/lib/dovecot/imap ] && [ -x /usr/lib/dovecot/pop3 ] \
     || need_apt+=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd)
 fi
+# Chromium follows WITH_MAIL_SERVERS (the test path) unless WITH_BROWSER says otherwise.
 if [ "${WITH_BROWSER:-${WITH_MAIL_SERVERS:-1}}" = 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
 fi
