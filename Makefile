@@ -43,7 +43,7 @@ lint: WITH_MAIL_SERVERS=0
 lint: bootstrap
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy shared/src services/*/src deploy/devstack/src
+	$(UV) run --frozen mypy shared/src services/*/src deploy/devstack/src contracts/src examples/campaign-autoreply/src
 
 format:
 	$(UV) run --frozen ruff format .

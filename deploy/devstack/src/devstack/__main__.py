@@ -111,7 +111,14 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
             log.error("a service failed to start", error=str(exc))
             return 1
         if demo:
-            _create_demo_channel(base, env)
+            campaign_id = _create_demo_channel(base, env)
+            # The reference campaign service answers the demo's customer mail end to end.
+            campaign = ServiceProcesses(
+                {**env, "AUTOREPLY_CAMPAIGN_ID": campaign_id}, names=("campaign-autoreply",)
+            )
+            stack.callback(campaign.stop)
+            campaign.start()
+            services.children.update(campaign.children)
         _banner(
             base,
             kafka.bootstrap_servers,
@@ -148,7 +155,8 @@ def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
     }
 
 
-def _create_demo_channel(base: str, env: dict[str, str]) -> None:
+def _create_demo_channel(base: str, env: dict[str, str]) -> str:
+    """Create the demo campaign and channel (validated once); return the campaign id."""
     token = env["CONFIG_API_ADMIN_TOKEN"]
     campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"}, token=token)
     channel = _post(
@@ -186,6 +194,7 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> None:
         validated=report["ok"],
         failing_step=report["failing_step"],
     )
+    return str(campaign["id"])
 
 
 def _banner(
@@ -208,6 +217,9 @@ def _banner(
         )
         lines.append("  demo           3 seeded mails flow from Dovecot to email.routed;")
         lines.append("                 see them: make tail TOPIC=email.routed")
+        lines.append("                 the reference campaign service (campaign-autoreply)")
+        lines.append("                 answers each one; its log shows 'answered' and the")
+        lines.append("                 'delivery outcome' from the local SMTP server")
     lines += ["Press Ctrl-C to stop.", ""]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()

@@ -377,6 +377,11 @@ def _require_executable(name: str, why: str) -> str:
     return found
 
 
+def java_executable() -> str:
+    """The ``java`` that runs the broker (``$JAVA_HOME/bin/java``, else from PATH)."""
+    return _java()
+
+
 def _java() -> str:
     home = os.environ.get("JAVA_HOME")
     if home and (candidate := Path(home) / "bin" / "java").is_file():
