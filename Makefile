@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench chaos image-test
 
 bootstrap:
-	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) ./deploy/bootstrap.sh
+	@WITH_MAIL_SERVERS=$(WITH_MAIL_SERVERS) WITH_BROWSER=$(WITH_BROWSER) ./deploy/bootstrap.sh
 
 ## run: local Kafka (or KAFKA_BOOTSTRAP_SERVERS), the four services and the admin page
 run: WITH_MAIL_SERVERS=0
@@ -17,6 +17,7 @@ run: bootstrap
 
 ## demo: like run, plus a local Dovecot and SMTP server with a seeded mailbox and channel
 demo: WITH_MAIL_SERVERS=1
+demo: WITH_BROWSER=0
 demo: bootstrap
 	$(UV) run --frozen python -m devstack run --demo
 
@@ -34,6 +35,7 @@ test-unit: bootstrap
 BENCH ?= *
 bench: WITH_MAIL_SERVERS=1
 bench: export WITH_BENCH_PEERS=1
+bench: WITH_BROWSER=0
 bench: bootstrap
 	@set -e; for script in bench/bench_$(BENCH).py; do \
 	  echo "== $$script"; $(UV) run --frozen python $$script; done

@@ -22,7 +22,8 @@ fi
 if [ "${WITH_BENCH_PEERS:-0}" = 1 ]; then
   command -v fetchmail >/dev/null || need_apt+=(fetchmail)
 fi
-# make test: a real browser for the admin page's tests (Playwright drives Debian's chromium).
+# make test: a real browser for the admin page's tests (Playwright drives Debian's chromium);
+# Chromium follows WITH_MAIL_SERVERS (the test path) unless WITH_BROWSER says otherwise.
 if [ "${WITH_BROWSER:-${WITH_MAIL_SERVERS:-1}}" = 1 ]; then
   command -v chromium >/dev/null || need_apt+=(chromium)
 fi

@@ -146,6 +146,7 @@ async def test_delete_from_the_row_menu_with_the_keyboard(
     await confirm.get_by_role("button", name="Delete").click()
     await expect(page.locator("#message")).to_have_text('Channel "Old mailbox" deleted.')
     await expect(_rows(page)).to_have_count(1)
+    await expect(page.get_by_role("button", name="Options for Kept mailbox")).to_be_focused()
     assert (await seed.get(f"/channels/{doomed['id']}")).status_code == 404
 
 

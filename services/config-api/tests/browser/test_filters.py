@@ -24,6 +24,19 @@ async def _campaign(seed: httpx.AsyncClient, name: str) -> str:
     return campaign_id
 
 
+async def _seed_channel(seed: httpx.AsyncClient) -> str:
+    """Four campaigns and a channel whose default is Support; returns the channel id."""
+    support = await _campaign(seed, "Support")
+    for name in ("Billing", "Sales", "Complaints"):
+        await _campaign(seed, name)
+    created = await seed.post(
+        "/channels", json={"name": "Support mailbox", "default_campaign_id": support}
+    )
+    assert created.status_code == 201, created.text
+    channel_id: str = created.json()["id"]
+    return channel_id
+
+
 async def _add_filter(dialog: Locator, name: str, campaign: str, **keywords: str) -> None:
     await dialog.get_by_role("button", name="Add filter").click()
     form = dialog.locator("#filter-form")
@@ -50,6 +63,22 @@ async def _bad_regex_is_refused_next_to_its_field(dialog: Locator) -> None:
     await expect(dialog.locator("#filter-list > li")).to_have_count(3)
 
 
+async def _header_condition_round_trips(dialog: Locator) -> None:
+    """A filter with only a header condition is saved, listed, and opened again for editing."""
+    await dialog.get_by_role("button", name="Add filter").click()
+    form = dialog.locator("#filter-form")
+    await form.get_by_label("Name").fill("Newsletters")
+    await form.get_by_label("Target campaign").select_option(label="Sales")
+    await form.get_by_label("Header conditions").fill("List-Id: news.example")
+    await form.get_by_role("button", name="Save filter").click()
+    items = dialog.locator("#filter-list > li")
+    await expect(items).to_have_count(3)
+    await expect(items.nth(2)).to_contain_text("List-Id: news.example")
+    await dialog.get_by_role("button", name="Edit Newsletters").click()
+    await expect(form.get_by_label("Header conditions")).to_have_value("List-Id: news.example")
+    await form.get_by_role("button", name="Cancel").click()
+
+
 async def test_three_filters_reordered_and_a_message_tested(
     page: Page,
     seed: httpx.AsyncClient,
@@ -57,15 +86,9 @@ async def test_three_filters_reordered_and_a_message_tested(
     screen: Callable[[Page, str], Awaitable[None]],
 ) -> None:
     """Filters are added in order, moved with the keyboard, and "test a message" names the
-    first filter that matches, or the default campaign when none does."""
-    support = await _campaign(seed, "Support")
-    for name in ("Billing", "Sales", "Complaints"):
-        await _campaign(seed, name)
-    created = await seed.post(
-        "/channels", json={"name": "Support mailbox", "default_campaign_id": support}
-    )
-    assert created.status_code == 201, created.text
-    channel_id = created.json()["id"]
+    first filter that matches, or the default campaign when none does; a header-field
+    condition round-trips through the form."""
+    channel_id = await _seed_channel(seed)
     await sign_in(page)
 
     await page.get_by_role("button", name="Options for Support mailbox").click()
@@ -118,6 +141,9 @@ async def test_three_filters_reordered_and_a_message_tested(
         .click()
     )
     await expect(items).to_have_count(2)
+
+    await _header_condition_round_trips(dialog)
+
     await dialog.get_by_role("button", name="Close").click()
     row = page.locator("#channel-rows tr", has_text="Support mailbox")
-    await expect(row.locator("td[data-label=Filters]")).to_have_text("2")
+    await expect(row.locator("td[data-label=Filters]")).to_have_text("3")

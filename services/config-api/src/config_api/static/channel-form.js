@@ -4,7 +4,7 @@
 
 import { seg } from "./api.js";
 import { fillCampaignSelect } from "./campaigns.js";
-import { $, $$, clearErrors, el, say, showErrors, wireDialog } from "./dom.js";
+import { $, $$, clearErrors, confirmAction, el, say, showErrors, wireDialog } from "./dom.js";
 
 const VALIDATE_BOUND_S = 60;
 const SECRET_FIELDS = { inbound: ["password", "client_secret"], outbound: ["password", "client_secret"] };
@@ -327,7 +327,11 @@ export function setUpChannelForm(client, afterSave) {
   reloadList = afterSave;
   dialog = $("#channel-dialog");
   form = $("#channel-form");
-  dialogControl = wireDialog(dialog, () => validation?.abort());
+  dialogControl = wireDialog(
+    dialog,
+    () => validation?.abort(),
+    async () => !dirty || confirmAction("Your changes to this channel are not saved.", "Discard changes", "Discard your changes?"),
+  );
   form.addEventListener("submit", save);
   form.addEventListener("input", () => { dirty = true; });
   form.elements.default_campaign_id.addEventListener("change", syncActivation);

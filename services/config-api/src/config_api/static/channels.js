@@ -54,8 +54,11 @@ function render() {
   const focusedClass = focused?.className;
   body.replaceChildren(...state.items.map(row));
   if (focusedRow !== undefined && focusedClass) {
-    const again = [...body.rows].find((r) => r.dataset.id === focusedRow)?.getElementsByClassName(focusedClass.split(" ")[0])[0];
-    again?.focus();
+    // The same control of the same row, or (the row was deleted) of the first row left.
+    const rows = [...body.rows];
+    const target = rows.find((r) => r.dataset.id === focusedRow) ?? rows[0];
+    const again = target?.getElementsByClassName(focusedClass.split(" ")[0])[0];
+    (again ?? $("#quick-search")).focus();
   }
   $("#channels-empty").hidden = state.items.length > 0;
   const pages = Math.max(1, Math.ceil(state.total / state.size));

@@ -116,10 +116,18 @@ export function showErrors(form, error, summary) {
 
 // --- dialogs --------------------------------------------------------------------------------------
 
-// Close buttons ([data-close]) close their dialog; the dialog returns focus to the opener.
-export function wireDialog(dialog, onClose = () => {}) {
+// Close buttons ([data-close]) and Escape close their dialog, once `mayClose` agrees; the
+// dialog returns focus to the opener.
+export function wireDialog(dialog, onClose = () => {}, mayClose = async () => true) {
   let opener = null;
-  for (const button of $$("[data-close]", dialog)) button.addEventListener("click", () => dialog.close());
+  const tryClose = async () => {
+    if (await mayClose()) dialog.close();
+  };
+  for (const button of $$("[data-close]", dialog)) button.addEventListener("click", tryClose);
+  dialog.addEventListener("cancel", (event) => {
+    event.preventDefault();
+    tryClose();
+  });
   dialog.addEventListener("close", () => {
     onClose();
     opener?.focus?.();
@@ -135,8 +143,9 @@ export function wireDialog(dialog, onClose = () => {}) {
 const confirmBox = () => $("#confirm-dialog");
 
 // A confirmation in the page's own dialog (keyboard and screen-reader friendly): true on yes.
-export function confirmAction(text, yesLabel = "Delete") {
+export function confirmAction(text, yesLabel = "Delete", title = "Are you sure?") {
   const dialog = confirmBox();
+  $("#confirm-title", dialog).textContent = title;
   $("#confirm-text", dialog).textContent = text;
   $("#confirm-yes", dialog).textContent = yesLabel;
   const opener = document.activeElement;

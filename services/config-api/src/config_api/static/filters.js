@@ -137,12 +137,21 @@ function edit(index) {
   form.elements.campaign_id.value = filter.campaign_id ?? "";
   for (const field of KEYWORD_FIELDS) form.elements[field].value = (filter[field] ?? []).join(", ");
   form.elements.regex.value = filter.regex ?? "";
+  form.elements.header_conditions.value = (filter.header_conditions ?? []).map((c) => `${c.header}: ${c.keywords.join(", ")}`).join("\n");
   $("#filter-form-title").textContent = index >= 0 ? `Edit filter ${filter.name || index + 1}` : "New filter";
   form.hidden = false;
   form.elements.name.focus();
 }
 
 const keywords = (text) => text.split(",").map((k) => k.trim()).filter(Boolean);
+
+// "Name: value" lines -> [name, value] pairs; a line without a colon is kept whole as the name,
+// so the API names it as the field in error.
+const headerLines = (text) =>
+  text.split("\n").map((line) => line.trim()).filter(Boolean).map((line) => {
+    const colon = line.indexOf(":");
+    return colon < 0 ? [line, ""] : [line.slice(0, colon).trim(), line.slice(colon + 1).trim()];
+  });
 
 async function submitFilter(event) {
   event.preventDefault();
@@ -155,6 +164,7 @@ async function submitFilter(event) {
     regex: form.elements.regex.value.trim() || null,
   };
   for (const field of KEYWORD_FIELDS) filter[field] = keywords(form.elements[field].value);
+  filter.header_conditions = headerLines(form.elements.header_conditions.value).map(([header, value]) => ({ header, keywords: keywords(value) }));
   const next = [...filters];
   if (editing >= 0) next[editing] = filter;
   else next.push(filter);
@@ -182,6 +192,7 @@ async function test(event) {
   const headers = [
     ["From", form.elements.from.value.trim()],
     ["Subject", form.elements.subject.value],
+    ...headerLines(form.elements.headers.value),
   ].filter(([, value]) => value !== "").map(([name, value]) => ({ name, value }));
   const message = { headers, body: form.elements.body.value };
   clearErrors(form);
