@@ -76,8 +76,6 @@ async def serving(settings: ConfigApiSettings) -> AsyncIterator[str]:
             lifespan="on",
         )
     )
-    # Installing signal handlers would take Ctrl-C away from pytest.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(), name="config-api-under-test")
     url = f"http://{HOST}:{port}"
     try:
