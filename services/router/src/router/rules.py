@@ -11,7 +11,8 @@ Pure: no I/O and no Kafka. Semantics (design.md §2, "Filters"):
     address), or of ``subject_keywords`` in the subject, or of ``body_keywords`` in the body
     (text body, else the html body's text). Fields without keywords are ignored.
   * ``all_of`` -- every word appears somewhere in sender, subject or body.
-  * ``regex`` -- a case-insensitive search finds it in the subject or the body. An invalid
+  * ``regex`` -- a case-insensitive search (RE2: linear time, whatever the pattern) finds it in
+    the subject or the body. An invalid
     pattern never matches and is logged once.
   * ``header_conditions`` -- every condition holds: some value of the named header field
     (decoded, case-insensitive) contains one of its keywords. A message without the field
@@ -25,7 +26,6 @@ Pure: no I/O and no Kafka. Semantics (design.md §2, "Filters"):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -34,6 +34,7 @@ import structlog
 
 from email_channels.errors import PermanentError
 from email_channels.events import ChannelConfig, ChannelFilters, Filter, RoutingReason
+from email_channels.filter_regex import FilterPattern, FilterRegexError, compile_filter_regex
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -144,10 +145,11 @@ def _any_in(keywords: Iterable[str], haystack: str) -> bool:
 
 
 @lru_cache(maxsize=1024)
-def _compiled(pattern: str) -> re.Pattern[str] | None:
-    """The compiled pattern, or None (logged once per pattern: the cache remembers it)."""
+def _compiled(pattern: str) -> FilterPattern | None:
+    """The compiled pattern (RE2, linear time: the same check config-api runs at save time), or
+    None for a pattern refused there (logged once per pattern: the cache remembers it)."""
     try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
+        return compile_filter_regex(pattern)
+    except FilterRegexError as exc:
         log.warning("invalid filter regex never matches", regex=pattern, error=str(exc))
         return None
