@@ -416,8 +416,8 @@ async def test_oversize_message_is_reported_with_its_headers_without_the_body(
 async def test_a_batch_of_many_messages_arrives_whole_and_in_order(
     dovecot, mail_user, imap_channel, opened
 ):
-    """One batch of 120 messages of mixed sizes through the linear reader: every byte exact."""
-    raws = [mime(f"b{n}", size=(n * 997) % 40_000) for n in range(120)]
+    """One batch of 60 messages of mixed sizes through the linear reader: every byte exact."""
+    raws = [mime(f"b{n}", size=(n * 1997) % 60_000) for n in range(60)]
     for raw in raws:
         dovecot.deliver(mail_user.user, raw)
     source = await opened(imap_channel(mail_user))
