@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Self
 
@@ -400,3 +401,27 @@ def test_bad_urls_are_refused_with_a_reason(url: str, message: str):
     """A wrong blob store URL fails at start-up with a message naming the problem."""
     with pytest.raises(ValueError, match=message):
         blob_store_from_url(url)
+
+
+async def test_local_batch_durability_syncs_all_puts_at_once(tmp_path: Path):
+    """durability="batch": puts are readable at once and pending until one sync() covers them
+    all; the default store syncs each put itself and has nothing pending."""
+    store = LocalBlobStore(tmp_path, durability="batch")
+    first, second = await store.put(MIME), await store.put(b"second blob")
+    assert await store.get(first) == MIME
+    assert store.path_for(second) in store._unsynced
+    await store.sync()
+    assert store._unsynced == set()
+    each = LocalBlobStore(tmp_path / "each")
+    await each.put(MIME)
+    assert each._unsynced == set()
+
+
+async def test_local_batch_sync_failure_is_transient_and_keeps_the_blobs_pending(tmp_path: Path):
+    """A sync that cannot run raises BlobStoreUnavailable and leaves the puts for the next."""
+    store = LocalBlobStore(tmp_path / "root", durability="batch")
+    ref = await store.put(MIME)
+    shutil.rmtree(tmp_path / "root")
+    with pytest.raises(BlobStoreUnavailable):
+        await store.sync()
+    assert store.path_for(ref) in store._unsynced

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import os
+import sys
 import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -147,10 +149,18 @@ class LocalBlobStore:
     over the target with :func:`os.replace`, so a reader never sees a partial blob and two
     concurrent puts of the same bytes both succeed with the same result. Files are created
     with mode 0600 (mail content is private).
+
+    ``durability="batch"``: :meth:`put` writes and renames without fsync, and
+    :meth:`sync` makes everything put since the last call durable with one ``syncfs`` of the
+    store's filesystem (``fsync`` of each file and directory where ``syncfs`` is missing). For
+    a caller that commits many puts at once (the router, before each transaction commit): two
+    fsyncs per blob cost ~5-10 ms each on ordinary disks.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durability: Literal["each", "batch"] = "each") -> None:
         self.root = Path(root)
+        self.durability = durability
+        self._unsynced: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalBlobStore(root={str(self.root)!r})"
@@ -175,8 +185,20 @@ class LocalBlobStore:
     async def aclose(self) -> None:
         return None
 
+    async def sync(self) -> None:
+        """Make every blob put so far durable (a no-op with ``durability="each"``)."""
+        if not self._unsynced:
+            return
+        paths, self._unsynced = self._unsynced, set()
+        try:
+            await asyncio.to_thread(_sync_filesystem, self.root, paths)
+        except OSError as exc:
+            self._unsynced |= paths
+            raise BlobStoreUnavailable(f"cannot sync blobs under {self.root}: {exc}") from exc
+
     def _put_sync(self, ref: BlobRef, data: bytes) -> None:
         target = self.path_for(ref)
+        each = self.durability == "each"
         try:
             if target.is_file() and target.stat().st_size == ref.size:
                 return
@@ -188,13 +210,17 @@ class LocalBlobStore:
                 with os.fdopen(fd, "wb") as tmp:
                     tmp.write(data)
                     tmp.flush()
-                    os.fsync(tmp.fileno())
+                    if each:
+                        os.fsync(tmp.fileno())
                 Path(tmp_name).replace(target)
             except BaseException:
                 with contextlib.suppress(OSError):
                     Path(tmp_name).unlink()
                 raise
-            _fsync_directory(target.parent)
+            if each:
+                _fsync_directory(target.parent)
+            else:
+                self._unsynced.update((target, target.parent))
         except OSError as exc:
             raise BlobStoreUnavailable(
                 f"cannot write blob {ref.uri} under {self.root}: {exc}"
@@ -217,6 +243,27 @@ class LocalBlobStore:
             raise BlobStoreUnavailable(
                 f"cannot stat blob {ref.uri} under {self.root}: {exc}"
             ) from exc
+
+
+def _sync_filesystem(root: Path, paths: set[Path]) -> None:
+    """One ``syncfs`` of ``root``'s filesystem (Linux); else fsync each of ``paths``."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is not None:
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            if syncfs(fd) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, os.strerror(errno))
+        finally:
+            os.close(fd)
+        return
+    for path in sorted(paths):
+        if path.is_dir():
+            _fsync_directory(path)
+        else:
+            with path.open("rb") as file:
+                os.fsync(file.fileno())
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -40,6 +40,8 @@ from email_channels.errors import PermanentError
 from email_channels.producer import map_publish_error
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from email_channels.codec import Headers
@@ -134,7 +136,8 @@ class RoutingLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
         dead_letters: DeadLetters,
         policy: RetryPolicy,
         group_id: str,
-        catch_up: Any,
+        catch_up: Callable[[], Awaitable[None]],
+        before_commit: Callable[[], Awaitable[None]] | None = None,
         batch_max_records: int = 500,
     ) -> None:
         self._consumer = consumer
@@ -145,6 +148,7 @@ class RoutingLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
         self._policy = policy
         self._group_id = group_id
         self._catch_up = catch_up
+        self._before_commit = before_commit
         self._batch_max_records = batch_max_records
         self._lock = asyncio.Lock()
         self._needs_catch_up = True
@@ -209,6 +213,8 @@ class RoutingLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
                         stage=STAGE,
                     )
                     ends[tp] = record.offset + 1
+            if self._before_commit is not None:
+                await self._before_commit()  # e.g. the blobs of the batch made durable
             await self._publisher.flush()
             await self._producer.send_offsets_to_transaction(ends, self._group_id)
             await self._producer.commit_transaction()
