@@ -17,8 +17,9 @@ from email_channels.secretbox import (
     SecretDecryptError,
 )
 
-KEY_1 = SecretBox.generate_key()
-KEY_2 = SecretBox.generate_key()
+# Fixed keys (not generate_key()): test ids must be the same in every collecting process.
+KEY_1 = base64.urlsafe_b64encode(bytes(range(32))).decode()
+KEY_2 = base64.urlsafe_b64encode(bytes(range(32, 64))).decode()
 PLAINTEXT = "correct horse battery staple"
 
 OLD_BOX = SecretBox.from_env(f"k1:{KEY_1}")
