@@ -17,6 +17,7 @@ from email_channels.producer import EventProducer
 from fetcher.ownership import Ownership
 from fetcher.sink import KafkaSink
 from fetcher.sources import SourceRegistry
+from fetcher.sources.graph import GraphOptions, GraphSourceFactory
 from fetcher.sources.imap import ImapOptions, ImapSourceFactory
 from fetcher.supervisor import Supervisor
 from fetcher.worker import ChannelWorker, WorkerPolicy
@@ -78,7 +79,16 @@ class FetcherApp:
                         poll_interval=settings.poll_interval_s,
                         ca_file=common.ca_file,
                     ),
-                )
+                ),
+                "graph": GraphSourceFactory(
+                    secret_box=self._secret_box,
+                    host_policy=common.host_policy(),
+                    options=GraphOptions(
+                        poll_interval=settings.poll_interval_s,
+                        timeout=settings.fetch_timeout_s,
+                        ca_file=common.ca_file,
+                    ),
+                ),
             }
         )
         policy = WorkerPolicy(
