@@ -24,6 +24,7 @@ logged or put into an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +142,13 @@ class GraphTokens:
             raise map_token_error(result or {"error": "no_account"}, delegated=self.delegated)
         token: str = result["access_token"]
         return token
+
+    def close(self) -> None:
+        """Release msal's HTTP connections; never raises."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.http_client.close()
 
     def rotated_cache(self) -> EncryptedSecret | None:
         """The encrypted token cache if msal changed it (a refresh rotated the refresh token),

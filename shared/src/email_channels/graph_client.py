@@ -126,7 +126,9 @@ class GraphClient:
         return f"/users/{quote(self.mailbox, safe='@')}"
 
     async def aclose(self) -> None:
+        """Close the HTTP connections, Graph's and msal's."""
         await self._http.aclose()
+        self._tokens.close()
 
     async def request(
         self,

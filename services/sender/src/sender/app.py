@@ -69,6 +69,8 @@ class SenderApp:
         async with AsyncExitStack() as stack:
             blobs = self._blobs or blob_store_from_url(settings.common.blob_store_url)
             stack.push_async_callback(blobs.aclose)
+            if isinstance(transports, ChannelTransports):
+                stack.push_async_callback(transports.aclose)  # Graph keeps connections open
 
             producer = EventProducer(kafka, client_id=client_id)
             await producer.start()
