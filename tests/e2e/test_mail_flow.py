@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
+
 
 @pytest.fixture
 def services(
@@ -59,6 +61,7 @@ def services(
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
         "CONFIG_API_HOST": "127.0.0.1",
         "CONFIG_API_PORT": str(port),
+        "CONFIG_API_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     processes = ServiceProcesses(env, log_dir=tmp_path / "logs")
     processes.start()
@@ -127,7 +130,9 @@ async def test_mail_in_a_mailbox_comes_out_routed_and_a_reply_is_sent(
     wait_until: Any,
 ) -> None:
     processes, base = services
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as client:
         channel_id, campaign_id = await _create_channel(client, mail_user, dovecot, smtp_server)
 
     subject = f"Order question {uuid.uuid4().hex[:8]}"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
 
 from config_api.app import create_app
 from config_api.settings import ConfigApiSettings
@@ -21,22 +22,38 @@ if TYPE_CHECKING:
     from email_channels.settings import KafkaSettings
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+TEST_HOST = "config-api"
+
+
 @pytest.fixture
 def api_settings(kafka_settings: KafkaSettings, secret_keys: str) -> ConfigApiSettings:
     return ConfigApiSettings(
         kafka=kafka_settings,
         common=CommonSettings(secret_keys=secret_keys),
+        admin_token=ADMIN_TOKEN,
+        trusted_hosts=f"{TEST_HOST},127.0.0.1,localhost",
     )
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: ConfigApiSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """One config-api instance (lifespan included) and a client; ready when entered."""
+async def running_api(
+    settings: ConfigApiSettings, *, token: str | None = ADMIN_TOKEN
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One config-api instance (lifespan included) and a client signed in with ``token``
+    (the operator's admin token by default; None: no credentials); ready when entered.
+
+    Settings built by a test without sign-in get the test admin token and host added."""
+    if settings.admin_token is None:
+        settings = settings.model_copy(
+            update={"admin_token": SecretStr(ADMIN_TOKEN), "trusted_hosts": TEST_HOST}
+        )
     app = create_app(settings)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://config-api"
+            transport=httpx.ASGITransport(app=app), base_url=f"http://{TEST_HOST}", headers=headers
         ) as client,
     ):
         await wait_ready(client)

@@ -27,11 +27,16 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+ADMIN_TOKEN = "app-test-admin-token-0123456789"
+
+
 def settings_without_kafka() -> ConfigApiSettings:
     return ConfigApiSettings(
         kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{closed_port()}"),
         common=CommonSettings(secret_keys=f"k1:{SecretBox.generate_key()}"),
         startup_timeout_s=2,
+        admin_token=ADMIN_TOKEN,
+        trusted_hosts="api",
     )
 
 
@@ -40,7 +45,11 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings_without_kafka())
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as c,
     ):
         yield c
 

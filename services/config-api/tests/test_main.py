@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from email_channels.settings import KafkaSettings
 
 PASSWORD = "process-Secret-9731"
+ADMIN_TOKEN = "process-admin-token-canary-48151623"
 
 
 def service_env(**values: str) -> dict[str, str]:
@@ -50,14 +51,17 @@ def test_refuses_to_start_without_secret_keys(tmp_path: Path) -> None:
 async def test_serves_logs_one_line_per_write_and_stops_cleanly_on_sigterm(
     kafka_settings: KafkaSettings, secret_keys: str, tmp_path: Path
 ) -> None:
-    """Ready once caught up; a write logs one canonical line with channel_id and no secret;
-    SIGTERM ends the process with status 0."""
+    """Ready once caught up; a write logs one canonical line with channel_id; neither the
+    password nor the admin token appears in the log, even at debug level; SIGTERM ends the
+    process with status 0."""
     port = free_port()
     env = service_env(
         CONFIG_API_PORT=str(port),
         KAFKA_BOOTSTRAP_SERVERS=kafka_settings.bootstrap_servers,
         KAFKA_TOPIC_PREFIX=kafka_settings.topic_prefix,
         EMAIL_CHANNELS_SECRET_KEYS=secret_keys,
+        EMAIL_CHANNELS_LOG_LEVEL="debug",
+        CONFIG_API_ADMIN_TOKEN=ADMIN_TOKEN,
     )
     log_path = tmp_path / "config-api.log"
     with log_path.open("wb") as log_file:
@@ -69,8 +73,13 @@ async def test_serves_logs_one_line_per_write_and_stops_cleanly_on_sigterm(
             cwd=tmp_path,
         )
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as client:
             await _wait_ready(client, process)
+            anonymous = await client.get("/api/v1/channels", headers={"Authorization": ""})
+            assert anonymous.status_code == 401
             created = await client.post(
                 "/api/v1/channels",
                 json={
@@ -95,6 +104,7 @@ async def test_serves_logs_one_line_per_write_and_stops_cleanly_on_sigterm(
     writes = [line for line in lines if line.get("event") == "channel create"]
     assert returncode == 0, output[-2000:]
     assert PASSWORD not in output
+    assert ADMIN_TOKEN not in output
     assert len(writes) == 1
     assert writes[0]["channel_id"] == created.json()["id"]
     assert writes[0]["outcome"] == "ok"

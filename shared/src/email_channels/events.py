@@ -209,8 +209,26 @@ class ChannelConfig(Contract):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class HeaderCondition(Contract):
+    """One header-field condition of a filter: any keyword found in any value of the header.
+
+    ``header`` is a header field name (case-insensitive, e.g. ``X-Priority``, ``List-Id``);
+    keywords are case-insensitive substrings of the *decoded* header value(s). A message
+    without the header does not satisfy the condition.
+    """
+
+    header: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[!-9;-~]+$")]
+    keywords: Annotated[list[str], Field(min_length=1)]
+
+
 class Filter(Contract):
-    """One routing rule. Keywords are case-insensitive; any keyword of a field matches."""
+    """One routing rule. Keywords are case-insensitive; any keyword of a field matches.
+
+    ``header_conditions`` (added in 1.x, optional): every condition must hold, each by any of
+    its keywords; a filter with only header conditions is a valid filter. ``regex`` is checked
+    at save time by :func:`email_channels.filter_regex.compile_filter_regex` (a linear-time
+    engine: RE2 syntax, no backreferences or look-around).
+    """
 
     id: Id
     name: str = ""
@@ -220,6 +238,10 @@ class Filter(Contract):
     body_keywords: list[str] = Field(default_factory=list)
     all_of: list[str] = Field(default_factory=list, description="every one must appear")
     regex: str | None = None
+    header_conditions: list[HeaderCondition] = Field(
+        default_factory=list,
+        description="every condition must hold: any keyword in the named header's value",
+    )
 
 
 class ChannelFilters(Contract):
@@ -239,6 +261,23 @@ class Campaign(Contract):
     id: Id
     name: Annotated[str, Field(min_length=1, max_length=200)]
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(Contract):
+    """Value of ``email.api-tokens`` (key: token id): a static API token, stored hashed.
+
+    The token itself (``ecat_<id>_<secret>``) is shown once at creation; only the SHA-256 of
+    the whole token is kept (tokens are 256-bit random, so a fast hash is enough).
+    A tombstone revokes it.
+    """
+
+    schema_version: Literal[1] = 1
+    id: Id
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    role: Literal["admin", "viewer"]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    created_by: str
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class ChannelState(StrEnum):
@@ -485,6 +524,7 @@ TOPIC_MODELS: dict[str, type[Contract]] = {
     "ChannelConfig": ChannelConfig,
     "ChannelFilters": ChannelFilters,
     "Campaign": Campaign,
+    "ApiToken": ApiToken,
     "ChannelStatus": ChannelStatus,
     "FetchCursor": FetchCursor,
     "RawEmail": RawEmail,

@@ -19,6 +19,7 @@ class Topic(StrEnum):
     CHANNELS = "email.channels"
     FILTERS = "email.filters"
     CAMPAIGNS = "email.campaigns"
+    API_TOKENS = "email.api-tokens"
     CHANNEL_STATUS = "email.channel-status"
     FETCH_CURSORS = "email.fetch-cursors"
     RAW = "email.raw"
@@ -67,6 +68,13 @@ SPECS: tuple[TopicSpec, ...] = (
         "the channel's ordered filter list",
     ),
     TopicSpec(Topic.CAMPAIGNS, "campaign id", "compact", "Campaign", "campaign id and name"),
+    TopicSpec(
+        Topic.API_TOKENS,
+        "token id",
+        "compact",
+        "ApiToken",
+        "config-api's static API tokens (hashed), tombstone on revoke",
+    ),
     TopicSpec(
         Topic.CHANNEL_STATUS,
         "channel id/direction",
@@ -133,6 +141,10 @@ class TopicNames:
     @property
     def campaigns(self) -> str:
         return self(Topic.CAMPAIGNS)
+
+    @property
+    def api_tokens(self) -> str:
+        return self(Topic.API_TOKENS)
 
     @property
     def channel_status(self) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -51,9 +52,16 @@ def secret_keys(var: Path) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def admin_token() -> str:
+    """config-api's operator token: ``CONFIG_API_ADMIN_TOKEN`` or a fresh one for this run."""
+    return os.environ.get("CONFIG_API_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+
+
+def _post(url: str, body: dict[str, Any], *, token: str) -> dict[str, Any]:
     request = urllib.request.Request(  # noqa: S310 - loopback only
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
         result: dict[str, Any] = json.loads(response.read())
@@ -89,6 +97,7 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
             "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{var / 'blobs'}",
             "CONFIG_API_HOST": "127.0.0.1",
             "CONFIG_API_PORT": str(port),
+            "CONFIG_API_ADMIN_TOKEN": admin_token(),
         }
         if demo:
             env.update(_start_demo_mail(stack, var))
@@ -103,7 +112,13 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
             return 1
         if demo:
             _create_demo_channel(base, env)
-        _banner(base, kafka.bootstrap_servers, kafka.version, demo=demo)
+        _banner(
+            base,
+            kafka.bootstrap_servers,
+            kafka.version,
+            token=env["CONFIG_API_ADMIN_TOKEN"],
+            demo=demo,
+        )
         while not stopping.wait(1.0):
             try:
                 services.check_alive()
@@ -134,7 +149,8 @@ def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
 
 
 def _create_demo_channel(base: str, env: dict[str, str]) -> None:
-    campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"})
+    token = env["CONFIG_API_ADMIN_TOKEN"]
+    campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"}, token=token)
     channel = _post(
         f"{base}/api/v1/channels",
         {
@@ -159,15 +175,18 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> None:
                 "password": DEMO_PASSWORD,
             },
         },
+        token=token,
     )
     log.info("demo channel created", channel_id=channel["id"], campaign_id=campaign["id"])
 
 
-def _banner(base: str, bootstrap: str, version: str, *, demo: bool) -> None:
+def _banner(base: str, bootstrap: str, version: str, *, token: str, demo: bool) -> None:
     lines = [
         "",
         "Email Channels is running.",
         f"  admin page     {base}/",
+        f"  admin token    {token}",
+        "                 (CONFIG_API_ADMIN_TOKEN; send 'Authorization: Bearer <token>')",
         f"  API docs       {base}/docs",
         f"  Kafka          {bootstrap} (Apache Kafka {version})",
         "  services       config-api, router, fetcher, sender",

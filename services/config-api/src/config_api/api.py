@@ -6,13 +6,24 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from config_api import mapping
-from config_api.errors import ConfigApiError, InvalidInput, RevisionConflict, Unavailable
+from config_api.auth import (
+    AdminRequired,
+    Authenticator,
+    Principal,
+    ViewerRequired,
+    new_api_token,
+    principal_of,
+    token_digest,
+)
+from config_api.errors import ConfigApiError, Unavailable
+from config_api.problems import error_response
 from config_api.schemas import (
     CampaignIn,
     CampaignList,
@@ -22,11 +33,16 @@ from config_api.schemas import (
     ChannelOut,
     ChannelUpdate,
     StatusFilter,
+    TokenCreated,
+    TokenIn,
+    TokenList,
+    TokenOut,
+    WhoAmI,
 )
 from config_api.search import ChannelQuery, select_channels
 from config_api.settings import ConfigApiSettings
 from config_api.store import ConfigStore
-from email_channels.events import ChannelConfig
+from email_channels.events import ApiToken, ChannelConfig
 from email_channels.secretbox import SecretBox
 
 
@@ -36,8 +52,14 @@ class Runtime:
 
     settings: ConfigApiSettings
     box: SecretBox
+    authenticator: Authenticator | None = None
     store: ConfigStore | None = None
     start_problem: str | None = None
+
+    def lookup_token(self, token_id: str) -> ApiToken | None:
+        if self.store is None:
+            raise Unavailable(self.start_problem or "starting: still reading the config topics")
+        return self.store.token(token_id)
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -68,7 +90,19 @@ BoxDep = Annotated[SecretBox, Depends(get_box)]
 ChannelId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")]
 CampaignId = ChannelId
 
-api = APIRouter(prefix="/api/v1")
+bearer = HTTPBearer(
+    auto_error=False,
+    description="an API token (ecat_...), the operator's admin token, or an OIDC access token",
+)
+api = APIRouter(
+    prefix="/api/v1",
+    dependencies=[Security(bearer), ViewerRequired],
+    responses={
+        401: {"description": "not signed in (application/problem+json)"},
+        403: {"description": "the role does not allow this (application/problem+json)"},
+    },
+)
+Admin = [AdminRequired]
 health = APIRouter(tags=["health"])
 
 
@@ -79,6 +113,7 @@ health = APIRouter(tags=["health"])
     "/campaigns",
     status_code=HTTPStatus.CREATED,
     tags=["campaigns"],
+    dependencies=Admin,
     responses={409: {"description": "a campaign with this id exists"}},
 )
 async def create_campaign(
@@ -118,6 +153,7 @@ def _channel_out(store: ConfigStore, channel: ChannelConfig) -> ChannelOut:
     "/channels",
     status_code=HTTPStatus.CREATED,
     tags=["channels"],
+    dependencies=Admin,
     responses={422: {"description": "invalid input; each error names its field"}},
 )
 async def create_channel(
@@ -160,6 +196,7 @@ async def get_channel(channel_id: ChannelId, store: StoreDep) -> ChannelOut:
 @api.put(
     "/channels/{channel_id}",
     tags=["channels"],
+    dependencies=Admin,
     responses={409: {"description": "stale revision; the body names the current one"}},
 )
 async def update_channel(
@@ -176,6 +213,7 @@ async def update_channel(
     "/channels/{channel_id}",
     status_code=HTTPStatus.NO_CONTENT,
     tags=["channels"],
+    dependencies=Admin,
     responses={409: {"description": "stale revision (when one was given)"}},
 )
 async def delete_channel(
@@ -187,6 +225,60 @@ async def delete_channel(
 ) -> None:
     """Delete permanently: tombstones on email.channels and email.filters."""
     await store.delete_channel(channel_id, revision=revision)
+
+
+# --- sign-in and API tokens ---------------------------------------------------------------------
+
+
+@api.get("/me", tags=["sign-in"])
+async def who_am_i(request: Request) -> WhoAmI:
+    """Who the credential belongs to, and its role (the admin page shows it)."""
+    principal = principal_of(request)
+    return WhoAmI(subject=principal.subject, role=principal.role.value, method=principal.method)
+
+
+def _token_out(token: ApiToken) -> TokenOut:
+    return TokenOut(
+        id=token.id,
+        name=token.name,
+        role=token.role,
+        created_by=token.created_by,
+        created_at=token.created_at,
+    )
+
+
+@api.post("/tokens", status_code=HTTPStatus.CREATED, tags=["sign-in"], dependencies=Admin)
+async def create_token(body: TokenIn, store: StoreDep, request: Request) -> TokenCreated:
+    """A new static API token; the token is in this response only (stored hashed)."""
+    principal: Principal = principal_of(request)
+    token_id, token = new_api_token()
+    saved = await store.create_token(
+        ApiToken(
+            id=token_id,
+            name=body.name,
+            role=body.role,
+            sha256=token_digest(token),
+            created_by=principal.subject,
+        )
+    )
+    return TokenCreated(**_token_out(saved).model_dump(), token=token)
+
+
+@api.get("/tokens", tags=["sign-in"], dependencies=Admin)
+async def list_tokens(store: StoreDep) -> TokenList:
+    tokens = sorted(store.tokens.values(), key=lambda t: (t.created_at, t.id))
+    return TokenList(items=[_token_out(t) for t in tokens], total=len(tokens))
+
+
+@api.delete(
+    "/tokens/{token_id}",
+    status_code=HTTPStatus.NO_CONTENT,
+    tags=["sign-in"],
+    dependencies=Admin,
+)
+async def revoke_token(token_id: ChannelId, store: StoreDep) -> None:
+    """Revoke: the token stops working as soon as this answers."""
+    await store.revoke_token(token_id)
 
 
 # --- health -------------------------------------------------------------------------------------
@@ -229,27 +321,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_config_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ConfigApiError)
-        headers: dict[str, str] = {}
-        body: dict[str, Any]
-        if isinstance(exc, InvalidInput):
-            body = {
-                "detail": [
-                    {
-                        "type": "value_error",
-                        "loc": list(p.loc),
-                        "field": p.field,
-                        "msg": p.message,
-                    }
-                    for p in exc.problems
-                ]
-            }
-        elif isinstance(exc, RevisionConflict):
-            body = {"detail": str(exc), "current_revision": exc.current_revision}
-        else:
-            body = {"detail": str(exc)}
-        if isinstance(exc, Unavailable):
-            headers["Retry-After"] = str(exc.retry_after_s)
-        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        return error_response(exc)
 
     async def on_request_invalid(_request: Request, exc: Exception) -> JSONResponse:
         # FastAPI's default echoes the offending input, and for a missing field the whole

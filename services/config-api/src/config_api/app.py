@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING
 import structlog
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from config_api import admin_page
 from config_api.api import Runtime, api, health, install_error_handlers
+from config_api.auth import Authenticator, SignInMiddleware, protected_paths
+from config_api.bodylimit import BodySizeLimit
 from config_api.metrics import HttpMetricsMiddleware
 from config_api.store import ConfigStore
 from email_channels.admin import ensure_topics
@@ -51,6 +54,13 @@ def secret_box(common: CommonSettings) -> SecretBox:
 def create_app(settings: ConfigApiSettings) -> FastAPI:
     """The config API; raises :class:`StartupError` when the configuration cannot work."""
     runtime = Runtime(settings=settings, box=secret_box(settings.common))
+    authenticator = Authenticator(settings, lookup_token=runtime.lookup_token)
+    runtime.authenticator = authenticator
+    if settings.admin_token is None and not settings.oidc_enabled:
+        log.warning(
+            "no way to sign in is configured: set CONFIG_API_ADMIN_TOKEN (and/or "
+            "CONFIG_API_OIDC_ISSUER, _AUDIENCE, _JWKS_URL); API tokens already stored still work"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +86,17 @@ def create_app(settings: ConfigApiSettings) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware)
+    # Added last = runs first: host check, then body size, then sign-in, then the app.
+    app.add_middleware(
+        SignInMiddleware,
+        authenticator=lambda: authenticator,
+        protected=protected_paths(metrics=settings.metrics_require_auth),
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        TrustedHostMiddleware,
+        allowed_hosts=[h.strip() for h in settings.trusted_hosts.split(",") if h.strip()],
+    )
     app.include_router(api)
     app.include_router(health)
     admin_page.install(app)

@@ -5,6 +5,8 @@ place (``install_error_handlers``). Kafka's own errors are translated into them 
 too (``ConfigStore._publish``), so nothing above the store sees an aiokafka type::
 
     ConfigApiError                      status
+    ├── NotAuthenticated                401  no, unknown, expired or badly signed credentials
+    ├── Forbidden                       403  signed in, but the role does not allow it
     ├── NotFound                        404  no such channel / campaign
     ├── Conflict                        409
     │   ├── AlreadyExists               409  a client-chosen id is taken
@@ -13,6 +15,7 @@ too (``ConfigStore._publish``), so nothing above the store sees an aiokafka type
     └── Unavailable                     503  retriable: Kafka down, not caught up yet, ...
         └── WriterFenced                503  a newer config-api instance took over the writes
 
+401 and 403 answer ``application/problem+json`` (RFC 9457) with a ``WWW-Authenticate`` header.
 Messages are shown to API clients and logged: they never contain a secret.
 """
 
@@ -27,6 +30,24 @@ class ConfigApiError(Exception):
     status_code: ClassVar[int] = 500
     outcome: ClassVar[str] = "error"
     """Short label for the canonical log line and the write metrics."""
+
+
+class NotAuthenticated(ConfigApiError):
+    """Who are you? No credentials, or credentials that do not verify (the message says why)."""
+
+    status_code = 401
+    outcome = "unauthenticated"
+
+    def __init__(self, message: str, *, token_sent: bool = False) -> None:
+        super().__init__(message)
+        self.token_sent = token_sent
+
+
+class Forbidden(ConfigApiError):
+    """Signed in, but the role does not allow this (viewers read, admins write)."""
+
+    status_code = 403
+    outcome = "forbidden"
 
 
 class NotFound(ConfigApiError):

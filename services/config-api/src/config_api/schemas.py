@@ -274,3 +274,36 @@ class ChannelList(ResponseModel):
 
 
 StatusFilter = Literal["all", "active", "inactive"]
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+
+
+class TokenIn(RequestModel):
+    """Body of ``POST /tokens``."""
+
+    name: Name = Field(description="what the token is for, e.g. 'campaign sync job'")
+    role: Literal["admin", "viewer"] = "viewer"
+
+
+class TokenOut(ResponseModel):
+    id: str
+    name: str
+    role: Literal["admin", "viewer"]
+    created_by: str
+    created_at: datetime
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown only in this response; stored hashed")
+
+
+class TokenList(ResponseModel):
+    items: list[TokenOut]
+    total: int
+
+
+class WhoAmI(ResponseModel):
+    subject: str
+    role: Literal["admin", "viewer"]
+    method: Literal["oidc", "api-token", "admin-token"]

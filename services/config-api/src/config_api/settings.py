@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from email_channels.settings import CommonSettings, KafkaSettings
@@ -46,8 +46,50 @@ class ConfigApiSettings(BaseSettings):
     )
     access_log: bool = True
 
+    # --- sign-in (config_api.auth) ---
+    admin_token: SecretStr | None = Field(
+        default=None,
+        min_length=24,
+        description=(
+            "a static admin token for the operator (and `make run`); at least 24 characters. "
+            "Send it as `Authorization: Bearer <token>`"
+        ),
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC issuer (`iss`) to accept")
+    oidc_audience: str | None = Field(default=None, description="audience (`aud`) to require")
+    oidc_jwks_url: str | None = Field(default=None, description="the issuer's JWKS document URL")
+    oidc_roles_claim: str = Field(
+        default="roles",
+        description="claim holding the user's roles; a dotted path reaches nested claims "
+        "(e.g. realm_access.roles)",
+    )
+    oidc_admin_roles: str = Field(default="admin", description="comma-separated claim values")
+    oidc_viewer_roles: str = Field(default="viewer", description="comma-separated claim values")
+    oidc_algorithms: str = Field(default="RS256,ES256,PS256,EdDSA")
+    oidc_leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    oidc_jwks_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    metrics_require_auth: bool = Field(
+        default=False, description="require a token (viewer) for /metrics"
+    )
+    trusted_hosts: str = Field(
+        default="127.0.0.1,localhost",
+        description="comma-separated Host header values served (`*` for any; `*.example.com`)",
+    )
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=1024 * 1024, description="larger request bodies are refused with 413"
+    )
+
+    # --- validate (config_api.validation) ---
+    validate_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=60.0, description="bound of one validation (inbound and outbound together)"
+    )
+
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     common: CommonSettings = Field(default_factory=CommonSettings)
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_jwks_url and self.oidc_audience)
 
     @property
     def transactional_id(self) -> str:

@@ -40,6 +40,7 @@ from config_api.rules import channel_problems
 from email_channels.compacted import CompactedView
 from email_channels.errors import PipelineError, TransientError
 from email_channels.events import (
+    ApiToken,
     Campaign,
     ChannelConfig,
     ChannelFilters,
@@ -86,11 +87,15 @@ class ConfigStore:
         self.statuses = CompactedView(
             kafka, topics.channel_status, ChannelStatus, client_id=f"{client_id}-status"
         )
+        self.tokens = CompactedView(
+            kafka, topics.api_tokens, ApiToken, client_id=f"{client_id}-tokens"
+        )
         self._views: tuple[CompactedView[Any], ...] = (
             self.channels,
             self.filters,
             self.campaigns,
             self.statuses,
+            self.tokens,
         )
         self._producer = EventProducer(
             kafka, client_id=client_id, transactional_id=transactional_id
@@ -235,6 +240,28 @@ class ConfigStore:
                 [(self.channels, channel_id, None), (self.filters, channel_id, None)]
             )
             line.update(revision=current.revision)
+
+    async def create_token(self, token: ApiToken) -> ApiToken:
+        async with self._write("token", "create", token_id=token.id) as line:
+            if token.id in self.tokens:
+                raise AlreadyExists(f"token {token.id!r} already exists")
+            await self._publish([(self.tokens, token.id, token)])
+            line.update(role=token.role, created_by=token.created_by)
+            saved = self.tokens.get(token.id)
+            assert saved is not None
+            return saved
+
+    async def revoke_token(self, token_id: str) -> None:
+        async with self._write("token", "revoke", token_id=token_id):
+            if token_id not in self.tokens:
+                raise NotFound(f"token {token_id!r} does not exist")
+            await self._publish([(self.tokens, token_id, None)])
+
+    def token(self, token_id: str) -> ApiToken | None:
+        """The stored token, or None; 503 while the tokens topic is not read to its end."""
+        if not self.ready:
+            raise Unavailable(self.not_ready_reason or "not ready")
+        return self.tokens.get(token_id)
 
     # --- internals ---
 
