@@ -312,7 +312,7 @@ async def test_rotated_refresh_token_is_kept_in_the_cursor_and_used_after_a_rest
     assert cursor.token_cache != cache
     assert cursor.token_cache_authorised_at == inbound.authorised_at
     assert sink.cursors[-1].token_cache == cursor.token_cache  # persisted, not only in memory
-    assert "refresh_token" not in cursor.model_dump_json()  # encrypted: no token in clear
+    assert "RefreshToken" not in cursor.model_dump_json()  # encrypted: no token in clear
 
     restarted = sources(channel)
     await restarted.open()

@@ -11,10 +11,15 @@ import uuid
 from typing import TYPE_CHECKING
 
 from config_api.errors import InvalidInput, Problem
+from config_api.graph_mapping import graph_inbound, graph_out, graph_outbound
 from config_api.schemas import (
     CampaignOut,
     ChannelIn,
     ChannelOut,
+    GraphInboundIn,
+    GraphInboundOut,
+    GraphOutboundIn,
+    GraphOutboundOut,
     ImapInboundIn,
     ImapInboundOut,
     SmtpOutboundIn,
@@ -25,6 +30,7 @@ from email_channels.events import (
     Campaign,
     ChannelConfig,
     ChannelState,
+    GraphApp,
     ImapInbound,
     SmtpOutbound,
     TlsMode,
@@ -62,12 +68,17 @@ def channel_config(
     now: datetime | None = None,
 ) -> ChannelConfig:
     """The event for a create (``current`` None) or a full update of ``current``."""
-    inbound = (
-        _imap(body.inbound, current.inbound if current else None, box) if body.inbound else None
-    )
-    outbound = (
-        _smtp(body.outbound, current.outbound if current else None, box) if body.outbound else None
-    )
+    stored_in, stored_out = (current.inbound, current.outbound) if current else (None, None)
+    inbound: Inbound | None = None
+    if isinstance(body.inbound, GraphInboundIn):
+        inbound = graph_inbound(body.inbound, stored_in, box)
+    elif body.inbound is not None:
+        inbound = _imap(body.inbound, stored_in, box)
+    outbound: Outbound | None = None
+    if isinstance(body.outbound, GraphOutboundIn):
+        outbound = graph_outbound(body.outbound, stored_out, box)
+    elif body.outbound is not None:
+        outbound = _smtp(body.outbound, stored_out, box)
     return ChannelConfig(
         id=channel_id,
         name=body.name,
@@ -206,9 +217,12 @@ def status_out(status: ChannelStatus | None) -> StatusOut:
     )
 
 
-def _inbound_out(inbound: Inbound | None) -> ImapInboundOut | None:
-    # Only IMAP is offered by this API version; other kinds written by a newer release are
-    # left out of the response rather than misreported.
+def _inbound_out(inbound: Inbound | None) -> ImapInboundOut | GraphInboundOut | None:
+    # IMAP and Exchange are offered by this API version; other kinds written by a newer release
+    # are left out of the response rather than misreported.
+    if isinstance(inbound, GraphApp):
+        out = graph_out(inbound)
+        return out if isinstance(out, GraphInboundOut) else None
     if not isinstance(inbound, ImapInbound):
         return None
     return ImapInboundOut(
@@ -225,7 +239,10 @@ def _inbound_out(inbound: Inbound | None) -> ImapInboundOut | None:
     )
 
 
-def _outbound_out(outbound: Outbound | None) -> SmtpOutboundOut | None:
+def _outbound_out(outbound: Outbound | None) -> SmtpOutboundOut | GraphOutboundOut | None:
+    if isinstance(outbound, GraphApp):
+        out = graph_out(outbound)
+        return out if isinstance(out, GraphOutboundOut) else None
     if not isinstance(outbound, SmtpOutbound):
         return None
     return SmtpOutboundOut(
