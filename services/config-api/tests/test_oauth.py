@@ -36,7 +36,9 @@ CALLBACK = "http://config-api/oauth/callback"  # the test client's base URL + /o
 @pytest.fixture
 def api_settings(api_settings, pki: TestPki):
     """The config API trusts the test CA (the stand-in's certificate) like an operator would."""
-    common = api_settings.common.model_copy(update={"ca_file": pki.ca_cert})
+    common = api_settings.common.model_copy(
+        update={"ca_file": pki.ca_cert, "allowed_hosts": "127.0.0.1"}
+    )
     return api_settings.model_copy(update={"common": common})
 
 
@@ -93,7 +95,10 @@ async def fetch_and_send(channel: ChannelConfig, secret_box, pki: TestPki) -> li
     finally:
         await source.close()
     transports = ChannelTransports(
-        host_policy=HostPolicy(), secrets=secret_box, ca_file=pki.ca_cert, smtp_timeout=30
+        host_policy=HostPolicy.parse("127.0.0.1"),
+        secrets=secret_box,
+        ca_file=pki.ca_cert,
+        smtp_timeout=30,
     )
     email = OutboundEmail(
         outbound_id="out-1",

@@ -32,6 +32,7 @@ from email_channels.events import (
     utcnow,
 )
 from email_channels.graph_auth import GraphTokens
+from email_channels.hostpolicy import HostPolicy, HostRefused
 from email_channels.producer import EventProducer
 from email_channels.settings import CommonSettings
 from email_channels.tls import client_context
@@ -266,6 +267,35 @@ async def test_recipient_only_leaves_mail_for_others_untouched(
         await asyncio.sleep(0.3)
     assert [e.source.graph_id for e in sink.raw] == [bcc, direct]
     assert dict(local_graph.messages(MAILBOX)) == {elsewhere: False, bcc: True, direct: True}
+
+
+async def test_stand_in_on_loopback_is_refused_without_the_operator_allow_list(
+    graph_channel, secret_box, pki
+):
+    """authority_host / graph_url are admin-supplied: loopback needs EMAIL_CHANNELS_ALLOWED_HOSTS
+    (step dns), like any mail host; with the allow-list the same channel works."""
+    refused = GraphSourceFactory(
+        secret_box=secret_box,
+        options=GraphOptions(ca_file=pki.ca_cert),
+        host_policy=HostPolicy(),
+    )(graph_channel())
+    await refused.open()
+    try:
+        with pytest.raises(HostRefused) as error:
+            await refused.pending(FetchCursor(channel_id="c"))
+    finally:
+        await refused.close()
+    assert error.value.step == "dns"
+    allowed = GraphSourceFactory(
+        secret_box=secret_box,
+        options=GraphOptions(ca_file=pki.ca_cert),
+        host_policy=HostPolicy.parse("127.0.0.1"),
+    )(graph_channel())
+    await allowed.open()
+    try:
+        assert (await allowed.pending(FetchCursor(channel_id="c"))).messages == []
+    finally:
+        await allowed.close()
 
 
 def test_addressed_to_reads_every_recipient_header():

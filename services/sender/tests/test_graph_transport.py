@@ -70,7 +70,10 @@ def channel(local_graph: LocalGraph, secret_box) -> ChannelConfig:
 @pytest.fixture
 async def transports(secret_box, pki) -> AsyncIterator[ChannelTransports]:
     factory = ChannelTransports(
-        host_policy=HostPolicy(), secrets=secret_box, ca_file=pki.ca_cert, smtp_timeout=30
+        host_policy=HostPolicy.parse("127.0.0.1"),
+        secrets=secret_box,
+        ca_file=pki.ca_cert,
+        smtp_timeout=30,
     )
     yield factory
     await factory.aclose()

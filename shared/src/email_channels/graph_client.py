@@ -29,7 +29,7 @@ import asyncio
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import structlog
@@ -40,11 +40,12 @@ from email_channels.errors import (
     PipelineError,
     TransientError,
 )
-from email_channels.graph_auth import graph_url
+from email_channels.graph_auth import authority_url, graph_url
 
 if TYPE_CHECKING:
     from email_channels.events import GraphApp
     from email_channels.graph_auth import GraphTokens
+    from email_channels.hostpolicy import HostPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -112,9 +113,12 @@ class GraphClient:
         throttle: MailboxThrottle,
         timeout_s: float = 60.0,
         max_wait_s: float = 0.0,
+        host_policy: HostPolicy | None = None,
     ) -> None:
         self.mailbox = app.mailbox
         self.base_url = graph_url(app)
+        self._app = app
+        self._host_policy = host_policy
         self._tokens = tokens
         self._throttle = throttle
         self._max_wait_s = max_wait_s
@@ -147,6 +151,7 @@ class GraphClient:
         upload URL). ``authorised=False`` sends no bearer token (upload URLs carry their own).
         """
         url = path if path.startswith("https://") else f"{self.base_url}{path}"
+        await self._check_hosts()
         refreshed = False
         for _attempt in range(MAX_THROTTLED_ATTEMPTS):
             await self._wait_for_mailbox()
@@ -181,6 +186,11 @@ class GraphClient:
             retry_after_s=self._throttle.remaining(self.mailbox) or DEFAULT_RETRY_AFTER_S,
         )
 
+    async def _check_hosts(self) -> None:
+        policy, self._host_policy = self._host_policy, None  # once per client
+        if policy is not None:
+            await check_custom_hosts(self._app, policy)
+
     async def _wait_for_mailbox(self) -> None:
         left = self._throttle.remaining(self.mailbox)
         if left <= 0:
@@ -191,6 +201,19 @@ class GraphClient:
                 retry_after_s=left,
             )
         await asyncio.sleep(left)
+
+
+async def check_custom_hosts(app: GraphApp, policy: HostPolicy) -> None:
+    """Apply the operator's host policy to the app's custom identity / Graph hosts.
+
+    Microsoft's own hosts are no administrator's choice; a custom one (a local stand-in, a
+    national cloud) is, and like any admin-supplied host it must not lead to loopback or
+    private ranges unless EMAIL_CHANNELS_ALLOWED_HOSTS permits them.
+    """
+    for url, custom in ((authority_url(app), app.authority_host), (graph_url(app), app.graph_url)):
+        if custom:
+            parts = urlsplit(url)
+            await policy.check(parts.hostname or "", parts.port or 443)
 
 
 def _error_body(response: httpx.Response) -> tuple[str, str]:

@@ -44,6 +44,7 @@ from email_channels.graph_auth import (
     flow_to_text,
     map_token_error,
 )
+from email_channels.graph_client import check_custom_hosts
 from email_channels.secretbox import SecretBox, SecretDecryptError
 
 log = structlog.get_logger(__name__)
@@ -107,6 +108,7 @@ async def authorise(
     state = f"{channel_id}{_STATE_SEPARATOR}{secrets.token_urlsafe(32)}"
     tokens = _tokens(app, box, runtime)
     try:
+        await check_custom_hosts(app, runtime.settings.common.host_policy())
         flow = await tokens.start_sign_in(redirect_uri=redirect_uri, state=state)
     except PipelineError as exc:
         raise _problem(exc, directions[0]) from exc
@@ -165,6 +167,7 @@ async def oauth_callback(
         raise _problem(map_token_error(refusal, delegated=True), directions[0])
     tokens = _tokens(app, box, runtime)
     try:
+        await check_custom_hosts(app, runtime.settings.common.host_policy())
         cache, username = await tokens.finish_sign_in(flow_from_text(pending["flow"]), answer)
     except PipelineError as exc:
         raise _problem(exc, directions[0]) from exc

@@ -32,13 +32,13 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import structlog
 
 from email_channels.errors import ChannelMisconfigured
 from email_channels.events import AfterFetch, GraphAuth, GraphInbound, SourceIdentity, utcnow
-from email_channels.graph_auth import GraphTokens, authority_url, check_app_fields, graph_url
+from email_channels.graph_auth import GraphTokens, check_app_fields
 from email_channels.graph_client import (
     GraphClient,
     GraphNotFound,
@@ -136,10 +136,6 @@ class GraphSource:
                 "Save and authorise",
                 step="token",
             )
-        if self._host_policy is not None:
-            for url in (authority_url(inbound), graph_url(inbound)):
-                parts = urlsplit(url)
-                await self._host_policy.check(parts.hostname or "", parts.port or 443)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -249,6 +245,7 @@ class GraphSource:
             throttle=self._throttle,
             timeout_s=self._options.timeout,
             max_wait_s=self._options.max_throttle_wait,
+            host_policy=self._host_policy,
         )
         return self._client
 

@@ -89,6 +89,7 @@ class ChannelTransports:
             tls=self._tls[True],
             throttle=self._graph_throttle,
             timeout_s=self._smtp_timeout,
+            host_policy=self._host_policy,
         )
         transport = GraphTransport(client, tokens)
         self._graph[channel.id] = (channel.revision, transport)
