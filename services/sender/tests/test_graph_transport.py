@@ -10,21 +10,26 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
-from devstack.graph import AppRegistration
+from devstack.graph import AppRegistration, read_form_post
 from email_channels.codec import decode
+from email_channels.errors import ChannelMisconfigured
 from email_channels.events import (
     ChannelConfig,
     DeliveryEvent,
     DeliveryStatus,
+    GraphAuth,
     GraphOutbound,
     OutboundEmail,
 )
+from email_channels.graph_auth import GraphTokens
 from email_channels.graph_client import GraphThrottled
 from email_channels.hostpolicy import HostPolicy
 from email_channels.producer import EventProducer
 from email_channels.settings import CommonSettings
+from email_channels.tls import client_context
 from sender.app import SenderApp
 from sender.compose import compose
 from sender.errors import MessageRejected
@@ -173,6 +178,36 @@ async def test_throttled_mailbox_is_deferred_at_once_and_nothing_is_sent(
     with pytest.raises(GraphThrottled):
         await send(transports, channel, outbound(channel))
     assert len(local_graph.graph_requests("/sendMail")) == 1
+
+
+async def test_revoked_sign_in_fails_the_send_at_step_token_with_nothing_sent(
+    local_graph: LocalGraph, channel, transports, secret_box, pki
+):
+    """Delegated: after the administrator's sign-in is revoked the send fails as
+    ChannelMisconfigured(step "token") - which the handler reports as a failed delivery and an
+    inactive channel - and nothing is sent."""
+    assert isinstance(channel.outbound, GraphOutbound)
+    app = local_graph._apps[channel.outbound.client_id]
+    app.user, app.redirect_uris = MAILBOX, ("https://config.example.test/oauth/callback",)
+    delegated = channel.outbound.model_copy(update={"auth": GraphAuth.DELEGATED})
+    tokens = GraphTokens(delegated, secrets=secret_box, ca_file=pki.ca_cert)
+    flow = await tokens.start_sign_in(redirect_uri=app.redirect_uris[0], state="s~1")
+    async with httpx.AsyncClient(verify=client_context(extra_ca_file=pki.ca_cert)) as browser:
+        page = await browser.get(flow["auth_uri"])
+    cache, _ = await tokens.finish_sign_in(flow, read_form_post(page.text)[1])
+    tokens.close()
+    signed_in = channel.model_copy(
+        update={"outbound": delegated.model_copy(update={"token_cache": cache}), "revision": 2}
+    )
+    await send(transports, signed_in, outbound(signed_in))  # works while authorised
+    local_graph.revoke(app.client_id)
+
+    with pytest.raises(ChannelMisconfigured) as failed:
+        await send(transports, signed_in, outbound(signed_in))
+
+    assert failed.value.step == "token"
+    assert "authorise again" in str(failed.value)
+    assert len(local_graph.sent) == 1
 
 
 @pytest.mark.integration
