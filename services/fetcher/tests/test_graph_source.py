@@ -298,6 +298,49 @@ async def test_stand_in_on_loopback_is_refused_without_the_operator_allow_list(
         await allowed.close()
 
 
+async def test_sync_all_folders_takes_receiving_folders_and_their_children_only(
+    local_graph: LocalGraph, graph_channel, secret_box, pki
+):
+    """With sync_all_folders: Inbox, its child folders, Junk, Archive and user folders are
+    synced; Drafts, Sent Items and Deleted Items are not."""
+    child = local_graph.add_folder(MAILBOX, "Orders", parent="inbox")
+    grandchild = local_graph.add_folder(MAILBOX, "2026", parent=child)
+    taken = {
+        local_graph.deliver(MAILBOX, mime(n), folder=folder)
+        for n, folder in enumerate(["inbox", child, grandchild, "junkemail", "archive"])
+    }
+    for n, folder in enumerate(["drafts", "sentitems", "deleteditems"]):
+        local_graph.deliver(MAILBOX, mime(10 + n), folder=folder)
+    source = factory(secret_box, pki)(graph_channel(sync_all_folders=True))
+    await source.open()
+    try:
+        pending = await source.pending(FetchCursor(channel_id="c"))
+    finally:
+        await source.close()
+    assert {m.graph_id for m in pending.messages} == taken
+    assert len(pending.cursor.delta_links) == 0  # links are stored as each folder is taken
+
+
+async def test_forgotten_delta_link_syncs_the_folder_afresh(
+    local_graph: LocalGraph, graph_channel, secret_box, pki
+):
+    """Graph answering 410 (SyncStateNotFound) to a stored delta link restarts that folder
+    with a full sync instead of failing the channel."""
+    first = local_graph.deliver(MAILBOX, mime(1))
+    source = factory(secret_box, pki)(graph_channel())
+    await source.open()
+    try:
+        pending = await source.pending(FetchCursor(channel_id="c"))
+        cursor = source.advance(pending.cursor, pending.messages[0])
+        assert cursor.delta_links
+        local_graph.forget_sync_state(MAILBOX)
+        second = local_graph.deliver(MAILBOX, mime(2))
+        again = await source.pending(cursor)
+    finally:
+        await source.close()
+    assert [m.graph_id for m in again.messages] == [first, second]
+
+
 def test_addressed_to_reads_every_recipient_header():
     """To/Cc/Delivered-To/X-Original-To count, case-insensitively; Subject does not."""
     assert addressed_to(b"To: A <Support@Contoso.test>\r\n\r\n", MAILBOX)

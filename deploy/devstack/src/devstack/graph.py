@@ -129,6 +129,8 @@ class _Mailbox:
     messages: dict[str, _Message] = field(default_factory=dict)
     changes: list[tuple[int, str, str]] = field(default_factory=list)
     """(sequence, folder id, message id): what delta reports after a sequence number."""
+    sync_generation: int = 0
+    """Delta and skip tokens of an older generation are forgotten (410 SyncStateNotFound)."""
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,11 @@ class LocalGraph:
             box = self._box(address)
             target = self._folder(box, folder)
             return [(m.id, m.is_read) for m in box.messages.values() if m.folder_id == target.id]
+
+    def forget_sync_state(self, address: str) -> None:
+        """Graph forgot the mailbox's delta tokens (expired): the next use answers 410."""
+        with self._lock:
+            self._box(address).sync_generation += 1
 
     def throttle(
         self, address: str, *, times: int = 1, retry_after_s: float = 1.0, status: int = 429
@@ -786,10 +793,17 @@ class LocalGraph:
             else:
                 folder_id = self._folder(box, folder_ref).id
                 since = None
+                generation = box.sync_generation
                 if "$deltatoken" in query:
                     token = json.loads(_unb64url(query["$deltatoken"]))
-                    folder_id, since = token["f"], token["s"]
-                state = {"f": folder_id, "from": since, "to": self._seq, "o": 0}
+                    folder_id, since, generation = token["f"], token["s"], token.get("g", 0)
+                state = {"f": folder_id, "from": since, "to": self._seq, "o": 0, "g": generation}
+            if state.get("g", 0) != box.sync_generation:
+                raise GraphError(
+                    410,
+                    "SyncStateNotFound",
+                    "The sync state generation is not found. Please perform a full sync.",
+                )
             items = self._delta_items(box, state)
             size = page_size or self.page_size
             offset = int(state["o"])
@@ -806,7 +820,9 @@ class LocalGraph:
                 token = _b64url(json.dumps({**state, "o": offset + size}).encode())
                 answer["@odata.nextLink"] = f"{base}?$skiptoken={token}"
             else:
-                token = _b64url(json.dumps({"f": state["f"], "s": state["to"]}).encode())
+                token = _b64url(
+                    json.dumps({"f": state["f"], "s": state["to"], "g": state["g"]}).encode()
+                )
                 answer["@odata.deltaLink"] = f"{base}?$deltatoken={token}"
             return answer
 
