@@ -61,7 +61,7 @@ async def test_probe_passes_token_mailbox_and_send_permission(local_graph, secre
     assert await probe(settings(local_graph, secret_box), secret_box, pki) == [
         "token",
         "mailbox",
-        "send permission",
+        "send_permission",
     ]
     assert local_graph.sent == []
 

@@ -245,3 +245,25 @@ async def test_without_oidc_settings_no_jwt_is_accepted(signing_key: rsa.RSAPriv
 
     assert not settings.oidc_enabled
     assert response.status_code == 401
+
+
+async def test_metrics_can_require_a_token() -> None:
+    """With CONFIG_API_METRICS_REQUIRE_AUTH /metrics is 401 without a token, 200 with one."""
+    settings = ConfigApiSettings(
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+        common=CommonSettings(secret_keys=f"k1:{SecretBox.generate_key()}"),
+        startup_timeout_s=1,
+        admin_token=ADMIN_TOKEN,
+        metrics_require_auth=True,
+        trusted_hosts="api",
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
+    ):
+        anonymous = await c.get("/metrics")
+        signed_in = await c.get("/metrics", headers=bearer(ADMIN_TOKEN))
+
+    assert anonymous.status_code == 401
+    assert signed_in.status_code == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,18 +11,18 @@ from pydantic import ValidationError
 
 from config_api import mapping
 from config_api.errors import InvalidInput
-from config_api.schemas import ChannelIn, ChannelUpdate, ImapInboundIn, SmtpOutboundIn
+from config_api.schemas import ChannelIn, ChannelUpdate, ImapInboundIn, SmtpOutboundIn, StatusOut
 from email_channels.events import (
     AfterFetch,
     ChannelConfig,
     ChannelState,
-    ChannelStatus,
     ImapInbound,
     SmtpOutbound,
     TlsMode,
 )
 from email_channels.secretbox import SecretBox
 
+UNKNOWN = StatusOut(state=ChannelState.INACTIVE, reason="not validated yet")
 IMAP_PASSWORD = "imap-Pa55 word"
 SMTP_PASSWORD = "smtp-Pa55"
 
@@ -129,6 +128,64 @@ def test_update_without_password_keeps_the_stored_one(box: SecretBox) -> None:
     assert box.decrypt(imap_of(replaced).password) == "new-one"
 
 
+@pytest.mark.parametrize(
+    ("side", "change"),
+    [
+        ("inbound", {"port": 1993}),
+        ("inbound", {"host": "imap.elsewhere.example"}),
+        ("inbound", {"username": "someone-else"}),
+        ("inbound", {"tls": "starttls", "port": 993}),
+        ("outbound", {"port": 2525}),
+        ("outbound", {"host": "smtp.elsewhere.example"}),
+        ("outbound", {"username": "other@example.com"}),
+        ("outbound", {"tls": "ssl", "port": 587}),
+    ],
+)
+def test_login_change_needs_the_password_again(
+    box: SecretBox, side: str, change: dict[str, Any]
+) -> None:
+    """Changing host, port, user or TLS mode without the password is a 422 naming the
+    password field: the stored one was given for the old server, never send it to a new one."""
+    current = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
+    )
+    body = channel_body(revision=1)
+    body["inbound"].pop("password")
+    body["outbound"].pop("password")
+    body[side] = {**body[side], **change}
+
+    with pytest.raises(InvalidInput) as caught:
+        mapping.channel_config(
+            ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
+        )
+
+    assert caught.value.problems[0].loc == ("body", side, "password")
+    assert "required again" in caught.value.problems[0].message
+    body[side]["password"] = "entered-again"
+    updated = mapping.channel_config(
+        ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
+    )
+    assert updated.settings_changed_at is not None
+    assert current.settings_changed_at is not None
+    assert updated.settings_changed_at > current.settings_changed_at
+
+
+def test_settings_changed_at_moves_only_with_server_settings(box: SecretBox) -> None:
+    """Renaming or enabling keeps settings_changed_at (health reports stay valid)."""
+    current = mapping.channel_config(
+        ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
+    )
+    body = channel_body(revision=1, name="Renamed")
+    body["inbound"].pop("password")
+    body["outbound"].pop("password")
+
+    renamed = mapping.channel_config(
+        ChannelUpdate.model_validate(body), channel_id="c1", box=box, current=current
+    )
+
+    assert renamed.settings_changed_at == current.settings_changed_at
+
+
 def test_kept_password_moves_to_the_active_key() -> None:
     """After a key rotation, re-saving a channel re-encrypts the stored secret with the new key."""
     old_key, new_key = SecretBox.generate_key(), SecretBox.generate_key()
@@ -183,7 +240,7 @@ def test_response_shows_password_set_never_the_secret(box: SecretBox) -> None:
         ChannelIn.model_validate(channel_body()), channel_id="c1", box=box
     )
 
-    out = mapping.channel_out(config, campaign=None, filters=None, status=None)
+    out = mapping.channel_out(config, campaign=None, filters=None, status=UNKNOWN)
 
     dumped = out.model_dump_json()
     assert out.inbound is not None
@@ -194,8 +251,6 @@ def test_response_shows_password_set_never_the_secret(box: SecretBox) -> None:
     assert SMTP_PASSWORD not in dumped
     assert "ciphertext" not in dumped
     assert imap_of(config).password.ciphertext not in dumped
-    assert out.status.state == "inactive"
-    assert out.status.reason == mapping.NOT_VALIDATED
 
 
 def test_smtp_without_login_has_no_password(box: SecretBox) -> None:
@@ -211,7 +266,7 @@ def test_smtp_without_login_has_no_password(box: SecretBox) -> None:
 
     assert smtp_of(updated).username is None
     assert smtp_of(updated).password is None
-    out = mapping.channel_out(updated, campaign=None, filters=None, status=None)
+    out = mapping.channel_out(updated, campaign=None, filters=None, status=UNKNOWN)
     assert out.outbound is not None
     assert not out.outbound.password_set
 
@@ -311,7 +366,7 @@ def test_any_valid_password_round_trips_and_is_never_shown(
     body["outbound"]["password"] = smtp_password
 
     config = mapping.channel_config(ChannelIn.model_validate(body), channel_id="c1", box=box)
-    out = mapping.channel_out(config, campaign=None, filters=None, status=None).model_dump()
+    out = mapping.channel_out(config, campaign=None, filters=None, status=UNKNOWN).model_dump()
 
     smtp_secret = smtp_of(config).password
     assert smtp_secret is not None
@@ -320,25 +375,3 @@ def test_any_valid_password_round_trips_and_is_never_shown(
     assert out["inbound"]["password_set"] is True
     assert "password" not in out["inbound"]
     assert "password" not in out["outbound"]
-
-
-def test_combined_status_is_inactive_when_either_direction_fails() -> None:
-    """Inbound working but outbound failing shows Inactive with the outbound reason."""
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    inbound = ChannelStatus(
-        channel_id="c1", direction="inbound", state=ChannelState.ACTIVE, reported_by="f", at=now
-    )
-    outbound = ChannelStatus(
-        channel_id="c1",
-        direction="outbound",
-        state=ChannelState.INACTIVE,
-        reason="535 authentication failed",
-        step="auth",
-        reported_by="s",
-        at=now - timedelta(hours=1),
-    )
-    assert mapping.combined_status(inbound, outbound) == outbound
-    assert mapping.combined_status(inbound, None) == inbound
-    assert mapping.combined_status(None, None) is None
-    later = inbound.model_copy(update={"at": now + timedelta(minutes=1)})
-    assert mapping.combined_status(inbound, later) == later

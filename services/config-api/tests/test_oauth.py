@@ -278,3 +278,32 @@ async def test_wrong_or_unregistered_redirect_uri_is_reported(api, local_graph, 
     forged = await api.post("/oauth/callback", data={"code": "x", "state": "nope~forged"})
     assert forged.status_code == 422
     assert forged.json()["detail"][0]["field"] == "state"
+
+
+async def test_validate_probes_exchange_settings_and_names_a_distribution_group(
+    api, local_graph, azure_app
+):
+    """Validate on Exchange settings runs token, mailbox and send permission; a distribution
+    group address fails at inbound.mailbox with a message saying groups cannot be validated."""
+    body = {
+        "name": "Exchange validated",
+        "email_address": MAILBOX,
+        "inbound": graph_settings(local_graph, azure_app),
+        "outbound": graph_settings(local_graph, azure_app),
+    }
+    channel_id = (await api.post("/api/v1/channels", json=body)).json()["id"]
+    report = (await api.post(f"/api/v1/channels/{channel_id}/validate")).json()
+    assert report["ok"], report
+    assert [s["name"] for s in report["inbound"]["steps"]] == ["token", "mailbox"]
+    assert [s["name"] for s in report["outbound"]["steps"]] == [
+        "token",
+        "mailbox",
+        "send_permission",
+    ]
+
+    local_graph.add_group("all-staff@contoso.test")
+    group = graph_settings(local_graph, azure_app, mailbox="all-staff@contoso.test")
+    unsaved = (await api.post("/api/v1/channels/validate", json={"inbound": group})).json()
+    assert unsaved["failing_step"] == "inbound.mailbox"
+    assert "distribution group, it cannot be validated" in unsaved["inbound"]["message"]
+    assert local_graph.sent == []

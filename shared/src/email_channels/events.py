@@ -207,6 +207,13 @@ class ChannelConfig(Contract):
     outbound: Outbound | None = None
     revision: int = Field(default=1, ge=1, description="increases by one on every write")
     updated_at: datetime = Field(default_factory=utcnow)
+    settings_changed_at: datetime | None = Field(
+        default=None,
+        description=(
+            "when the inbound/outbound settings last changed (a new password included); health "
+            "reports older than this describe the previous settings"
+        ),
+    )
 
 
 class HeaderCondition(Contract):

@@ -123,7 +123,7 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
             kafka.bootstrap_servers,
             kafka.version,
             token=env["CONFIG_API_ADMIN_TOKEN"],
-            demo=demo,
+            demo=env if demo else None,
         )
         while not stopping.wait(1.0):
             try:
@@ -208,7 +208,15 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> None:
         },
         token=token,
     )
-    log.info("demo channel created", channel_id=channel["id"], campaign_id=campaign["id"])
+    # Validate once, so the list shows it Active from the start (as an administrator would).
+    report = _post(f"{base}/api/v1/channels/{channel['id']}/validate", {}, token=token)
+    log.info(
+        "demo channel created",
+        channel_id=channel["id"],
+        campaign_id=campaign["id"],
+        validated=report["ok"],
+        failing_step=report["failing_step"],
+    )
     exchange = {
         "kind": "graph",
         **DEMO_EXCHANGE_APP,
@@ -228,10 +236,18 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> None:
         },
         token=token,
     )
-    log.info("demo exchange channel created (local stand-in)", channel_id=channel["id"])
+    report = _post(f"{base}/api/v1/channels/{channel['id']}/validate", {}, token=token)
+    log.info(
+        "demo exchange channel created (local stand-in)",
+        channel_id=channel["id"],
+        validated=report["ok"],
+        failing_step=report["failing_step"],
+    )
 
 
-def _banner(base: str, bootstrap: str, version: str, *, token: str, demo: bool) -> None:
+def _banner(
+    base: str, bootstrap: str, version: str, *, token: str, demo: dict[str, str] | None
+) -> None:
     lines = [
         "",
         "Email Channels is running.",
@@ -242,7 +258,11 @@ def _banner(base: str, bootstrap: str, version: str, *, token: str, demo: bool) 
         f"  Kafka          {bootstrap} (Apache Kafka {version})",
         "  services       config-api, router, fetcher, sender",
     ]
-    if demo:
+    if demo is not None:
+        lines.append(
+            f"  demo mail      IMAPS 127.0.0.1:{demo['DEMO_IMAPS_PORT']}, SMTP (STARTTLS) "
+            f"127.0.0.1:{demo['DEMO_SMTP_PORT']}, user {DEMO_USER} / {DEMO_PASSWORD}"
+        )
         lines.append("  demo           3 seeded mails flow from Dovecot to email.routed;")
         lines.append("                 see them: make tail TOPIC=email.routed")
         lines.append("  demo exchange  2 mails from an Exchange Online channel served by a LOCAL")

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from config_api import mapping
+from config_api import mapping, routing_test, validation
 from config_api.auth import (
     AdminRequired,
     Authenticator,
@@ -22,29 +22,49 @@ from config_api.auth import (
     principal_of,
     token_digest,
 )
-from config_api.errors import ConfigApiError, Unavailable
+from config_api.errors import (
+    AlreadyExists,
+    ConfigApiError,
+    InvalidInput,
+    NotFound,
+    Problem,
+    Unavailable,
+)
 from config_api.problems import error_response
 from config_api.schemas import (
     SETTINGS_KINDS,
+    BulkAction,
+    BulkItem,
+    BulkResult,
     CampaignIn,
     CampaignList,
     CampaignOut,
+    CampaignRename,
     ChannelIn,
     ChannelList,
     ChannelOut,
     ChannelUpdate,
+    FilterCreate,
+    FilterIn,
+    FilterListIn,
+    FilterListOut,
+    FilterOrder,
+    RoutingTestResult,
+    SampleMessage,
     StatusFilter,
     TokenCreated,
     TokenIn,
     TokenList,
     TokenOut,
+    ValidateSettings,
     WhoAmI,
 )
 from config_api.search import ChannelQuery, select_channels
 from config_api.settings import ConfigApiSettings
 from config_api.store import ConfigStore
-from email_channels.events import ApiToken, ChannelConfig
+from email_channels.events import ApiToken, ChannelConfig, Filter
 from email_channels.secretbox import SecretBox
+from email_channels.validation import ValidationReport
 
 
 @dataclass
@@ -137,6 +157,26 @@ async def get_campaign(campaign_id: CampaignId, store: StoreDep) -> CampaignOut:
     return mapping.campaign_out(store.campaign(campaign_id))
 
 
+@api.put("/campaigns/{campaign_id}", tags=["campaigns"], dependencies=Admin)
+async def rename_campaign(
+    campaign_id: CampaignId, body: CampaignRename, store: StoreDep
+) -> CampaignOut:
+    """Rename; the id (which campaign services filter by) stays."""
+    return mapping.campaign_out(await store.rename_campaign(campaign_id, body.name))
+
+
+@api.delete(
+    "/campaigns/{campaign_id}",
+    status_code=HTTPStatus.NO_CONTENT,
+    tags=["campaigns"],
+    dependencies=Admin,
+    responses={409: {"description": "still used: the body lists the channels (`channels`)"}},
+)
+async def delete_campaign(campaign_id: CampaignId, store: StoreDep) -> None:
+    """Delete, unless a channel uses it as its default or as a filter's target."""
+    await store.delete_campaign(campaign_id)
+
+
 # --- channels -----------------------------------------------------------------------------------
 
 
@@ -146,7 +186,7 @@ def _channel_out(store: ConfigStore, channel: ChannelConfig) -> ChannelOut:
         channel,
         campaign=store.campaigns.get(campaign_id) if campaign_id else None,
         filters=store.filters.get(channel.id),
-        status=store.status_of(channel.id),
+        status=store.status_of(channel),
     )
 
 
@@ -185,7 +225,9 @@ async def list_channels(
         default_campaign_id=default_campaign_id,
         status=status,
     )
-    channels = select_channels(store.channels.values(), query, store.status_of)
+    channels = select_channels(
+        store.channels.values(), query, lambda channel: store.status_of(channel).state
+    )
     return ChannelList(items=[_channel_out(store, c) for c in channels], total=len(channels))
 
 
@@ -226,6 +268,194 @@ async def delete_channel(
 ) -> None:
     """Delete permanently: tombstones on email.channels and email.filters."""
     await store.delete_channel(channel_id, revision=revision)
+
+
+@api.post("/channels/bulk", tags=["channels"], dependencies=Admin)
+async def bulk_channels(body: BulkAction, store: StoreDep) -> BulkResult:
+    """Enable, disable or delete the selected channels; each id gets its own outcome."""
+    items: list[BulkItem] = []
+    for channel_id in dict.fromkeys(body.ids):
+        try:
+            if body.action == "delete":
+                await store.delete_channel(channel_id)
+                status = HTTPStatus.NO_CONTENT
+            else:
+                await store.set_enabled(channel_id, enabled=body.action == "enable")
+                status = HTTPStatus.OK
+        except ConfigApiError as exc:
+            items.append(BulkItem(id=channel_id, ok=False, status=exc.status_code, detail=str(exc)))
+        else:
+            items.append(BulkItem(id=channel_id, ok=True, status=status))
+    succeeded = sum(item.ok for item in items)
+    return BulkResult(items=items, succeeded=succeeded, failed=len(items) - succeeded)
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+@api.post(
+    "/channels/{channel_id}/validate",
+    tags=["validate"],
+    dependencies=Admin,
+    response_model_exclude_none=False,
+)
+async def validate_channel(
+    channel_id: ChannelId, store: StoreDep, runtime: RuntimeDep
+) -> ValidationReport:
+    """Contact the saved channel's servers (bounded, 60 s by default); the outcome is recorded
+    on email.channel-status, so the channel shows Active once validated and working."""
+    channel = store.channel(channel_id)
+    report = await validation.validate(channel, settings=runtime.settings, box=runtime.box)
+    await store.record_status(validation.status_reports(channel_id, report))
+    return report.model_copy(update={"recorded": True})
+
+
+@api.post("/channels/validate", tags=["validate"], dependencies=Admin)
+async def validate_settings(
+    body: ValidateSettings, store: StoreDep, runtime: RuntimeDep
+) -> ValidationReport:
+    """Contact the servers of settings not saved yet; nothing is recorded."""
+    if body.inbound is None and body.outbound is None:
+        raise InvalidInput(Problem(("body", "inbound"), "give inbound and/or outbound settings"))
+    current = store.channel(body.channel_id) if body.channel_id else None
+    draft = ChannelIn(
+        name=current.name if current else "unsaved",
+        email_address=body.email_address,
+        inbound=body.inbound,
+        outbound=body.outbound,
+    )
+    channel = mapping.channel_config(
+        draft, channel_id=body.channel_id or "unsaved", box=runtime.box, current=current
+    )
+    return await validation.validate(channel, settings=runtime.settings, box=runtime.box)
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+FilterId = ChannelId
+FiltersRevision = Annotated[
+    int | None, Query(ge=0, description="refuse with 409 unless this is the list's revision")
+]
+
+
+def _filters_out(store: ConfigStore, channel_id: str) -> FilterListOut:
+    return mapping.filter_list_out(channel_id, store.filters.get(channel_id), store.campaigns.get)
+
+
+@api.get("/channels/{channel_id}/filters", tags=["filters"])
+async def get_filters(channel_id: ChannelId, store: StoreDep) -> FilterListOut:
+    """The ordered list (first match wins) with its revision (0: never saved)."""
+    store.channel(channel_id)
+    return _filters_out(store, channel_id)
+
+
+@api.put(
+    "/channels/{channel_id}/filters",
+    tags=["filters"],
+    dependencies=Admin,
+    responses={409: {"description": "stale revision; the body names the current one"}},
+)
+async def replace_filters(
+    channel_id: ChannelId, body: FilterListIn, store: StoreDep
+) -> FilterListOut:
+    """Replace the whole ordered list; filters without an id get one."""
+    rules = [mapping.filter_event(item) for item in body.filters]
+    await store.update_filters(channel_id, revision=body.revision, change=lambda _old: rules)
+    return _filters_out(store, channel_id)
+
+
+@api.post(
+    "/channels/{channel_id}/filters",
+    status_code=HTTPStatus.CREATED,
+    tags=["filters"],
+    dependencies=Admin,
+)
+async def create_filter(
+    channel_id: ChannelId, body: FilterCreate, store: StoreDep, revision: FiltersRevision = None
+) -> FilterListOut:
+    """Add one filter, at ``position`` or at the end."""
+    rule = mapping.filter_event(body)
+
+    def change(rules: list[Filter]) -> list[Filter]:
+        if any(existing.id == rule.id for existing in rules):
+            raise AlreadyExists(f"filter {rule.id!r} already exists on this channel")
+        position = len(rules) if body.position is None else min(body.position, len(rules))
+        return [*rules[:position], rule, *rules[position:]]
+
+    await store.update_filters(channel_id, revision=revision, change=change, focus=rule.id)
+    return _filters_out(store, channel_id)
+
+
+@api.put("/channels/{channel_id}/filters/{filter_id}", tags=["filters"], dependencies=Admin)
+async def update_filter(
+    channel_id: ChannelId,
+    filter_id: FilterId,
+    body: FilterIn,
+    store: StoreDep,
+    revision: FiltersRevision = None,
+) -> FilterListOut:
+    """Replace one filter, keeping its place and id."""
+    rule = mapping.filter_event(body, filter_id=filter_id)
+
+    def change(rules: list[Filter]) -> list[Filter]:
+        _position(rules, filter_id)
+        return [rule if existing.id == filter_id else existing for existing in rules]
+
+    await store.update_filters(channel_id, revision=revision, change=change, focus=filter_id)
+    return _filters_out(store, channel_id)
+
+
+@api.delete("/channels/{channel_id}/filters/{filter_id}", tags=["filters"], dependencies=Admin)
+async def delete_filter(
+    channel_id: ChannelId, filter_id: FilterId, store: StoreDep, revision: FiltersRevision = None
+) -> FilterListOut:
+    def change(rules: list[Filter]) -> list[Filter]:
+        _position(rules, filter_id)
+        return [existing for existing in rules if existing.id != filter_id]
+
+    await store.update_filters(channel_id, revision=revision, change=change)
+    return _filters_out(store, channel_id)
+
+
+@api.post("/channels/{channel_id}/filters/reorder", tags=["filters"], dependencies=Admin)
+async def reorder_filters(
+    channel_id: ChannelId, body: FilterOrder, store: StoreDep
+) -> FilterListOut:
+    """Put the filters in the given order; ``order`` names every filter id exactly once."""
+
+    def change(rules: list[Filter]) -> list[Filter]:
+        by_id = {rule.id: rule for rule in rules}
+        if sorted(body.order) != sorted(by_id):
+            raise InvalidInput(
+                Problem(
+                    ("body", "order"),
+                    f"must name each of the channel's {len(by_id)} filter ids exactly once "
+                    "(GET the list for the current ids)",
+                )
+            )
+        return [by_id[filter_id] for filter_id in body.order]
+
+    await store.update_filters(channel_id, revision=body.revision, change=change)
+    return _filters_out(store, channel_id)
+
+
+@api.post("/channels/{channel_id}/filters/test", tags=["filters"])
+async def test_filters(
+    channel_id: ChannelId, body: SampleMessage, store: StoreDep
+) -> RoutingTestResult:
+    """Which filter (or the default campaign) the router would pick for a sample message,
+    and why. Runs the router's own rules (``router.rules``) on the saved list."""
+    channel = store.channel(channel_id)
+    return routing_test.explain(
+        body, channel, store.filters.get(channel_id), campaign_of=store.campaigns.get
+    )
+
+
+def _position(rules: list[Filter], filter_id: str) -> int:
+    for index, rule in enumerate(rules):
+        if rule.id == filter_id:
+            return index
+    raise NotFound(f"filter {filter_id!r} does not exist on this channel")
 
 
 # --- sign-in and API tokens ---------------------------------------------------------------------

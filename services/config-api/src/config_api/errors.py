@@ -10,7 +10,8 @@ too (``ConfigStore._publish``), so nothing above the store sees an aiokafka type
     ├── NotFound                        404  no such channel / campaign
     ├── Conflict                        409
     │   ├── AlreadyExists               409  a client-chosen id is taken
-    │   └── RevisionConflict            409  stale ``revision``: names the current one
+    │   ├── RevisionConflict            409  stale ``revision``: names the current one
+    │   └── CampaignInUse               409  delete refused: names the channels using it
     ├── InvalidInput                    422  names the field (``loc``), never echoes its value
     └── Unavailable                     503  retriable: Kafka down, not caught up yet, ...
         └── WriterFenced                503  a newer config-api instance took over the writes
@@ -73,6 +74,19 @@ class RevisionConflict(Conflict):
             f"the request was based on revision {sent}; reload it and apply the change again"
         )
         self.current_revision = current
+
+
+class CampaignInUse(Conflict):
+    """A campaign that is a channel's default or a filter's target cannot be deleted."""
+
+    def __init__(self, campaign_id: str, channels: list[dict[str, object]]) -> None:
+        names = ", ".join(repr(c["name"]) for c in channels[:5])
+        more = f" and {len(channels) - 5} more" if len(channels) > 5 else ""  # noqa: PLR2004
+        super().__init__(
+            f"campaign {campaign_id!r} is still used by {len(channels)} channel(s) "
+            f"({names}{more}): change their default campaign or filters first"
+        )
+        self.extra = {"channels": channels}
 
 
 class Problem(NamedTuple):

@@ -12,14 +12,19 @@ from typing import TYPE_CHECKING
 
 from config_api.errors import InvalidInput, Problem
 from config_api.graph_mapping import graph_inbound, graph_out, graph_outbound
+from config_api.rules import LOGIN_FIELDS
 from config_api.schemas import (
     CampaignOut,
     ChannelIn,
     ChannelOut,
+    FilterIn,
+    FilterListOut,
+    FilterOut,
     GraphInboundIn,
     GraphInboundOut,
     GraphOutboundIn,
     GraphOutboundOut,
+    HeaderConditionOut,
     ImapInboundIn,
     ImapInboundOut,
     SmtpOutboundIn,
@@ -29,8 +34,9 @@ from config_api.schemas import (
 from email_channels.events import (
     Campaign,
     ChannelConfig,
-    ChannelState,
+    Filter,
     GraphApp,
+    HeaderCondition,
     ImapInbound,
     SmtpOutbound,
     TlsMode,
@@ -39,16 +45,16 @@ from email_channels.events import (
 from email_channels.secretbox import SecretDecryptError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     from pydantic import SecretStr
 
-    from email_channels.events import ChannelFilters, ChannelStatus, Inbound, Outbound
+    from email_channels.events import ChannelFilters, Inbound, Outbound
     from email_channels.secretbox import EncryptedSecret, SecretBox
 
 IMAP_PORTS = {TlsMode.SSL: 993, TlsMode.STARTTLS: 143, TlsMode.PLAIN: 143}
 SMTP_PORTS = {TlsMode.SSL: 465, TlsMode.STARTTLS: 587, TlsMode.PLAIN: 25}
-NOT_VALIDATED = "not validated yet: no fetcher or sender has reported on this channel"
 
 
 def new_id() -> str:
@@ -79,6 +85,18 @@ def channel_config(
         outbound = graph_outbound(body.outbound, stored_out, box)
     elif body.outbound is not None:
         outbound = _smtp(body.outbound, stored_out, box)
+    now = now or utcnow()
+    new_password = any(
+        side is not None
+        and (getattr(side, "password", None) or getattr(side, "client_secret", None)) is not None
+        for side in (body.inbound, body.outbound)
+    )
+    changed = (
+        current is None
+        or new_password
+        or _settings(current.inbound) != _settings(inbound)
+        or _settings(current.outbound) != _settings(outbound)
+    )
     return ChannelConfig(
         id=channel_id,
         name=body.name,
@@ -89,8 +107,14 @@ def channel_config(
         inbound=inbound,
         outbound=outbound,
         revision=current.revision + 1 if current else 1,
-        updated_at=now or utcnow(),
+        updated_at=now,
+        settings_changed_at=now if changed or current is None else current.settings_changed_at,
     )
+
+
+def _settings(server: Inbound | Outbound | None) -> dict[str, object] | None:
+    """A server's settings without the ciphertext (which changes on every key rotation)."""
+    return server.model_dump(exclude={"password", "client_secret"}) if server else None
 
 
 def campaign_event(name: str, *, campaign_id: str, now: datetime | None = None) -> Campaign:
@@ -99,9 +123,13 @@ def campaign_event(name: str, *, campaign_id: str, now: datetime | None = None) 
 
 def _imap(body: ImapInboundIn, stored: Inbound | None, box: SecretBox) -> ImapInbound:
     loc = ("body", "inbound", "password")
-    password = _secret(
-        body.password, stored.password if isinstance(stored, ImapInbound) else None, box, loc
-    )
+    port = body.port or IMAP_PORTS[body.tls]
+    kept = stored.password if isinstance(stored, ImapInbound) else None
+    if body.password is None and isinstance(stored, ImapInbound):
+        _refuse_moved_password(
+            stored, host=body.host, port=port, username=body.username, tls=body.tls, loc=loc
+        )
+    password = _secret(body.password, kept, box, loc)
     if password is None:
         raise InvalidInput(
             Problem(
@@ -112,7 +140,7 @@ def _imap(body: ImapInboundIn, stored: Inbound | None, box: SecretBox) -> ImapIn
         )
     return ImapInbound(
         host=body.host,
-        port=body.port or IMAP_PORTS[body.tls],
+        port=port,
         tls=body.tls,
         verify_tls=body.verify_tls,
         username=body.username,
@@ -124,17 +152,46 @@ def _imap(body: ImapInboundIn, stored: Inbound | None, box: SecretBox) -> ImapIn
     )
 
 
+def _refuse_moved_password(
+    stored: ImapInbound | SmtpOutbound,
+    *,
+    host: str,
+    port: int,
+    username: str | None,
+    tls: TlsMode,
+    loc: tuple[str, ...],
+) -> None:
+    """A stored password is only kept for the server and user it was entered for: otherwise
+    a changed port or host would send it to whatever listens there."""
+    new = {"host": host, "port": port, "username": username, "tls": tls}
+    changed = [name for name in LOGIN_FIELDS if getattr(stored, name) != new[name]]
+    if changed:
+        raise InvalidInput(
+            Problem(
+                loc,
+                f"required again because {', '.join(changed)} changed: the stored password "
+                "was entered for the previous server and user, enter it for the new ones",
+            )
+        )
+
+
 def _smtp(body: SmtpOutboundIn, stored: Outbound | None, box: SecretBox) -> SmtpOutbound:
     stored_password = stored.password if isinstance(stored, SmtpOutbound) else None
     # A stored password belongs to a login; without a username there is no login to keep it for.
     kept = stored_password if body.username is not None else None
+    port = body.port or SMTP_PORTS[body.tls]
+    loc = ("body", "outbound", "password")
+    if body.password is None and kept is not None and isinstance(stored, SmtpOutbound):
+        _refuse_moved_password(
+            stored, host=body.host, port=port, username=body.username, tls=body.tls, loc=loc
+        )
     return SmtpOutbound(
         host=body.host,
-        port=body.port or SMTP_PORTS[body.tls],
+        port=port,
         tls=body.tls,
         verify_tls=body.verify_tls,
         username=body.username,
-        password=_secret(body.password, kept, box, ("body", "outbound", "password")),
+        password=_secret(body.password, kept, box, loc),
     )
 
 
@@ -173,7 +230,7 @@ def channel_out(
     *,
     campaign: Campaign | None,
     filters: ChannelFilters | None,
-    status: ChannelStatus | None,
+    status: StatusOut,
 ) -> ChannelOut:
     return ChannelOut(
         id=channel.id,
@@ -186,34 +243,9 @@ def channel_out(
         inbound=_inbound_out(channel.inbound),
         outbound=_outbound_out(channel.outbound),
         filter_count=len(filters.filters) if filters else 0,
-        status=status_out(status),
+        status=status,
         revision=channel.revision,
         updated_at=channel.updated_at,
-    )
-
-
-def combined_status(*reports: ChannelStatus | None) -> ChannelStatus | None:
-    """One indicator from the inbound and outbound health reports of a channel.
-
-    Any failing direction makes the channel inactive (the most recent failure is shown);
-    otherwise the most recent success; ``None`` when nothing was ever reported.
-    """
-    known = [report for report in reports if report is not None]
-    failing = [report for report in known if report.state is ChannelState.INACTIVE]
-    candidates = failing or known
-    return max(candidates, key=lambda report: report.at) if candidates else None
-
-
-def status_out(status: ChannelStatus | None) -> StatusOut:
-    if status is None:
-        return StatusOut(state=ChannelState.INACTIVE, reason=NOT_VALIDATED)
-    return StatusOut(
-        state=status.state,
-        reason=status.reason,
-        step=status.step,
-        direction=status.direction,
-        at=status.at,
-        last_success_at=status.last_success_at,
     )
 
 
@@ -252,4 +284,55 @@ def _outbound_out(outbound: Outbound | None) -> SmtpOutboundOut | GraphOutboundO
         verify_tls=outbound.verify_tls,
         username=outbound.username,
         password_set=outbound.password is not None,
+    )
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+
+def filter_event(body: FilterIn, *, filter_id: str | None = None) -> Filter:
+    """A filter from its request body; the id is kept, taken from the body, or generated."""
+    return Filter(
+        id=filter_id or body.id or new_id(),
+        name=body.name,
+        campaign_id=body.campaign_id,
+        sender_keywords=list(dict.fromkeys(body.sender_keywords)),
+        subject_keywords=list(dict.fromkeys(body.subject_keywords)),
+        body_keywords=list(dict.fromkeys(body.body_keywords)),
+        all_of=list(dict.fromkeys(body.all_of)),
+        regex=body.regex,
+        header_conditions=[
+            HeaderCondition(header=c.header, keywords=list(dict.fromkeys(c.keywords)))
+            for c in body.header_conditions
+        ],
+    )
+
+
+def filter_out(rule: Filter, campaign_of: Callable[[str], Campaign | None]) -> FilterOut:
+    campaign = campaign_of(rule.campaign_id)
+    return FilterOut(
+        id=rule.id,
+        name=rule.name,
+        campaign_id=rule.campaign_id,
+        campaign_name=campaign.name if campaign else None,
+        sender_keywords=list(rule.sender_keywords),
+        subject_keywords=list(rule.subject_keywords),
+        body_keywords=list(rule.body_keywords),
+        all_of=list(rule.all_of),
+        regex=rule.regex,
+        header_conditions=[
+            HeaderConditionOut(header=c.header, keywords=list(c.keywords))
+            for c in rule.header_conditions
+        ],
+    )
+
+
+def filter_list_out(
+    channel_id: str, filters: ChannelFilters | None, campaign_of: Callable[[str], Campaign | None]
+) -> FilterListOut:
+    return FilterListOut(
+        channel_id=channel_id,
+        filters=[filter_out(rule, campaign_of) for rule in filters.filters] if filters else [],
+        revision=filters.revision if filters else 0,
+        updated_at=filters.updated_at if filters else None,
     )

@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from config_api.errors import Problem
-from email_channels.events import AfterFetch, ChannelConfig, ImapInbound, SmtpOutbound
+from email_channels.events import (
+    AfterFetch,
+    ChannelConfig,
+    Filter,
+    ImapInbound,
+    SmtpOutbound,
+)
+from email_channels.filter_regex import FilterRegexError, compile_filter_regex
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,6 +35,13 @@ def channel_problems(
     problems: list[Problem] = []
     if channel.enabled and channel.default_campaign_id is None:
         problems.append(Problem(("body", "enabled"), NEEDS_DEFAULT_CAMPAIGN))
+    if channel.sync_recipient_only and channel.email_address is None:
+        problems.append(
+            Problem(
+                ("body", "email_address"),
+                "required when sync_recipient_only is set: only mail addressed to it is taken",
+            )
+        )
     if channel.default_campaign_id is not None and not campaign_exists(channel.default_campaign_id):
         problems.append(
             Problem(
@@ -85,3 +99,63 @@ def _smtp_problems(outbound: SmtpOutbound) -> list[Problem]:
             )
         ]
     return []
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+EMPTY_FILTER = (
+    "a filter needs at least one criterion (sender, subject or body keywords, all_of, regex or "
+    "a header condition); without one it would never match"
+)
+
+
+def filter_problems(
+    rule: Filter, *, loc: tuple[str | int, ...], campaign_exists: Callable[[str], bool]
+) -> list[Problem]:
+    """Every rule one filter breaks; ``loc`` is where the filter sits in the request body."""
+    problems: list[Problem] = []
+    if not campaign_exists(rule.campaign_id):
+        problems.append(
+            Problem(
+                (*loc, "campaign_id"),
+                f"campaign {rule.campaign_id!r} does not exist; create it first "
+                "(POST /api/v1/campaigns) or pick one from GET /api/v1/campaigns",
+            )
+        )
+    criteria = (
+        rule.sender_keywords,
+        rule.subject_keywords,
+        rule.body_keywords,
+        rule.all_of,
+        rule.regex,
+        rule.header_conditions,
+    )
+    if not any(criteria):
+        problems.append(Problem(loc, EMPTY_FILTER))
+    if rule.regex is not None:
+        try:
+            compile_filter_regex(rule.regex)
+        except FilterRegexError as exc:
+            problems.append(Problem((*loc, "regex"), str(exc)))
+    return problems
+
+
+def filter_list_problems(
+    rules: list[Filter], *, focus: str | None = None, campaign_exists: Callable[[str], bool]
+) -> list[Problem]:
+    """Problems of a whole list, at ``filters.<index>``; the filter ``focus`` at the body."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for index, rule in enumerate(rules):
+        loc: tuple[str | int, ...] = ("body",) if rule.id == focus else ("body", "filters", index)
+        if rule.id in seen:
+            problems.append(Problem((*loc, "id"), f"filter id {rule.id!r} appears twice"))
+        seen.add(rule.id)
+        problems.extend(filter_problems(rule, loc=loc, campaign_exists=campaign_exists))
+    return problems
+
+
+# --- server changes -----------------------------------------------------------------------------
+
+LOGIN_FIELDS = ("host", "port", "username", "tls")
+"""Changing any of these needs the password again (see ``mapping._refuse_moved_password``)."""

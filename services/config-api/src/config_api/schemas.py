@@ -457,3 +457,174 @@ class WhoAmI(ResponseModel):
     subject: str
     role: Literal["admin", "viewer"]
     method: Literal["oidc", "api-token", "admin-token"]
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+Keyword = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_single_line),
+]
+Keywords = Annotated[list[Keyword], Field(max_length=100)]
+HeaderFieldName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[!-9;-~]+$"),
+]
+
+
+class HeaderConditionIn(RequestModel):
+    """The header named ``header`` holds any of ``keywords`` (case-insensitive)."""
+
+    header: HeaderFieldName = Field(description="header field name, e.g. List-Id or X-Priority")
+    keywords: Annotated[list[Keyword], Field(min_length=1, max_length=100)]
+
+
+class FilterIn(RequestModel):
+    """One filter. Every criterion given must hold; within a keyword list, any keyword matches.
+
+    Criteria: keywords in the sender / subject / body (any of them found in its field),
+    ``all_of`` (every word somewhere), ``regex`` (RE2 syntax, case-insensitive, searched in
+    subject and body) and ``header_conditions``. A filter needs at least one criterion.
+    """
+
+    id: OptionalId = Field(default=None, description="kept on update; generated when omitted")
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_single_line)
+    ] = ""
+    campaign_id: Id = Field(description="campaign that matching mail goes to; must exist")
+    sender_keywords: Keywords = Field(default_factory=list)
+    subject_keywords: Keywords = Field(default_factory=list)
+    body_keywords: Keywords = Field(default_factory=list)
+    all_of: Keywords = Field(default_factory=list, description="every one must appear")
+    regex: Annotated[str | None, BeforeValidator(_blank_to_none)] = Field(
+        default=None, max_length=500, description="RE2 syntax (no backreferences/look-around)"
+    )
+    header_conditions: Annotated[list[HeaderConditionIn], Field(max_length=20)] = Field(
+        default_factory=list
+    )
+
+
+class HeaderConditionOut(ResponseModel):
+    header: str
+    keywords: list[str]
+
+
+class FilterOut(ResponseModel):
+    id: str
+    name: str
+    campaign_id: str
+    campaign_name: str | None
+    sender_keywords: list[str]
+    subject_keywords: list[str]
+    body_keywords: list[str]
+    all_of: list[str]
+    regex: str | None
+    header_conditions: list[HeaderConditionOut]
+
+
+class FilterListOut(ResponseModel):
+    channel_id: str
+    filters: list[FilterOut]
+    revision: int = Field(description="0 while the channel never had filters")
+    updated_at: datetime | None
+
+
+class FilterListIn(RequestModel):
+    """Body of ``PUT /channels/{id}/filters``: the whole ordered list; first match wins."""
+
+    filters: Annotated[list[FilterIn], Field(max_length=200)]
+    revision: int = Field(ge=0, description="the revision the client read (0: none yet)")
+
+
+class FilterCreate(FilterIn):
+    position: int | None = Field(
+        default=None, ge=0, description="0-based place in the list; default: at the end"
+    )
+
+
+class FilterOrder(RequestModel):
+    """Body of ``POST /channels/{id}/filters/reorder``: every filter id, in the new order."""
+
+    order: Annotated[list[Id], Field(max_length=200)]
+    revision: int | None = Field(default=None, ge=0, description="refuse with 409 unless current")
+
+
+class SampleHeader(RequestModel):
+    name: HeaderFieldName
+    value: Annotated[str, Field(max_length=2000)]
+
+
+class SampleMessage(RequestModel):
+    """A message to try the channel's filters on: header fields and the body text."""
+
+    headers: Annotated[list[SampleHeader], Field(max_length=100)] = Field(
+        default_factory=list,
+        description="e.g. [{name: From, value: ...}, {name: Subject, value: ...}]",
+    )
+    body: Annotated[str, Field(max_length=200_000)] = ""
+
+
+class FilterCheck(ResponseModel):
+    position: int
+    filter_id: str
+    name: str
+    matched: bool
+
+
+class RoutingTestResult(ResponseModel):
+    """Where the channel's router would send the sample, and why."""
+
+    campaign_id: str | None
+    campaign_name: str | None
+    reason: Literal["filter", "default", "unroutable"]
+    filter_id: str | None = None
+    filter_name: str | None = None
+    explanation: str
+    checked: list[FilterCheck] = Field(description="the filters tried, in order, up to the match")
+
+
+# --- campaigns: updates -------------------------------------------------------------------------
+
+
+class CampaignRename(RequestModel):
+    name: Name
+
+
+# --- bulk ---------------------------------------------------------------------------------------
+
+
+class BulkAction(RequestModel):
+    """Body of ``POST /channels/bulk``: one action on the selected channels."""
+
+    action: Literal["enable", "disable", "delete"]
+    ids: Annotated[list[Id], Field(min_length=1, max_length=500)]
+
+
+class BulkItem(ResponseModel):
+    id: str
+    ok: bool
+    status: int
+    detail: str | None = None
+
+
+class BulkResult(ResponseModel):
+    items: list[BulkItem]
+    succeeded: int
+    failed: int
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+class ValidateSettings(RequestModel):
+    """Body of ``POST /channels/validate``: settings not saved yet.
+
+    With ``channel_id``, omitted passwords are taken from that saved channel (the same rule
+    as an update: only while host, port, user and TLS mode are unchanged).
+    """
+
+    channel_id: OptionalId = None
+    email_address: OptionalEmail = Field(default=None, description="used as MAIL FROM")
+    inbound: InboundIn | None = None
+    outbound: OutboundIn | None = None

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from email_channels.events import ChannelState
-
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from config_api.schemas import StatusFilter
-    from email_channels.events import ChannelConfig, ChannelStatus
+    from email_channels.events import ChannelConfig, ChannelState
 
 
 @dataclass(frozen=True)
@@ -24,7 +22,7 @@ class ChannelQuery:
     default_campaign_id: str | None = None
     status: StatusFilter = "all"
 
-    def matches(self, channel: ChannelConfig, status: ChannelStatus | None) -> bool:
+    def matches(self, channel: ChannelConfig, state: ChannelState) -> bool:
         texts = (
             (self.q, channel.name),
             (self.name, channel.name),
@@ -38,15 +36,14 @@ class ChannelQuery:
             return False
         if self.status == "all":
             return True
-        state = status.state if status else ChannelState.INACTIVE
         return state.value == self.status
 
 
 def select_channels(
     channels: Iterable[ChannelConfig],
     query: ChannelQuery,
-    status_of: Callable[[str], ChannelStatus | None],
+    state_of: Callable[[ChannelConfig], ChannelState],
 ) -> list[ChannelConfig]:
     """The matching channels, by name (case-insensitive), then id."""
-    found = [channel for channel in channels if query.matches(channel, status_of(channel.id))]
+    found = [channel for channel in channels if query.matches(channel, state_of(channel))]
     return sorted(found, key=lambda channel: (channel.name.casefold(), channel.id))

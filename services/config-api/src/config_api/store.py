@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from config_api.errors import (
     AlreadyExists,
+    CampaignInUse,
     ConfigApiError,
     InvalidInput,
     NotFound,
@@ -34,9 +35,9 @@ from config_api.errors import (
     Unavailable,
     WriterFenced,
 )
-from config_api.mapping import combined_status
 from config_api.metrics import WRITE_SECONDS, WRITES
-from config_api.rules import channel_problems
+from config_api.rules import channel_problems, filter_list_problems
+from config_api.status import channel_status
 from email_channels.compacted import CompactedView
 from email_channels.errors import PipelineError, TransientError
 from email_channels.events import (
@@ -45,13 +46,16 @@ from email_channels.events import (
     ChannelConfig,
     ChannelFilters,
     ChannelStatus,
+    Filter,
     status_key,
+    utcnow,
 )
 from email_channels.producer import EventProducer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
+    from config_api.schemas import StatusOut
     from email_channels.events import Contract
     from email_channels.settings import KafkaSettings
 
@@ -172,11 +176,14 @@ class ConfigStore:
             raise NotFound(f"channel {channel_id!r} does not exist")
         return channel
 
-    def status_of(self, channel_id: str) -> ChannelStatus | None:
-        """The channel's indicator, combined from its inbound and outbound health reports."""
-        return combined_status(
-            self.statuses.get(status_key(channel_id, "inbound")),
-            self.statuses.get(status_key(channel_id, "outbound")),
+    def status_of(self, channel: ChannelConfig) -> StatusOut:
+        """The channel's indicator (see :mod:`config_api.status`)."""
+        return channel_status(
+            channel,
+            {
+                "inbound": self.statuses.get(status_key(channel.id, "inbound")),
+                "outbound": self.statuses.get(status_key(channel.id, "outbound")),
+            },
         )
 
     def campaign(self, campaign_id: str) -> Campaign:
@@ -240,6 +247,102 @@ class ConfigStore:
                 [(self.channels, channel_id, None), (self.filters, channel_id, None)]
             )
             line.update(revision=current.revision)
+
+    async def rename_campaign(self, campaign_id: str, name: str) -> Campaign:
+        async with self._write("campaign", "rename", campaign_id=campaign_id):
+            current = self.campaign(campaign_id)
+            renamed = current.model_copy(update={"name": name, "updated_at": utcnow()})
+            await self._publish([(self.campaigns, campaign_id, renamed)])
+            return self.campaign(campaign_id)
+
+    async def delete_campaign(self, campaign_id: str) -> None:
+        """Tombstone the campaign, unless a channel uses it as default or filter target."""
+        async with self._write("campaign", "delete", campaign_id=campaign_id) as line:
+            self.campaign(campaign_id)
+            users = self.campaign_users(campaign_id)
+            if users:
+                line.update(used_by=len(users))
+                raise CampaignInUse(campaign_id, users)
+            await self._publish([(self.campaigns, campaign_id, None)])
+
+    def campaign_users(self, campaign_id: str) -> list[dict[str, object]]:
+        """The channels that use the campaign, and how (default / filter ids)."""
+        users: list[dict[str, object]] = []
+        for channel in sorted(self.channels.values(), key=lambda c: (c.name.casefold(), c.id)):
+            filters = self.filters.get(channel.id)
+            targets = (
+                [f.id for f in filters.filters if f.campaign_id == campaign_id] if filters else []
+            )
+            if channel.default_campaign_id == campaign_id or targets:
+                users.append(
+                    {
+                        "id": channel.id,
+                        "name": channel.name,
+                        "default": channel.default_campaign_id == campaign_id,
+                        "filter_ids": targets,
+                    }
+                )
+        return users
+
+    async def update_filters(
+        self,
+        channel_id: str,
+        *,
+        revision: int | None,
+        change: Callable[[list[Filter]], list[Filter]],
+        focus: str | None = None,
+    ) -> ChannelFilters:
+        """Replace the channel's filter list by ``change(current list)``.
+
+        ``revision`` (0 = the channel has no list yet) must be the current one when given.
+        Problems name ``filters.<index>.<field>``, or the body's own fields for the filter
+        whose id is ``focus`` (a single-filter request).
+        """
+        async with self._write("filters", "update", channel_id=channel_id) as line:
+            self.channel(channel_id)
+            current = self.filters.get(channel_id)
+            current_revision = current.revision if current else 0
+            if revision is not None and revision != current_revision:
+                raise RevisionConflict(
+                    "filter list of channel",
+                    channel_id,
+                    sent=revision,
+                    current=current_revision,
+                )
+            rules = change(list(current.filters) if current else [])
+            problems = filter_list_problems(
+                rules, focus=focus, campaign_exists=self.campaigns.__contains__
+            )
+            if problems:
+                raise InvalidInput(*problems)
+            updated = ChannelFilters(
+                channel_id=channel_id, filters=rules, revision=current_revision + 1
+            )
+            await self._publish([(self.filters, channel_id, updated)])
+            saved = self.filters.get(channel_id)
+            assert saved is not None
+            line.update(revision=saved.revision, filters=len(saved.filters))
+            return saved
+
+    async def set_enabled(self, channel_id: str, *, enabled: bool) -> ChannelConfig:
+        """Switch a channel on or off (bulk action); the current revision, whatever it is."""
+        current = self.channel(channel_id)
+
+        def change(channel: ChannelConfig) -> ChannelConfig:
+            return channel.model_copy(
+                update={
+                    "enabled": enabled,
+                    "revision": channel.revision + 1,
+                    "updated_at": utcnow(),
+                }
+            )
+
+        return await self.update_channel(channel_id, revision=current.revision, change=change)
+
+    async def record_status(self, statuses: Sequence[ChannelStatus]) -> None:
+        """Publish health reports (the outcome of a validation) on email.channel-status."""
+        async with self._write("status", "validate"):
+            await self._publish([(self.statuses, s.key, s) for s in statuses])
 
     async def create_token(self, token: ApiToken) -> ApiToken:
         async with self._write("token", "create", token_id=token.id) as line:
