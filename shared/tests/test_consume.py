@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from email_channels.consume import RetryPolicy, _Stopping, handle_with_policy
+from email_channels.consume import RetryPolicy, _Stopping, handle_with_policy, settle
 from email_channels.errors import PermanentError, TransientError
 
 
@@ -139,3 +139,61 @@ async def test_a_dead_letter_that_cannot_be_published_is_retried() -> None:
     await _run(handler, dead)
     assert dead.failures == 0
     assert [str(error) for _, error, _ in dead.sent] == ["bad input"]
+
+
+async def test_settle_passes_the_attempt_number_and_calls_the_give_up_hook_once() -> None:
+    """The handler sees attempts 1..n; the give-up hook runs once, before the dead letter."""
+    seen: list[int] = []
+    order: list[str] = []
+
+    async def handler(_: Any, attempt: int) -> None:
+        seen.append(attempt)
+        raise TransientError("still down")
+
+    class OrderedDead(FakeDeadLetters):
+        async def send(self, record: Any, error: BaseException, *, attempts: int = 1) -> None:
+            order.append("dead letter")
+            await super().send(record, error, attempts=attempts)
+
+    async def give_up(_record: Any, error: BaseException, attempts: int) -> None:
+        order.append(f"give up after {attempts}: {error}")
+
+    dead = OrderedDead()
+    await settle(
+        FakeRecord(),
+        handler,
+        dead_letters=dead,  # type: ignore[arg-type]
+        policy=FAST,
+        stopping=asyncio.Event(),
+        stage="test",
+        give_up=give_up,
+    )
+    assert seen == [1, 2, 3]
+    assert order == ["give up after 3: still down", "dead letter"]
+
+
+async def test_a_failing_give_up_hook_is_retried_and_the_dead_letter_sent_once() -> None:
+    """A hook that fails (Kafka hiccup) runs again; the record is dead-lettered exactly once."""
+    calls = 0
+
+    async def handler(_: Any, _attempt: int) -> None:
+        raise PermanentError("bad")
+
+    async def give_up(_record: Any, _error: BaseException, _attempts: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise TransientError("broker not available")
+
+    dead = FakeDeadLetters()
+    await settle(
+        FakeRecord(),
+        handler,
+        dead_letters=dead,  # type: ignore[arg-type]
+        policy=FAST,
+        stopping=asyncio.Event(),
+        stage="test",
+        give_up=give_up,
+    )
+    assert calls == 3
+    assert len(dead.sent) == 1

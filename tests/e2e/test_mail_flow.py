@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from devstack.java_consumer import validate_topic
 from devstack.ports import free_port
 from devstack.processes import ServiceProcesses
 from email_channels.codec import decode, header
@@ -121,6 +122,20 @@ async def _create_channel(
     return body["id"], campaign_id
 
 
+async def _java_consumer_validates(kafka_settings: KafkaSettings, *, records: int) -> None:
+    """The contract outside Python: a Java consumer validates every routed record against the
+    committed JSON Schema (and the campaign-id header against the body)."""
+    validation = await asyncio.to_thread(
+        validate_topic,
+        kafka_settings.bootstrap_servers,
+        kafka_settings.topics.routed,
+        "email.routed.schema.json",
+        min_records=records,
+    )
+    assert validation.ok, validation.output
+    assert f"validated={records} invalid=0" in validation.output, validation.output
+
+
 async def test_mail_in_a_mailbox_comes_out_routed_and_a_reply_is_sent(
     services: tuple[ServiceProcesses, str],
     kafka_settings: KafkaSettings,
@@ -167,6 +182,8 @@ async def test_mail_in_a_mailbox_comes_out_routed_and_a_reply_is_sent(
     assert routed.from_.address == "alice@customer.example"
     assert routed.text_body is not None
     assert "Where is my order?" in routed.text_body
+
+    await _java_consumer_validates(kafka_settings, records=1)
 
     # The campaign service answers on email.outbound; the sender delivers it by SMTP.
     outbound = OutboundEmail(

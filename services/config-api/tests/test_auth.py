@@ -203,10 +203,16 @@ async def test_jwt_without_known_role_is_403(
 
 
 async def test_untrusted_host_is_refused(client: httpx.AsyncClient) -> None:
-    """A Host header outside CONFIG_API_TRUSTED_HOSTS is refused (DNS rebinding guard)."""
-    response = await client.get("/healthz", headers={"Host": "attacker.example"})
+    """A Host header outside CONFIG_API_TRUSTED_HOSTS is refused (DNS rebinding guard); the
+    health probes answer whatever the host (Kubernetes probes use the pod IP)."""
+    other = {"Host": "attacker.example"}
+    page = await client.get("/", headers=other)
+    api = await client.get("/api/v1/me", headers={**other, **bearer(ADMIN_TOKEN)})
+    probe = await client.get("/healthz", headers={"Host": "10.1.2.3:8080"})
 
-    assert response.status_code == 400
+    assert page.status_code == 400
+    assert api.status_code == 400
+    assert probe.status_code == 200
 
 
 async def test_large_body_is_413(client: httpx.AsyncClient) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from email_channels.events import ChannelConfig, ImapInbound, TlsMode
+from email_channels.events import ChannelConfig, ImapInbound, Pop3Inbound, TlsMode
 from email_channels.tls import client_context
 
 if TYPE_CHECKING:
@@ -76,6 +76,40 @@ def imap_channel(dovecot: Dovecot, secret_box: SecretBox) -> Callable[..., Chann
             default_campaign_id="support",
             enabled=enabled,
             revision=revision,
+            inbound=settings,
+        )
+
+    return make
+
+
+@pytest.fixture
+def pop3_channel(dovecot: Dovecot, secret_box: SecretBox) -> Callable[..., ChannelConfig]:
+    """``pop3_channel(mail_user, tls=..., ...)``: an enabled POP3 channel."""
+
+    def make(
+        user: MailUser,
+        *,
+        tls: TlsMode = TlsMode.SSL,
+        password: str | None = None,
+        recipient_only: bool = False,
+        **inbound: Any,
+    ) -> ChannelConfig:
+        port = dovecot.pop3s_port if tls is TlsMode.SSL else dovecot.pop3_port
+        settings = Pop3Inbound(
+            host=dovecot.host,
+            port=port,
+            tls=tls,
+            username=user.user,
+            password=secret_box.encrypt(user.password if password is None else password),
+            **inbound,
+        )
+        return ChannelConfig(
+            id=f"ch-{uuid.uuid4().hex[:8]}",
+            name=f"POP3 mailbox of {user.user}",
+            email_address=user.address,
+            default_campaign_id="support",
+            enabled=True,
+            sync_recipient_only=recipient_only,
             inbound=settings,
         )
 

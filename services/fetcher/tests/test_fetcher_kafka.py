@@ -18,6 +18,7 @@ from email_channels.events import (
     ChannelConfig,
     ChannelState,
     ChannelStatus,
+    DeadLetter,
     FetchCursor,
     RawEmail,
     status_key,
@@ -295,3 +296,134 @@ def channel_id_on(partition: int, kafka_settings: KafkaSettings) -> str:
         candidate = f"ch-{uuid.uuid4().hex[:8]}"
         if DefaultPartitioner()(candidate.encode(), partitions, partitions) == partition:
             return candidate
+
+
+def renumber(dovecot: Dovecot, user: str) -> None:
+    """What a restore or migration does: Dovecot forgets the folder's UIDs (same messages,
+    new UIDVALIDITY and new UIDs)."""
+    maildir = dovecot.workdir / "home" / user / "Maildir"
+    for path in maildir.iterdir():
+        if path.name.startswith(("dovecot-uidlist", "dovecot.index")):
+            path.unlink()
+
+
+@pytest.mark.parametrize("after_fetch", [AfterFetch.MARK_SEEN, AfterFetch.DELETE])
+async def test_uidvalidity_change_loses_nothing_and_republishes_nothing(
+    after_fetch, settings, kafka_settings, dovecot, mail_user, imap_channel, publish,
+    topic_reader, wait_until,
+):  # fmt: skip
+    """Mail that arrived while the channel was off, then a UIDVALIDITY change: every new
+    message is published once, what was published before is not published again."""
+    raw = await topic_reader(kafka_settings.topics.raw)
+    channel = imap_channel(mail_user, after_fetch=after_fetch)
+    await publish(channel)
+    dovecot.deliver(mail_user.user, mime("early-1"))
+    dovecot.deliver(mail_user.user, mime("early-2"))
+    async with running(settings):
+        await wait_until(lambda: len(raw.records) == 2)
+    for n in range(5):
+        dovecot.deliver(mail_user.user, mime(f"while-off-{n}"))
+    renumber(dovecot, mail_user.user)
+    async with running(settings):
+        await wait_until(lambda: len(raw.records) == 7)
+        await asyncio.sleep(2)  # time enough to (wrongly) publish the early ones again
+    published = [email.raw_mime for _, email in raw_emails(raw)]
+    assert sorted(published) == sorted(  # type: ignore[type-var]
+        [mime("early-1"), mime("early-2"), *(mime(f"while-off-{n}") for n in range(5))]
+    )
+
+
+async def test_a_failing_settle_is_retried_without_publishing_again(
+    settings, kafka_settings, dovecot, mail_user, imap_channel, publish, topic_reader,
+    wait_until, mailbox,
+):  # fmt: skip
+    """The move target is deleted while the channel idles: the next mail is published, its
+    MOVE fails (channel inactive, step folder); once the folder is back only the MOVE is
+    retried — the mail is on email.raw once."""
+    raw = await topic_reader(kafka_settings.topics.raw)
+    status = await topic_reader(kafka_settings.topics.channel_status)
+    dovecot.create_folder(mail_user.user, "Done")
+    channel = imap_channel(mail_user, after_fetch=AfterFetch.MOVE, move_to_folder="Done")
+    settings = settings.model_copy(update={"misconfigured_backoff_s": 1.0})
+    box = mailbox(mail_user)
+    async with running(settings):
+        await publish(channel)
+        await wait_until(lambda: statuses(status, channel.id))
+        await asyncio.to_thread(_delete_folder, box, "Done")
+        await asyncio.to_thread(dovecot.deliver, mail_user.user, mime("move-me"))
+        await wait_until(lambda: len(raw.records) == 1)
+        await wait_until(
+            lambda: any(s.state is ChannelState.INACTIVE for s in statuses(status, channel.id))
+        )
+        await asyncio.sleep(2)  # a few failed sessions: none may publish again
+        dovecot.create_folder(mail_user.user, "Done")
+        await wait_until(lambda: box._flags("INBOX") == {} and box._flags("Done"), timeout=20)
+    assert len(raw.records) == 1
+    inactive = [s for s in statuses(status, channel.id) if s.state is ChannelState.INACTIVE]
+    assert inactive[0].step == "folder"
+
+
+def _delete_folder(box: object, name: str) -> None:
+    with box._session(None) as imap:  # type: ignore[attr-defined]
+        imap.delete(f'"{name}"')
+
+
+async def test_oversize_message_is_dead_lettered_and_the_next_one_is_fetched(
+    settings, kafka_settings, dovecot, mail_user, imap_channel, publish, topic_reader,
+    wait_until, mailbox,
+):  # fmt: skip
+    """Above max_message_bytes: email.dlq gets its identity and headers, it stays on the
+    server unseen, and the message after it reaches email.raw."""
+    raw = await topic_reader(kafka_settings.topics.raw)
+    dlq = await topic_reader(kafka_settings.topics.dlq)
+    dovecot.deliver(mail_user.user, mime("too-big", size=50_000))
+    dovecot.deliver(mail_user.user, mime("fine"))
+    settings = settings.model_copy(update={"max_message_bytes": 20_000})
+    async with running(settings):
+        await publish(imap_channel(mail_user))
+        await wait_until(lambda: len(raw.records) == 1 and len(dlq.records) == 1)
+    [(_, email)] = raw_emails(raw)
+    assert email.raw_mime == mime("fine")
+    letter = decode(DeadLetter, dlq.records[0].value)
+    assert letter.error_kind == "oversize"
+    assert letter.source is not None
+    assert letter.source.uid == 1
+    assert b"Message-ID: <too-big@example.com>" in (letter.original_value or b"")
+    flags = await mailbox(mail_user).flags()
+    assert "\\Seen" not in flags[1]
+    assert "\\Seen" in flags[2]
+
+
+async def test_pop3_channel_delivers_to_email_raw_and_deletes_after_the_ack(
+    settings, kafka_settings, dovecot, mail_user, pop3_channel, publish, topic_reader,
+    wait_until,
+):  # fmt: skip
+    """POP3 (delete mode): mail reaches email.raw with its UIDL identity, then leaves the
+    server; mail delivered later is taken on the next poll."""
+    raw = await topic_reader(kafka_settings.topics.raw)
+    dovecot.deliver(mail_user.user, mime("pop-1"))
+    channel = pop3_channel(mail_user)
+    async with running(settings):
+        await publish(channel)
+        await wait_until(lambda: len(raw.records) == 1)
+        dovecot.deliver(mail_user.user, mime("pop-2"))
+        await wait_until(lambda: len(raw.records) == 2, timeout=15)
+        await wait_until(lambda: _pop3_count(dovecot, mail_user) == 0, timeout=15)
+    emails = [email for _, email in raw_emails(raw)]
+    assert [e.raw_mime for e in emails] == [mime("pop-1"), mime("pop-2")]
+    assert all(e.source.protocol == "pop3" and e.source.uidl for e in emails)
+
+
+def _pop3_count(dovecot: Dovecot, user: object) -> int:
+    import poplib  # noqa: PLC0415 - a second client, only here
+
+    from email_channels.tls import client_context  # noqa: PLC0415
+
+    context = client_context(extra_ca_file=dovecot.ca_file)
+    pop = poplib.POP3_SSL(dovecot.host, dovecot.pop3s_port, context=context, timeout=10)
+    try:
+        pop.user(user.user)  # type: ignore[attr-defined]
+        pop.pass_(user.password)  # type: ignore[attr-defined]
+        return int(pop.stat()[0])
+    finally:
+        pop.quit()

@@ -24,6 +24,7 @@ from email_channels.events import (
     ChannelConfig,
     ChannelState,
     ChannelStatus,
+    DeadLetter,
     FetchCursor,
     GraphAuth,
     GraphInbound,
@@ -37,12 +38,14 @@ from email_channels.producer import EventProducer
 from email_channels.settings import CommonSettings
 from email_channels.tls import client_context
 from fetcher.app import FetcherApp
+from fetcher.recipients import addressed_to
 from fetcher.settings import FetcherSettings
-from fetcher.sources.graph import GraphOptions, GraphSourceFactory, addressed_to
+from fetcher.sources import Outcome
+from fetcher.sources.graph import GraphOptions, GraphSourceFactory
 from fetcher.worker import ChannelWorker, WorkerPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
     from pathlib import Path
 
     from devstack.certs import TestPki
@@ -69,15 +72,19 @@ class RecordingSink:
         self.raw: list[RawEmail] = []
         self.cursors: list[FetchCursor] = []
         self.statuses: list[ChannelStatus] = []
+        self.dead_letters: list[DeadLetter] = []
 
-    async def publish_raw(self, email: RawEmail) -> None:
-        self.raw.append(email)
+    async def publish_raw(self, emails: Sequence[RawEmail]) -> None:
+        self.raw.extend(emails)
 
     async def publish_cursor(self, cursor: FetchCursor) -> None:
         self.cursors.append(cursor)
 
     async def publish_status(self, status: ChannelStatus) -> None:
         self.statuses.append(status)
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.append(letter)
 
 
 @pytest.fixture
@@ -193,8 +200,8 @@ async def test_delta_pages_through_every_page_then_marks_read_and_publishes_each
 async def test_message_deleted_between_delta_and_fetch_is_skipped_and_the_rest_is_taken(
     local_graph: LocalGraph, graph_channel, secret_box, pki
 ):
-    """A message removed by another client after the delta round yields None (not an error),
-    and its neighbours are still fetched."""
+    """A message removed by another client after the delta round is VANISHED in the batch (not
+    an error), and its neighbours are still fetched."""
     ids = [local_graph.deliver(MAILBOX, mime(n)) for n in range(3)]
     source = factory(secret_box, pki)(graph_channel())
     await source.open()
@@ -202,13 +209,58 @@ async def test_message_deleted_between_delta_and_fetch_is_skipped_and_the_rest_i
         pending = await source.pending(FetchCursor(channel_id="c"))
         assert [m.graph_id for m in pending.messages] == ids
         local_graph.remove(MAILBOX, ids[1])
-        fetched = [await source.fetch(m) for m in pending.messages]
-        await source.settle(pending.messages[1])  # already gone: nothing to do, no error
+        fetched = await source.fetch(pending.messages)
+        await source.settle([pending.messages[1]])  # already gone: nothing to do, no error
     finally:
         await source.close()
-    assert fetched[0] == mime(0)
-    assert fetched[1] is None
-    assert fetched[2] == mime(2)
+    assert [f.message for f in fetched] == list(pending.messages)
+    assert [f.outcome for f in fetched] == [Outcome.FETCHED, Outcome.VANISHED, Outcome.FETCHED]
+    assert fetched[0].raw == mime(0)
+    assert fetched[2].raw == mime(2)
+
+
+async def test_oversize_message_comes_with_its_header_block_for_the_dead_letter(
+    local_graph: LocalGraph, graph_channel, secret_box, pki
+):
+    """Above max_message_bytes a message is OVERSIZE with its size and header block (the worker
+    dead-letters it); a small one in the same batch is FETCHED."""
+    big = mime(1) + b"x" * 5000
+    local_graph.deliver(MAILBOX, big)
+    local_graph.deliver(MAILBOX, mime(2))
+    source = factory(secret_box, pki, max_message_bytes=4000)(graph_channel())
+    await source.open()
+    try:
+        pending = await source.pending(FetchCursor(channel_id="c"))
+        fetched = await source.fetch(pending.messages)
+    finally:
+        await source.close()
+    assert [f.outcome for f in fetched] == [Outcome.OVERSIZE, Outcome.FETCHED]
+    assert fetched[0].size == len(big)
+    assert fetched[0].headers is not None
+    assert b"Message-ID: <g1@example.com>" in fetched[0].headers
+    assert b"xxxx" not in fetched[0].headers
+
+
+async def test_a_new_session_settles_what_an_earlier_one_left_pending_before_pending(
+    local_graph: LocalGraph, graph_channel, secret_box, pki
+):
+    """The worker settles "published, settle pending" messages first thing in a new session,
+    before pending(): the fresh source connects for it and marks them read."""
+    ids = [local_graph.deliver(MAILBOX, mime(n)) for n in range(2)]
+    sources = factory(secret_box, pki)
+    first = sources(graph_channel())
+    await first.open()
+    try:
+        pending = await first.pending(FetchCursor(channel_id="c"))
+    finally:
+        await first.close()
+    second = sources(graph_channel())
+    await second.open()
+    try:
+        await second.settle(pending.messages)
+    finally:
+        await second.close()
+    assert dict(local_graph.messages(MAILBOX)) == dict.fromkeys(ids, True)
 
 
 async def test_throttled_mailbox_waits_out_retry_after_while_another_mailbox_goes_on(
@@ -331,7 +383,7 @@ async def test_forgotten_delta_link_syncs_the_folder_afresh(
     await source.open()
     try:
         pending = await source.pending(FetchCursor(channel_id="c"))
-        cursor = source.advance(pending.cursor, pending.messages[0])
+        cursor = source.advance(pending.cursor, pending.messages)
         assert cursor.delta_links
         local_graph.forget_sync_state(MAILBOX)
         second = local_graph.deliver(MAILBOX, mime(2))

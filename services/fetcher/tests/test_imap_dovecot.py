@@ -15,7 +15,7 @@ import pytest
 from email_channels.errors import ChannelMisconfigured
 from email_channels.events import AfterFetch, ChannelConfig, FetchCursor, TlsMode
 from email_channels.hostpolicy import HostPolicy
-from fetcher.sources import SourceUnavailable
+from fetcher.sources import Outcome, SourceUnavailable
 from fetcher.sources.imap import ImapOptions, ImapSource, ImapSourceFactory
 
 if TYPE_CHECKING:
@@ -71,14 +71,14 @@ async def opened(
 
 async def take_all(source: ImapSource, cursor: FetchCursor) -> tuple[FetchCursor, list[bytes]]:
     pending = await source.pending(cursor)
-    cursor, bodies = pending.cursor, []
-    for message in pending.messages:
-        body = await source.fetch(message)
-        assert body is not None
-        bodies.append(body)
-        await source.settle(message)
-        cursor = source.advance(cursor, message)
-    return cursor, bodies
+    cursor = pending.cursor
+    if not pending.messages:
+        return cursor, []
+    fetched = await source.fetch(pending.messages)
+    assert all(f.outcome is Outcome.FETCHED for f in fetched), fetched
+    bodies = [f.raw for f in fetched if f.raw is not None]
+    await source.settle(pending.messages)
+    return source.advance(cursor, pending.messages), bodies
 
 
 @pytest.mark.parametrize("tls", [TlsMode.SSL, TlsMode.STARTTLS, TlsMode.PLAIN])
@@ -143,11 +143,11 @@ async def test_mark_seen_happens_on_settle_not_on_fetch(
     dovecot.deliver(mail_user.user, mime("peek"))
     source = await opened(imap_channel(mail_user, after_fetch=AfterFetch.MARK_SEEN))
     pending = await source.pending(FetchCursor(channel_id="c"))
-    [message] = pending.messages
-    assert await source.fetch(message) == mime("peek")
+    [fetched] = await source.fetch(pending.messages)
+    assert fetched.raw == mime("peek")
     assert "\\Seen" not in (await mailbox(mail_user).flags())[1]
 
-    await source.settle(message)
+    await source.settle(pending.messages)
     assert "\\Seen" in (await mailbox(mail_user).flags())[1]
 
 
@@ -185,15 +185,15 @@ async def test_move_and_delete_after_fetch(dovecot, mail_user, imap_channel, ope
     assert await mailbox(mail_user).flags("INBOX") == {}
 
 
-async def test_move_to_a_missing_folder_is_misconfigured(dovecot, mail_user, imap_channel, opened):
+async def test_move_to_a_missing_folder_is_misconfigured_at_connect(
+    dovecot, mail_user, imap_channel, opened
+):
+    """The move target is looked up at connect: the status names it before any mail is taken."""
     dovecot.deliver(mail_user.user, mime("nowhere"))
-    source = await opened(
-        imap_channel(mail_user, after_fetch=AfterFetch.MOVE, move_to_folder="Missing")
-    )
-    pending = await source.pending(FetchCursor(channel_id="c"))
     with pytest.raises(ChannelMisconfigured) as caught:
-        await source.settle(pending.messages[0])
+        await opened(imap_channel(mail_user, after_fetch=AfterFetch.MOVE, move_to_folder="Missing"))
     assert caught.value.step == "folder"
+    assert "'Missing'" in str(caught.value)
 
 
 async def test_idle_wakes_up_when_mail_arrives(dovecot, mail_user, imap_channel, opened):
@@ -219,9 +219,11 @@ async def test_large_message_arrives_whole(dovecot, mail_user, imap_channel, ope
     assert bodies == [raw]
 
 
-async def test_uidvalidity_change_resets_the_cursor_without_republishing(
+async def test_uidvalidity_change_takes_the_folder_again_for_a_recheck(
     dovecot, mail_user, imap_channel, opened, mailbox
 ):
+    """Renumbered folder: every message present is offered again, marked for the recheck
+    against what was published; mail arriving later is not."""
     dovecot.create_folder(mail_user.user, "Support")
     dovecot.deliver(mail_user.user, mime("s1"), folder="Support")
     dovecot.deliver(mail_user.user, mime("s2"), folder="Support")
@@ -238,12 +240,14 @@ async def test_uidvalidity_change_resets_the_cursor_without_republishing(
     pending = await source.pending(cursor)
     new = pending.cursor.folders["Support"]
     assert new.uidvalidity != old.uidvalidity
-    assert new.last_uid == 1  # what was there at the change is skipped
-    assert pending.messages == []
+    assert new.last_uid == 0
+    assert new.recheck_through == 1
+    assert [m.key for m in pending.messages] == sorted(pending.recheck)
 
     dovecot.deliver(mail_user.user, mime("after"), folder="Support")
-    _, bodies = await take_all(source, pending.cursor)
-    assert bodies == [mime("after")]
+    pending = await source.pending(pending.cursor)
+    assert len(pending.messages) == 2
+    assert len(pending.recheck) == 1  # "after" arrived after the renumbering
 
 
 async def test_idle_is_renewed_and_the_connection_stays_usable(
@@ -332,3 +336,90 @@ async def test_several_folders_are_synced_and_watched(dovecot, mail_user, imap_c
     dovecot.deliver(mail_user.user, mime("polled-support"), folder="Support")
     _, bodies = await take_all(source, cursor)
     assert sorted(bodies) == sorted([mime("pushed-inbox"), mime("polled-support")])
+
+
+async def test_sync_all_folders_takes_receiving_folders_and_ones_created_later(
+    dovecot, mail_user, imap_channel, opened
+):
+    """INBOX, subfolders and Junk are taken; Sent, Drafts and Trash are not; a folder created
+    after connecting is picked up at the next sync."""
+    dovecot.create_folder(mail_user.user, "Projects/Alpha")
+    for folder in ("INBOX", "Junk", "Projects/Alpha", "Sent", "Drafts", "Trash"):
+        dovecot.deliver(mail_user.user, mime(f"in-{folder.replace('/', '-')}"), folder=folder)
+    source = await opened(imap_channel(mail_user, sync_all_folders=True))
+    assert source.folders == ["INBOX", "Junk", "Projects/Alpha"]
+    cursor, bodies = await take_all(source, FetchCursor(channel_id="c"))
+    assert sorted(bodies) == sorted([mime("in-INBOX"), mime("in-Junk"), mime("in-Projects-Alpha")])
+    dovecot.create_folder(mail_user.user, "Later")
+    dovecot.deliver(mail_user.user, mime("in-later"), folder="Later")
+    _, bodies = await take_all(source, cursor)
+    assert bodies == [mime("in-later")]
+    assert "Later" in source.folders
+
+
+async def test_recipient_only_takes_mail_for_the_channel_and_leaves_the_rest_untouched(
+    dovecot, mail_user, imap_channel, opened, mailbox
+):
+    """Decided from the headers (To, Cc, Delivered-To for a Bcc copy) before any body is
+    downloaded; mail for someone else keeps its flags and place, even in delete mode."""
+    ours = mail_user.address
+    dovecot.deliver(mail_user.user, mime("for-someone-else"))
+    dovecot.deliver(
+        mail_user.user,
+        b"From: a@example.com\r\nTo: list@example.test\r\nDelivered-To: "
+        + ours.upper().encode()
+        + b"\r\nSubject: bcc\r\n\r\nbcc copy\r\n",
+    )
+    dovecot.deliver(
+        mail_user.user, mime("cc").replace(b"Subject:", f"Cc: {ours}\r\nSubject:".encode())
+    )
+    channel = imap_channel(mail_user, after_fetch=AfterFetch.DELETE)
+    channel = channel.model_copy(update={"sync_recipient_only": True})
+    source = await opened(channel)
+    pending = await source.pending(FetchCursor(channel_id="c"))
+    fetched = await source.fetch(pending.messages)
+    assert [f.outcome for f in fetched] == [
+        Outcome.NOT_FOR_CHANNEL,
+        Outcome.FETCHED,
+        Outcome.FETCHED,
+    ]
+    assert fetched[0].raw is None
+    await source.settle([f.message for f in fetched if f.outcome is Outcome.FETCHED])
+    flags = await mailbox(mail_user).flags()
+    assert flags == {1: set()}  # the other mail: still there, not even marked seen
+
+
+async def test_oversize_message_is_reported_with_its_headers_without_the_body(
+    dovecot, mail_user, imap_channel, secret_box, options
+):
+    """RFC822.SIZE above the limit: the outcome carries the header block, not the body."""
+    dovecot.deliver(mail_user.user, mime("huge", size=300_000))
+    dovecot.deliver(mail_user.user, mime("small"))
+    limited = ImapOptions(**{**options.__dict__, "max_message_bytes": 100_000})
+    factory = ImapSourceFactory(
+        secret_box=secret_box, host_policy=HostPolicy.parse("127.0.0.1"), options=limited
+    )
+    source = factory(imap_channel(mail_user))
+    await source.open()
+    try:
+        pending = await source.pending(FetchCursor(channel_id="c"))
+        big, small = await source.fetch(pending.messages)
+    finally:
+        await source.close()
+    assert big.outcome is Outcome.OVERSIZE
+    assert big.size is not None
+    assert big.size > 300_000
+    assert b"Message-ID: <huge@example.com>" in (big.headers or b"")
+    assert small.raw == mime("small")
+
+
+async def test_a_batch_of_many_messages_arrives_whole_and_in_order(
+    dovecot, mail_user, imap_channel, opened
+):
+    """One batch of 120 messages of mixed sizes through the linear reader: every byte exact."""
+    raws = [mime(f"b{n}", size=(n * 997) % 40_000) for n in range(120)]
+    for raw in raws:
+        dovecot.deliver(mail_user.user, raw)
+    source = await opened(imap_channel(mail_user))
+    _, bodies = await take_all(source, FetchCursor(channel_id="c"))
+    assert bodies == raws

@@ -16,12 +16,18 @@ from fetcher.sources.imap import (
     FolderState,
     ImapRefused,
     advance_cursor,
+    decode_mailbox,
     encode_mailbox,
     map_imap_error,
+    needs_recheck,
+    parse_fetch,
     parse_fetched_body,
+    parse_list,
     parse_search,
     parse_select,
     plan_folder,
+    uid_set,
+    wanted_folders,
 )
 
 # Shapes as aioimaplib hands them over from Dovecot ("* " and "SEARCH" already stripped).
@@ -94,11 +100,25 @@ def test_same_uidvalidity_continues_after_the_last_uid():
     assert plan_folder(current, uidvalidity=5, uidnext=100).cursor is current
 
 
-def test_changed_uidvalidity_skips_the_renumbered_mail():
+def test_changed_uidvalidity_takes_the_folder_again_and_rechecks_what_was_there():
+    """Renumbered: start from UID 1, and UIDs up to UIDNEXT-1 are checked against Kafka."""
     plan = plan_folder(FolderCursor(uidvalidity=5, last_uid=42), uidvalidity=6, uidnext=10)
     assert plan.reset
     assert plan.previous_uidvalidity == 5
-    assert plan.cursor == FolderCursor(uidvalidity=6, last_uid=9)
+    assert plan.cursor == FolderCursor(uidvalidity=6, last_uid=0, recheck_through=9)
+
+
+def test_recheck_ends_once_the_cursor_passes_the_renumbered_uids():
+    """needs_recheck holds up to recheck_through; advancing past it clears it."""
+    cursor = FetchCursor(
+        channel_id="c",
+        folders={"INBOX": FolderCursor(uidvalidity=6, last_uid=0, recheck_through=3)},
+    )
+    message = SourceIdentity(protocol="imap", folder="INBOX", uidvalidity=6, uid=3)
+    assert needs_recheck(cursor, message)
+    later = SourceIdentity(protocol="imap", folder="INBOX", uidvalidity=6, uid=4)
+    assert not needs_recheck(cursor, later)
+    assert advance_cursor(cursor, [message]).folders["INBOX"].recheck_through is None
 
 
 def test_advance_never_moves_backwards_and_keeps_other_folders():
@@ -111,8 +131,8 @@ def test_advance_never_moves_backwards_and_keeps_other_folders():
     )
     older = SourceIdentity(protocol="imap", folder="INBOX", uidvalidity=1, uid=7)
     newer = SourceIdentity(protocol="imap", folder="INBOX", uidvalidity=1, uid=11)
-    assert advance_cursor(cursor, older).folders["INBOX"].last_uid == 10
-    advanced = advance_cursor(cursor, newer)
+    assert advance_cursor(cursor, [older]).folders["INBOX"].last_uid == 10
+    advanced = advance_cursor(cursor, [older, newer])
     assert advanced.folders["INBOX"].last_uid == 11
     assert advanced.folders["Junk"] == cursor.folders["Junk"]
 
@@ -242,3 +262,76 @@ def test_pipeline_errors_pass_through_and_bugs_are_not_mapped():
     assert map_imap_error(own, step="fetch") is own
     assert map_imap_error(KeyError("bug"), step="fetch") is None
     assert not isinstance(map_imap_error(ValueError("bug"), step="fetch"), PipelineError)
+
+
+def test_a_batch_fetch_gives_each_message_its_size_and_sections():
+    """Two messages, each with RFC822.SIZE, a header-fields literal and a body literal."""
+    lines = [
+        b"1 FETCH (UID 5 RFC822.SIZE 11 BODY[HEADER.FIELDS (TO CC)] {9}",
+        bytearray(b"To: a@b\r\n"),
+        b" BODY[] {2}",
+        bytearray(b"hi"),
+        b")",
+        b"2 FETCH (FLAGS (\\Seen) UID 6)",  # unsolicited flag change, nothing asked for
+        b"3 FETCH (UID 7 RFC822.SIZE 4 BODY[HEADER.FIELDS (TO CC)] {0}",
+        bytearray(b""),
+        b" BODY[] {2}",
+        bytearray(b"yo"),
+        b")",
+        b"Fetch completed (0.001 + 0.000 secs).",
+    ]
+    items = {m.uid: m for m in parse_fetch(lines)}
+    assert items[5].size == 11
+    assert items[5].section("BODY[HEADER.FIELDS") == b"To: a@b\r\n"
+    assert items[5].sections["BODY[]"] == b"hi"
+    assert items[6].sections == {}
+    assert items[7].section("BODY[HEADER.FIELDS") == b""
+    assert items[7].sections["BODY[]"] == b"yo"
+
+
+def test_uid_sets_are_compact_ranges():
+    """Consecutive UIDs collapse into ranges so a batch settle is one short command."""
+    assert uid_set([3, 1, 2, 7, 9, 10]) == "1:3,7,9:10"
+    assert uid_set([5]) == "5"
+
+
+def test_list_response_gives_names_and_flags():
+    """LIST lines: flags lower-cased, quoted and modified UTF-7 names decoded."""
+    lines = [
+        b'LIST (\\HasNoChildren) "/" INBOX',
+        b'LIST (\\HasNoChildren \\Sent) "/" "Sent"',
+        b'LIST (\\Noselect \\HasChildren) "/" "Archive"',
+        b'LIST (\\HasNoChildren) "/" "Archive/Gr&APw-n"',
+        b"List completed.",
+    ]
+    listed = parse_list(lines)
+    assert [f.name for f in listed] == ["INBOX", "Sent", "Archive", "Archive/Gr\u00fcn"]
+    assert "\\sent" in listed[1].flags
+
+
+def test_receiving_folders_skip_sent_drafts_trash_by_flag_and_name_and_keep_junk():
+    """INBOX first, subfolders and Junk kept; Sent/Drafts/Trash skipped by SPECIAL-USE or name."""
+    lines = [
+        b'LIST (\\HasNoChildren) "/" "Projects/A"',
+        b'LIST (\\HasNoChildren \\Junk) "/" "Junk"',
+        b'LIST (\\HasNoChildren \\Sent) "/" "Gesendet"',
+        b'LIST (\\HasNoChildren) "/" "Deleted Items"',
+        b'LIST (\\HasNoChildren \\Drafts) "/" "Drafts"',
+        b'LIST (\\HasNoChildren) "/" "INBOX"',
+        b'LIST (\\HasNoChildren) "/" "Processed"',
+        b'LIST (\\Noselect) "/" "Projects"',
+    ]
+    assert wanted_folders(parse_list(lines), exclude={"Processed"}) == [
+        "INBOX",
+        "Junk",
+        "Projects/A",
+    ]
+
+
+@given(st.text(min_size=1, max_size=20).filter(lambda t: "\x00" not in t))
+def test_mailbox_decoding_reverses_encoding(name):
+    """decode_mailbox(encode_mailbox(x)) == x (quotes removed)."""
+    wire = encode_mailbox(name)
+    if wire.startswith('"'):
+        wire = wire[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    assert decode_mailbox(wire) == name

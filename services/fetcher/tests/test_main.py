@@ -48,10 +48,10 @@ async def test_main_fetches_and_stops_cleanly_on_signal(
 
     assert returncode == 0, output
     events = [json.loads(line) for line in lines if line.startswith("{")]
-    [fetched] = [e for e in events if e["event"] == "message fetched"]
+    [fetched] = [e for e in events if e["event"] == "messages fetched"]
     assert fetched["channel_id"] == channel.id
-    assert fetched["message_id"] == "<main@x>"
-    assert fetched["uid"] == 1
+    assert fetched["messages"] == 1
+    assert fetched["first_uid"] == 1
     assert any(e["event"] == "left fetcher group" for e in events)
     assert mail_user.password not in output
     assert 'email_fetcher_messages_fetched_total{protocol="imap",storage="inline"} 1.0' in metrics

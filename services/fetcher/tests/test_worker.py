@@ -1,7 +1,9 @@
-"""The worker's guarantees, with a fake mailbox and a fake Kafka (our own small interfaces).
+"""The worker's guarantees, with the fake MailSource and a fake Kafka (our own small interfaces).
 
-- a message is settled on the server (seen / moved / deleted) only after Kafka acknowledged it;
-- the cursor advances after each message and a new worker resumes from it;
+- a batch is settled on the server (seen / moved / deleted) only after Kafka acknowledged it;
+- the cursor advances after each batch and a new worker resumes from it;
+- a failed settle is retried alone, never with a second publish;
+- oversize and unreadable messages go to the DLQ and the channel moves on;
 - bad settings -> ChannelStatus inactive with the failing step, and a long wait;
 - transient failures -> reconnect with backoff, inactive only after several in a row.
 """
@@ -9,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,17 +21,18 @@ from email_channels.events import (
     ChannelConfig,
     ChannelState,
     ChannelStatus,
+    DeadLetter,
     FetchCursor,
     FolderCursor,
     RawEmail,
-    SourceIdentity,
 )
+from fetcher.published import fingerprint
 from fetcher.rawemail import email_id_for
-from fetcher.sources import Pending
+from fetcher.sources.fake import FakeMailbox, Journal
 from fetcher.worker import ChannelWorker, WorkerPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 CHANNEL = ChannelConfig(id="ch-1", name="Support", enabled=True)
 FAST = WorkerPolicy(
@@ -42,92 +44,6 @@ def mime(n: int) -> bytes:
     return f"Message-ID: <m{n}@example.test>\r\nSubject: {n}\r\n\r\nbody {n}\r\n".encode()
 
 
-@dataclass
-class Journal:
-    """What happened, in order, across the fake mailbox and the fake Kafka."""
-
-    entries: list[tuple[str, object]] = field(default_factory=list)
-
-    def add(self, what: str, detail: object) -> None:
-        self.entries.append((what, detail))
-
-    def kinds(self, *names: str) -> list[tuple[str, object]]:
-        return [entry for entry in self.entries if entry[0] in names]
-
-
-class FakeMailbox:
-    """A folder with UIDs; a source opened on it behaves like a MailSource."""
-
-    def __init__(self, journal: Journal, uidvalidity: int = 7) -> None:
-        self.journal = journal
-        self.uidvalidity = uidvalidity
-        self.messages: dict[int, bytes] = {}
-        self.settled: list[int] = []
-        self.next_uid = 1
-        self.news = asyncio.Event()
-        self.open_errors: list[Exception] = []
-        self.opened = 0
-
-    def deliver(self, raw: bytes) -> int:
-        uid = self.next_uid
-        self.messages[uid] = raw
-        self.next_uid += 1
-        self.news.set()
-        return uid
-
-    def source(self, channel: ChannelConfig) -> FakeSource:
-        return FakeSource(self)
-
-
-class FakeSource:
-    def __init__(self, box: FakeMailbox) -> None:
-        self.box = box
-
-    async def open(self) -> None:
-        self.box.opened += 1
-        if self.box.open_errors:
-            raise self.box.open_errors.pop(0)
-
-    async def close(self) -> None:
-        self.box.journal.add("close", None)
-
-    async def pending(self, cursor: FetchCursor) -> Pending:
-        folder = cursor.folders.get("INBOX")
-        if folder is None or folder.uidvalidity != self.box.uidvalidity:
-            cursor = cursor.model_copy(
-                update={"folders": {"INBOX": FolderCursor(uidvalidity=self.box.uidvalidity)}}
-            )
-        after = cursor.folders["INBOX"].last_uid
-        self.box.news.clear()
-        return Pending(
-            cursor,
-            [
-                SourceIdentity(
-                    protocol="imap", folder="INBOX", uidvalidity=self.box.uidvalidity, uid=uid
-                )
-                for uid in sorted(self.box.messages)
-                if uid > after
-            ],
-        )
-
-    async def fetch(self, message: SourceIdentity) -> bytes | None:
-        self.box.journal.add("fetch", message.uid)
-        return self.box.messages.get(message.uid or 0)
-
-    async def settle(self, message: SourceIdentity) -> None:
-        self.box.journal.add("settle", message.uid)
-        self.box.settled.append(message.uid or 0)
-
-    def advance(self, cursor: FetchCursor, message: SourceIdentity) -> FetchCursor:
-        folders = {
-            "INBOX": FolderCursor(uidvalidity=message.uidvalidity or 0, last_uid=message.uid or 0)
-        }
-        return cursor.model_copy(update={"folders": folders})
-
-    async def wait_for_news(self) -> None:
-        await self.box.news.wait()
-
-
 class FakeKafka:
     """An EventSink; ``ack`` can be held closed to stand for a slow acknowledgement."""
 
@@ -136,17 +52,25 @@ class FakeKafka:
         self.raw: list[RawEmail] = []
         self.cursors: list[FetchCursor] = []
         self.statuses: list[ChannelStatus] = []
+        self.letters: list[DeadLetter] = []
         self.ack = asyncio.Event()
         self.ack.set()
         self.raw_errors: list[Exception] = []
 
-    async def publish_raw(self, email: RawEmail) -> None:
-        self.journal.add("publish", email.source.uid)
+    async def publish_raw(self, emails: Sequence[RawEmail]) -> None:
+        if not emails:
+            return
+        uids = [email.source.uid for email in emails]
+        self.journal.add("publish", uids)
         await self.ack.wait()
         if self.raw_errors:
             raise self.raw_errors.pop(0)
-        self.journal.add("acked", email.source.uid)
-        self.raw.append(email)
+        self.journal.add("acked", uids)
+        self.raw.extend(emails)
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        self.journal.add("dead letter", letter.source.uid if letter.source else None)
+        self.letters.append(letter)
 
     async def publish_cursor(self, cursor: FetchCursor) -> None:
         self.journal.add("cursor", cursor.folders["INBOX"].last_uid)
@@ -184,6 +108,8 @@ def make_worker(
     cursor: FetchCursor | None = None,
     *,
     inline_max_bytes: int = 1_000_000,
+    policy: WorkerPolicy = FAST,
+    published: set[str] | None = None,
 ) -> ChannelWorker:
     return ChannelWorker(
         CHANNEL,
@@ -193,8 +119,21 @@ def make_worker(
         blobs=blobs,
         inline_max_bytes=inline_max_bytes,
         reported_by="test-fetcher",
-        policy=FAST,
+        policy=policy,
+        published=KnownFingerprints(published or set()),
     )
+
+
+class KnownFingerprints:
+    """A PublishedLookup over a fixed set."""
+
+    def __init__(self, known: set[str]) -> None:
+        self.known = known
+        self.asked = 0
+
+    async def fingerprints(self, channel_id: str) -> set[str]:
+        self.asked += 1
+        return self.known
 
 
 def last_uid(worker: ChannelWorker) -> int | None:
@@ -235,31 +174,37 @@ async def test_message_is_settled_only_after_kafka_acknowledged_it(box, kafka, b
     assert journal.kinds("fetch", "publish", "acked", "settle", "cursor") == [
         ("cursor", 0),  # first sync of the folder: its UIDVALIDITY is recorded
         ("fetch", 1),
-        ("publish", 1),
-        ("acked", 1),
-        ("settle", 1),
+        ("publish", [1]),
+        ("acked", [1]),
+        ("settle", [1]),
         ("cursor", 1),
     ]
 
 
-async def test_messages_go_out_in_uid_order_with_the_cursor_after_each(box, kafka, blobs, journal):
-    for n in range(1, 4):
+async def test_messages_go_out_in_uid_order_one_settle_and_cursor_per_batch(
+    box, kafka, blobs, journal
+):
+    """Five messages in batches of two: three publishes, three settles, three cursor records."""
+    for n in range(1, 6):
         box.deliver(mime(n))
-    worker = make_worker(box, kafka, blobs)
+    policy = WorkerPolicy(first_backoff=0.01, max_backoff=0.02, batch_size=2)
+    worker = make_worker(box, kafka, blobs, policy=policy)
     task = asyncio.create_task(worker.run())
-    await until(lambda: len(kafka.raw) == 3)
-    await until(lambda: last_uid(worker) == 3)
+    await until(lambda: last_uid(worker) == 5)
     await stopped(worker, task)
 
-    assert [email.source.uid for email in kafka.raw] == [1, 2, 3]
-    per_message = [e for e in journal.kinds("settle", "cursor") if e != ("cursor", 0)]
-    assert per_message == [
-        ("settle", 1),
-        ("cursor", 1),
-        ("settle", 2),
+    assert [email.source.uid for email in kafka.raw] == [1, 2, 3, 4, 5]
+    flow = [e for e in journal.kinds("publish", "settle", "cursor") if e != ("cursor", 0)]
+    assert flow == [
+        ("publish", [1, 2]),
+        ("settle", [1, 2]),
         ("cursor", 2),
-        ("settle", 3),
-        ("cursor", 3),
+        ("publish", [3, 4]),
+        ("settle", [3, 4]),
+        ("cursor", 4),
+        ("publish", [5]),
+        ("settle", [5]),
+        ("cursor", 5),
     ]
     email = kafka.raw[0]
     assert email.channel_id == CHANNEL.id
@@ -306,17 +251,19 @@ async def test_failed_publish_leaves_the_message_untouched_then_it_is_retried(
     await stopped(worker, task)
 
     flow = journal.kinds("publish", "acked", "settle", "close")
-    assert flow[:2] == [("publish", 1), ("close", None)]  # failed: nothing settled, reconnect
-    assert flow[2:5] == [("publish", 1), ("acked", 1), ("settle", 1)]
+    assert flow[:2] == [("publish", [1]), ("close", None)]  # failed: nothing settled, reconnect
+    assert flow[2:5] == [("publish", [1]), ("acked", [1]), ("settle", [1])]
     assert [email.source.uid for email in kafka.raw] == [1]
     assert box.opened == 2
 
 
-async def test_stop_finishes_the_message_in_flight_and_takes_no_more(box, kafka, blobs):
+async def test_stop_finishes_the_batch_in_flight_and_takes_no_more(box, kafka, blobs):
+    """Stop while a batch waits for its ack: that batch is finished, the next is not started."""
     box.deliver(mime(1))
     box.deliver(mime(2))
     kafka.ack.clear()
-    worker = make_worker(box, kafka, blobs)
+    one = WorkerPolicy(first_backoff=0.01, max_backoff=0.02, batch_size=1)
+    worker = make_worker(box, kafka, blobs, policy=one)
     task = asyncio.create_task(worker.run())
     await until(lambda: kafka.journal.kinds("publish"))
 
@@ -404,30 +351,105 @@ async def test_large_mime_goes_to_the_blob_store(box, kafka, blobs):
     assert email.size == len(big)
 
 
-async def test_vanished_message_moves_the_cursor_without_a_publish(box, kafka, blobs, journal):
+async def test_vanished_message_moves_the_cursor_without_a_publish(box, kafka, blobs):
+    """Gone from the server before it was fetched: nothing published, nothing settled."""
     uid = box.deliver(mime(1))
-
-    async def vanish(message: SourceIdentity) -> bytes | None:
-        journal.add("fetch", message.uid)
-        return None
-
-    source = box.source(CHANNEL)
-    source.fetch = vanish  # type: ignore[method-assign]
-    worker = ChannelWorker(
-        CHANNEL,
-        None,
-        sources=lambda _channel: source,
-        sink=kafka,
-        blobs=blobs,
-        inline_max_bytes=1000,
-        reported_by="t",
-        policy=FAST,
-    )
+    box.messages.pop(uid)
+    box.messages[uid + 5] = mime(2)  # a later one, so the sync sees something
+    worker = make_worker(box, kafka, blobs)
     task = asyncio.create_task(worker.run())
-    await until(lambda: last_uid(worker) == uid)
+    await until(lambda: last_uid(worker) == uid + 5)
     await stopped(worker, task)
-    assert kafka.raw == []
-    assert box.settled == []
+    assert [email.source.uid for email in kafka.raw] == [uid + 5]
+
+
+async def test_a_failed_settle_is_retried_alone_without_a_second_publish(
+    box, kafka, blobs, journal
+):
+    """STORE fails after Kafka acked: the next session settles the batch, publishes nothing."""
+    box.deliver(mime(1))
+    box.deliver(mime(2))
+    box.settle_errors.append(TransientError("STORE timed out"))
+    worker = make_worker(box, kafka, blobs)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: box.settled == [1, 2])
+    await until(lambda: last_uid(worker) == 2)
+    await stopped(worker, task)
+    assert journal.kinds("publish") == [("publish", [1, 2])]
+    assert journal.kinds("settle") == [("settle", [1, 2]), ("settle", [1, 2])]
+    assert len(kafka.raw) == 2
+
+
+async def test_oversize_message_is_dead_lettered_with_headers_and_the_next_is_taken(
+    box, kafka, blobs
+):
+    """Above the size limit: a dead letter naming the source, left on the server, channel on."""
+    box.max_size = 500
+    box.deliver(mime(1) + b"x" * 1000)
+    box.deliver(mime(2))
+    worker = make_worker(box, kafka, blobs)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: last_uid(worker) == 2)
+    await stopped(worker, task)
+    [letter] = kafka.letters
+    assert letter.error_kind == "oversize"
+    assert letter.source is not None
+    assert letter.source.uid == 1
+    assert letter.channel_id == CHANNEL.id
+    assert b"Message-ID: <m1@example.test>" in (letter.original_value or b"")
+    assert [email.source.uid for email in kafka.raw] == [2]
+    assert box.settled == [2]  # the oversize one stays on the server untouched
+
+
+async def test_unreadable_message_is_retried_then_dead_lettered(box, kafka, blobs):
+    """Content missing three sessions in a row: DLQ, not settled; mail before and after flows."""
+    box.deliver(mime(1))
+    box.deliver(mime(2))
+    box.deliver(mime(3))
+    box.unreadable.add(2)
+    worker = make_worker(box, kafka, blobs)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: last_uid(worker) == 3)
+    await stopped(worker, task)
+    assert box.opened == 3  # two failed sessions, then the dead letter
+    assert [letter.error_kind for letter in kafka.letters] == ["unreadable"]
+    assert kafka.letters[0].attempts == 3
+    assert [email.source.uid for email in kafka.raw] == [1, 3]
+    assert box.settled == [1, 3]
+
+
+async def test_mail_not_for_a_recipient_only_channel_is_passed_untouched(box, kafka, blobs):
+    """Recipient-only: the other mail is neither published nor settled, but passed."""
+    box.recipient = "support@example.test"
+    box.deliver(b"To: someone@example.test\r\nMessage-ID: <a@x>\r\n\r\nhi\r\n")
+    box.deliver(b"To: x@y.test\r\nDelivered-To: Support@Example.test\r\n\r\nhi\r\n")
+    worker = make_worker(box, kafka, blobs)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: last_uid(worker) == 2)
+    await stopped(worker, task)
+    assert [email.source.uid for email in kafka.raw] == [2]
+    assert box.settled == [2]
+
+
+async def test_renumbered_folder_is_taken_again_without_republishing_what_was_published(
+    box, kafka, blobs
+):
+    """UIDVALIDITY change: all present mail is looked at again; what was published before is
+    settled only, what was not (arrived meanwhile) is published — none is skipped."""
+    old_cursor = FetchCursor(
+        channel_id=CHANNEL.id, folders={"INBOX": FolderCursor(uidvalidity=1, last_uid=1)}
+    )
+    box.deliver(mime(1))  # published under the old numbering
+    box.deliver(mime(2))  # arrived while the channel was off: never published
+    box.renumber(99)
+    known = {fingerprint("<m1@example.test>", __import__("hashlib").sha256(mime(1)).hexdigest())}
+    worker = make_worker(box, kafka, blobs, cursor=old_cursor, published=known)
+    task = asyncio.create_task(worker.run())
+    await until(lambda: last_uid(worker) == 2)
+    await stopped(worker, task)
+    assert [email.raw_mime for email in kafka.raw] == [mime(2)]
+    assert box.settled == [1, 2]
+    assert worker.cursor.folders["INBOX"] == FolderCursor(uidvalidity=99, last_uid=2)
 
 
 async def test_a_corrected_cursor_from_the_source_is_stored(box, kafka, blobs):
@@ -440,6 +462,7 @@ async def test_a_corrected_cursor_from_the_source_is_stored(box, kafka, blobs):
     await until(lambda: kafka.cursors)
     await stopped(worker, task)
     assert kafka.cursors[0].folders["INBOX"] == FolderCursor(uidvalidity=7, last_uid=0)
+    assert kafka.raw == []
 
 
 def test_backoff_grows_and_is_capped():

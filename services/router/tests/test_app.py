@@ -1,86 +1,77 @@
-"""The faust wiring, checked without a broker: configuration the guarantees rest on."""
+"""The wiring, checked without a broker: the configuration the guarantees rest on."""
 
 from __future__ import annotations
 
-import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
-from faust.exceptions import ProducerSendError
+from typing import TYPE_CHECKING
 
 from email_channels.blobstore import MemoryBlobStore
-from email_channels.errors import PermanentError, PoisonRecord, TransientError
-from email_channels.producer import ProducerNotDurable, assert_durable, map_publish_error
-from email_channels.settings import CommonSettings, KafkaSettings
-from router.app import DurableProducer, RouterState, broker_urls, build_app
+from email_channels.events import DeliveryEvent, DeliveryStatus
+from email_channels.producer import assert_durable
+from router.app import RouterApp
+from router.delivery_marks import sent_mark
 from router.settings import RouterSettings
 
+if TYPE_CHECKING:
+    import pytest
 
-def settings(**kafka: object) -> RouterSettings:
-    return RouterSettings(
-        kafka=KafkaSettings(topic_prefix="t1.", **kafka),  # type: ignore[arg-type]
-        common=CommonSettings(),
+
+def settings(monkeypatch: pytest.MonkeyPatch) -> RouterSettings:
+    monkeypatch.setenv("KAFKA_TOPIC_PREFIX", "t.")
+    monkeypatch.setenv("ROUTER_INSTANCE_ID", "router-0")
+    return RouterSettings()
+
+
+async def test_the_producer_is_transactional_durable_and_named_after_the_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """acks=all + idempotence (asserted) and a transactional id stable across restarts."""
+    app = RouterApp(settings(monkeypatch), blobs=MemoryBlobStore())
+    producer = app._transactional_producer()
+    assert_durable(producer)
+    assert app.transactional_id == "t.email-router-router-0"
+    assert producer._txn_manager.transactional_id == "t.email-router-router-0"
+    await producer.stop()
+
+
+async def test_the_raw_consumer_reads_committed_and_never_auto_commits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Offsets move only inside routing transactions; aborted output is never read."""
+    app = RouterApp(settings(monkeypatch), blobs=MemoryBlobStore())
+    consumer = app._raw_consumer()
+    assert consumer._enable_auto_commit is False
+    assert consumer._isolation_level == "read_committed"
+    assert consumer._group_id == "t.email-router"
+    await consumer.stop()
+
+
+def test_only_sent_mail_with_a_message_id_leaves_a_mark() -> None:
+    """Replies can only follow mail that went out; failed or rejected outbounds leave none."""
+    sent = DeliveryEvent(
+        outbound_id="o-1",
+        channel_id="ch-1",
+        conversation_id="conv-1",
+        campaign_id="sales",
+        status=DeliveryStatus.SENT,
+        transport="smtp",
+        message_id="<o-1@shop.example>",
     )
+    found = sent_mark(sent)
+    assert found is not None
+    key, mark = found
+    assert key == "sent/o-1"
+    assert (mark.kind, mark.campaign_id, mark.conversation_id) == ("sent", "sales", "conv-1")
+    assert sent_mark(sent.model_copy(update={"status": DeliveryStatus.REJECTED})) is None
+    assert sent_mark(sent.model_copy(update={"message_id": None})) is None
 
 
-def test_every_bootstrap_server_becomes_a_broker_url() -> None:
-    assert broker_urls("k1:9092, k2:9093,k3:9094") == [
-        "kafka://k1:9092",
-        "kafka://k2:9093",
-        "kafka://k3:9094",
-    ]
-    with pytest.raises(ValueError, match="empty"):
-        broker_urls(" , ")
-
-
-async def test_the_app_is_durable_and_declares_no_topics() -> None:
-    app = build_app(settings(bootstrap_servers="k1:9092,k2:9092"), blobs=MemoryBlobStore())
-    assert app.conf.id == "t1.email-router"
-    assert [str(url) for url in app.conf.broker] == ["kafka://k1:9092", "kafka://k2:9092"]
-    assert app.conf.producer_acks == -1
-    assert app.conf.topic_allow_declare is False
-    assert app.conf.topic_disable_leader is True
-    assert app.conf.consumer_auto_offset_reset == "earliest"
-    assert app.conf.web_enabled is False
-    assert app.conf.stream_wait_empty is False
-    producer = app.producer
-    assert isinstance(producer, DurableProducer)
-    aiokafka_producer = producer._new_producer()
-    try:
-        assert_durable(aiokafka_producer)  # acks=all and idempotent, as asserted at start-up
-        assert aiokafka_producer.client._bootstrap_servers == ["k1:9092", "k2:9092"]
-    finally:
-        await aiokafka_producer.stop()
-    assert any(isinstance(dep, RouterState) for dep in app._children)
-    [agent] = app.agents.values()
-    assert set(agent.channel.topics) == {"t1.email.raw"}
-
-
-async def test_a_plain_producer_would_fail_the_start_up_assertion() -> None:
-    plain = AIOKafkaProducer(bootstrap_servers="k1:9092", acks=1)
-    try:
-        with pytest.raises(ProducerNotDurable):
-            assert_durable(plain)
-    finally:
-        await plain.stop()
-
-
-@pytest.mark.parametrize(
-    ("error", "expected"),
-    [
-        (KafkaConnectionError("down"), TransientError),
-        (KafkaTimeoutError(), TransientError),
-        (MessageSizeTooLargeError(), PermanentError),
-    ],
-)
-def test_producer_errors_map_onto_the_taxonomy(error: Exception, expected: type) -> None:
-    assert type(map_publish_error(error, "t")) is expected
-    wrapped = ProducerSendError("faust wraps it")
-    wrapped.__cause__ = error
-    assert type(map_publish_error(wrapped, "t")) is expected
-
-
-def test_non_kafka_errors_are_left_alone() -> None:
-    poison = PoisonRecord("x")
-    assert map_publish_error(poison, "t") is None
-    bug = RuntimeError("bug")
-    assert map_publish_error(bug, "t") is None
+def test_readiness_waits_for_the_config_views_before_the_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before run() has read anything, /readyz names the first view not caught up; the group
+    is only asked about once every view (channels, filters, marks) is."""
+    app = RouterApp(settings(monkeypatch), blobs=MemoryBlobStore())
+    assert app.not_ready_reason() == "t.email.channels not caught up yet"
+    for view in (app.channels, app.filters, app.state):
+        view._caught_up.set()
+    assert app.not_ready_reason() == "consumer of group t.email-router not started"

@@ -27,8 +27,10 @@ from email_channels.events import (
     Contract,
     DeadLetter,
     Filter,
+    HeaderCondition,
     RawEmail,
     RoutedEmail,
+    RouterMark,
     SourceIdentity,
 )
 from email_channels.topics import TopicNames
@@ -141,8 +143,10 @@ class Harness:
         self.router = EmailRouter(
             channels=self.channels, filters=self.filters, blobs=self.blobs, catch_up=self.catch_up
         )
+        self.handler = RawRecordHandler(self.router, self.publisher)
+        self.marks = self.handler.marks
         self.process = RecordProcessor(
-            RawRecordHandler(self.router, self.publisher),
+            self.handler,
             dead_letters=DeadLetters(self.publisher, stage="router", blobs=self.blobs),
             policy=policy,
             stage="router",
@@ -354,3 +358,123 @@ def test_unlimited_retries_keep_a_capped_backoff() -> None:
     policy = RetryPolicy(attempts=sys.maxsize, first_backoff=0.2, max_backoff=30.0)
     assert policy.backoff(1) == 0.2
     assert policy.backoff(5_000) == 30.0
+
+
+# --- duplicates and thread affinity (the table of marks) -----------------------------------------
+
+
+def marks_of(harness: Harness) -> dict[str, RouterMark]:
+    return {k: e for k, e, _ in harness.publisher.on(TOPICS.router_state)
+            if isinstance(e, RouterMark)}  # fmt: skip
+
+
+async def test_a_routed_email_leaves_its_mark_in_the_router_state() -> None:
+    """One mark per routed email: id, Message-ID, content hash, conversation and campaign."""
+    harness = Harness()
+    raw = raw_email(mail())
+    await harness.process(record(encode(raw)))
+    [(_, routed, _)] = harness.routed()
+    marks = marks_of(harness)
+    assert set(marks) == {f"email/{raw.email_id}"}
+    mark = marks[f"email/{raw.email_id}"]
+    assert (mark.message_id, mark.conversation_id, mark.campaign_id) == (
+        "<m1@customer.example>",
+        routed.conversation_id,
+        "support",
+    )
+    assert mark.content_sha256 is not None
+
+
+async def test_a_refetched_email_id_is_routed_once() -> None:
+    """The fetcher publishing the same message again (same email id) is dropped."""
+    harness = Harness()
+    raw = raw_email(mail())
+    await harness.process(record(encode(raw)))
+    await harness.process(record(encode(raw)))
+    assert len(harness.routed()) == 1
+    assert harness.dead() == []
+
+
+async def test_the_same_mail_from_a_second_folder_is_dropped_as_a_duplicate() -> None:
+    """Same Message-ID and content, another path (trace headers, email id): routed once."""
+    harness = Harness()
+    first = raw_email(mail())
+    copy_mime = b"Received: from relay by archive\r\n" + mail()
+    copy = raw_email(copy_mime).model_copy(update={"email_id": "e-archive-copy"})
+    await harness.process(record(encode(first)))
+    await harness.process(record(encode(copy)))
+    assert [routed.email_id for _, routed, _ in harness.routed()] == [first.email_id]
+    assert "email/e-archive-copy" in marks_of(harness)
+
+
+async def test_the_same_message_id_with_other_content_is_not_a_duplicate() -> None:
+    """A Message-ID reused for different content (a broken client) is still routed."""
+    harness = Harness()
+    await harness.process(record(encode(raw_email(mail()))))
+    await harness.process(record(encode(raw_email(mail(subject="Something else")))))
+    assert len(harness.routed()) == 2
+
+
+def reply_to(parent: str, *, subject: str = "Re: order") -> bytes:
+    reply = mail(subject=subject, In_Reply_To=parent, References=parent)
+    return reply.replace(b"<m1@customer.example>\n", b"<m9@customer.example>\n", 1)
+
+
+async def test_a_reply_follows_its_thread_before_any_filter() -> None:
+    """The original went to billing by filter; the reply has no invoice keyword but joins the
+    same campaign and conversation (reason: thread)."""
+    harness = Harness()
+    await harness.process(record(encode(raw_email(mail(subject="Invoice 42 missing")))))
+    await harness.process(record(encode(raw_email(reply_to("<m1@customer.example>")))))
+    (_, original, _), (key, reply, headers) = harness.routed()
+    assert original.campaign_id == "billing"
+    assert reply.campaign_id == "billing"
+    assert reply.reason.kind == "thread"
+    assert reply.reason.thread_message_id == "m1@customer.example"
+    assert reply.conversation_id == original.conversation_id == key
+    assert header(headers, "campaign-id") == "billing"
+
+
+async def test_a_reply_to_mail_the_product_sent_joins_the_sent_campaign() -> None:
+    """A sent mark (from email.delivery) routes the customer's answer to the sending
+    campaign, in the outbound's conversation."""
+    harness = Harness()
+    harness.marks.apply(
+        RouterMark(
+            kind="sent",
+            channel_id="ch-1",
+            outbound_id="out-1",
+            message_id="<out-1@shop.example>",
+            conversation_id="conv-sales",
+            campaign_id="sales",
+        ),
+    )
+    await harness.process(record(encode(raw_email(reply_to("<out-1@shop.example>")))))
+    [(key, reply, _)] = harness.routed()
+    assert (reply.campaign_id, reply.conversation_id, key) == ("sales", "conv-sales", "conv-sales")
+
+
+async def test_a_reply_to_unknown_mail_goes_through_the_filters() -> None:
+    """No mark for the parent: filters and the default campaign decide as usual."""
+    harness = Harness()
+    await harness.process(
+        record(encode(raw_email(reply_to("<nobody@else.example>", subject="Invoice?"))))
+    )
+    [(_, reply, _)] = harness.routed()
+    assert reply.reason.kind == "filter"
+    assert reply.campaign_id == "billing"
+
+
+async def test_a_header_condition_routes_by_a_header_field() -> None:
+    """A filter with a header condition matches the decoded header value, case-insensitively."""
+    rule = Filter(
+        id="f-list",
+        campaign_id="newsletters",
+        header_conditions=[HeaderCondition(header="List-Id", keywords=["NEWS"])],
+    )
+    harness = Harness(filters={"ch-1": ChannelFilters(channel_id="ch-1", filters=[rule])})
+    await harness.process(record(encode(raw_email(mail(List_Id="<news.shop.example>")))))
+    await harness.process(record(encode(raw_email(mail(subject="plain")))))
+    (_, listed, _), (_, plain, _) = harness.routed()
+    assert (listed.campaign_id, listed.reason.filter_id) == ("newsletters", "f-list")
+    assert plain.campaign_id == "support"

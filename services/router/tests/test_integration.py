@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from email import message_from_bytes
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ from email_channels.events import (
     ChannelConfig,
     ChannelFilters,
     DeadLetter,
+    DeliveryEvent,
+    DeliveryStatus,
     Filter,
     RawEmail,
     RoutedEmail,
@@ -86,7 +89,8 @@ def router_env(kafka_settings: KafkaSettings, tmp_path: Path) -> dict[str, str]:
         "KAFKA_PARTITIONS": str(kafka_settings.partitions),
         "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path / 'blobs'}",
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
-        "ROUTER_DATA_DIR": str(tmp_path / "faust"),
+        "ROUTER_INSTANCE_ID": "router-0",
+        "ROUTER_SESSION_TIMEOUT_S": "6",
         "ROUTER_RETRY_MAX_BACKOFF_SECONDS": "1",
     }
 
@@ -103,12 +107,15 @@ def router(router_env: dict[str, str], tmp_path: Path) -> Iterator[RouterProcess
             process.child.wait()
 
 
-def customer_mail(subject: str) -> bytes:
+def customer_mail(subject: str, *, reply_to: str | None = None) -> bytes:
     message = EmailMessage()
     message["From"] = "Alice Customer <alice@customer.example>"
     message["To"] = "support@shop.example"
     message["Subject"] = subject
     message["Message-ID"] = f"<{uuid.uuid4().hex}@customer.example>"
+    if reply_to is not None:
+        message["In-Reply-To"] = reply_to
+        message["References"] = reply_to
     message.set_content("Where is my order?\n")
     message.add_attachment(b"%PDF-1.4 receipt", maintype="application", subtype="pdf",
                            filename="receipt.pdf")  # fmt: skip
@@ -126,15 +133,20 @@ def raw_email(channel_id: str, mime: bytes, uid: int) -> RawEmail:
     )
 
 
+def email_message_id(raw: RawEmail) -> str:
+    return str(message_from_bytes(raw.raw_mime or b"")["Message-ID"])
+
+
 async def collect(
     consumer: AIOKafkaConsumer,
     router: RouterProcess,
     done: Any,
     *,
     timeout: float = 90.0,
+    records: list[Any] | None = None,
 ) -> list[Any]:
     """Read records until ``done(records)`` or the timeout; the router must stay alive."""
-    records: list[Any] = []
+    records = [] if records is None else records
     deadline = asyncio.get_running_loop().time() + timeout
     while not done(records):
         router.check_alive()
@@ -292,3 +304,71 @@ async def test_a_shutdown_while_retrying_loses_no_mail(
         await dlq_consumer.stop()
         if healthy.child is not None and healthy.child.poll() is None:
             healthy.child.kill()
+
+
+async def test_replies_follow_mail_routed_and_sent_before_filters(
+    kafka_settings: KafkaSettings, router: RouterProcess
+) -> None:
+    """A reply to a routed mail stays in its campaign although a filter matches it; a reply to
+    mail the sender sent (email.delivery) goes to the outbound's campaign and conversation;
+    a re-fetch of the first mail is dropped."""
+    topics = kafka_settings.topics
+    channel = ChannelConfig(id="ch-1", name="Support", default_campaign_id="support")
+    filters = ChannelFilters(
+        channel_id="ch-1",
+        filters=[Filter(id="f-billing", campaign_id="billing", subject_keywords=["invoice"])],
+    )
+    first = raw_email("ch-1", customer_mail("Where is my order?"), uid=1)
+    first_id = email_message_id(first)
+    reply = raw_email("ch-1", customer_mail("Re: invoice", reply_to=first_id), uid=2)
+    sent = DeliveryEvent(
+        outbound_id="out-1",
+        channel_id="ch-1",
+        conversation_id="conv-sales",
+        campaign_id="sales",
+        status=DeliveryStatus.SENT,
+        transport="smtp",
+        message_id="<out-1@shop.example>",
+    )
+    answer = raw_email("ch-1", customer_mail("Invoice?", reply_to="<out-1@shop.example>"), uid=3)
+    async with EventProducer(kafka_settings, client_id="test-config") as producer:
+        await producer.publish(topics.channels, channel.id, channel)
+        await producer.publish(topics.filters, channel.id, filters)
+        await producer.publish(topics.delivery, sent.outbound_id, sent)
+        await producer.publish(topics.raw, "ch-1", first)
+        await producer.publish(topics.raw, "ch-1", first)  # fetched twice
+        await producer.publish(topics.raw, "ch-1", reply)
+
+    consumer = make_consumer(kafka_settings, topics.routed, group_id=None, client_id="t-r")
+    await consumer.start()
+    try:
+        records = await collect(consumer, router, lambda r: len(r) >= 2)
+        # The sent mark goes email.delivery -> email.router-state -> the router's table
+        # asynchronously: the answer is fetched once the mark is on the topic.
+        state = make_consumer(kafka_settings, topics.router_state, group_id=None, client_id="t-s")
+        await state.start()
+        try:
+            await collect(state, router, lambda r: any(x.key == b"sent/out-1" for x in r))
+        finally:
+            await state.stop()
+        await asyncio.sleep(1.5)  # the router's reader polls the topic continuously
+        async with EventProducer(kafka_settings, client_id="test-answer") as producer:
+            await producer.publish(topics.raw, "ch-1", answer)
+        records = await collect(consumer, router, lambda r: len(r) >= 3, records=records)
+        await asyncio.sleep(1)
+        records.extend(
+            r for batch in (await consumer.getmany(timeout_ms=500)).values() for r in batch
+        )
+    finally:
+        await consumer.stop()
+    routed = {e.email_id: e for e in (decode(RoutedEmail, r.value) for r in records)}
+    assert len(records) == 3, "the re-fetched mail must not be routed again"
+    original, threaded, answered = (
+        routed[first.email_id],
+        routed[reply.email_id],
+        routed[answer.email_id],
+    )
+    assert (threaded.campaign_id, threaded.reason.kind) == ("support", "thread")
+    assert threaded.conversation_id == original.conversation_id
+    assert (answered.campaign_id, answered.conversation_id) == ("sales", "conv-sales")
+    assert answered.reason.kind == "thread"

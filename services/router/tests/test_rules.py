@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from email_channels.events import Address, ChannelConfig, ChannelFilters, Filter
+from email_channels.events import Address, ChannelConfig, ChannelFilters, Filter, HeaderCondition
+from router.header_fields import VALUE_LIMIT, header_fields
 from router.parsing import ParsedEmail
 from router.rules import MatchText as Text
-from router.rules import Unroutable, matches, route
+from router.rules import Unroutable, matches, route, wanted_headers
 
 CHANNEL = ChannelConfig(id="ch-1", name="Support", default_campaign_id="support")
 
@@ -184,3 +185,57 @@ def test_filters_after_the_winner_never_change_the_decision(
 def test_a_subject_keyword_matches_in_any_case(keyword: str, prefix: str, suffix: str) -> None:
     rule = Filter(id="f", campaign_id="c", subject_keywords=[keyword])
     assert matches(rule, Text.of(email(subject=prefix + keyword.upper() + suffix)))
+
+
+def test_every_header_condition_must_hold_each_by_any_keyword() -> None:
+    """Header conditions AND together; within one, any keyword; a missing header fails."""
+    rule = Filter(
+        id="f-h",
+        campaign_id="vip",
+        header_conditions=[
+            HeaderCondition(header="X-Priority", keywords=["1", "urgent"]),
+            HeaderCondition(header="List-Id", keywords=["vip"]),
+        ],
+    )
+    both = {"x-priority": ["1 (highest)"], "list-id": ["<vip.shop.example>"]}
+    assert matches(rule, Text.of(email(), both))
+    assert not matches(rule, Text.of(email(), {"x-priority": ["1 (highest)"]}))
+    assert not matches(rule, Text.of(email(), {**both, "x-priority": ["5 (lowest)"]}))
+    assert not matches(rule, Text.of(email()))
+
+
+def test_header_conditions_combine_with_keywords() -> None:
+    """Keywords and header conditions of one filter must both hold."""
+    rule = Filter(
+        id="f-h",
+        campaign_id="vip",
+        subject_keywords=["order"],
+        header_conditions=[HeaderCondition(header="List-Id", keywords=["vip"])],
+    )
+    listed = {"list-id": ["<vip.shop.example>"]}
+    assert matches(rule, Text.of(email(subject="My order"), listed))
+    assert not matches(rule, Text.of(email(subject="Hello"), listed))
+    assert wanted_headers(filters(rule)) == frozenset({"list-id"})
+    assert wanted_headers(None) == frozenset()
+
+
+def test_header_fields_are_decoded_unfolded_and_only_the_wanted_ones() -> None:
+    """Encoded words decode, folded lines unfold, names are case-insensitive, the body is not
+    read as headers."""
+    mime = (
+        b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
+        b"X-Tag: first\r\n"
+        b"x-tag: second\r\n\tcontinued\r\n"
+        b"\r\n"
+        b"X-Tag: in the body\r\n"
+    )
+    fields = header_fields(mime, frozenset({"subject", "x-tag"}))
+    assert fields == {"subject": ["grüsse"], "x-tag": ["first", "second continued"]}  # casefolded
+    assert header_fields(mime, frozenset({"from"})) == {}
+
+
+def test_header_fields_are_bounded_on_a_huge_header() -> None:
+    """A multi-megabyte header line is cut, and reading it stays quick."""
+    mime = b"X-Big: " + b"a" * 5_000_000 + b"\r\n\r\nbody"
+    [value] = header_fields(mime, frozenset({"x-big"}))["x-big"]
+    assert len(value) <= VALUE_LIMIT

@@ -22,12 +22,23 @@ class FakePublisher:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, str, Contract | None]] = []
-        self.fail_with: list[Exception] = []
+        self.raw: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self.fail_with: list[Exception | None] = []
+        """One entry per next publish: raise it, or None to let that publish through."""
 
     async def publish(self, topic: str, key: str, event: Contract | None) -> object:
+        failure = self.fail_with.pop(0) if self.fail_with else None
+        if failure is not None:
+            raise failure
+        self.published.append((topic, key, event))
+        return None
+
+    async def publish_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Any
+    ) -> object:
         if self.fail_with:
             raise self.fail_with.pop(0)
-        self.published.append((topic, key, event))
+        self.raw.append((topic, key, value, list(headers)))
         return None
 
     def events(self, topic: str) -> list[Any]:

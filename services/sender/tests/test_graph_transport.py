@@ -37,6 +37,9 @@ from sender.settings import SenderSettings
 from sender.transports import ChannelTransports
 
 if TYPE_CHECKING:
+    from sender.transports.base import BeforeData
+
+if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from devstack.graph import LocalGraph
@@ -103,9 +106,15 @@ def outbound(channel: ChannelConfig, *attachments: bytes, **extra: Any) -> Outbo
     return OutboundEmail.model_validate(values)
 
 
-async def send(transports: ChannelTransports, channel: ChannelConfig, email: OutboundEmail):
+async def send(
+    transports: ChannelTransports,
+    channel: ChannelConfig,
+    email: OutboundEmail,
+    *,
+    before_data: BeforeData | None = None,
+):
     composed = compose(email, channel, [a.content or b"" for a in email.attachments])
-    return composed, await transports(channel).send(composed.message, composed.envelope)
+    return composed, await transports(channel).send(composed, before_data=before_data)
 
 
 async def test_small_message_goes_in_one_sendmail_with_threading_headers_and_bcc(
@@ -113,8 +122,14 @@ async def test_small_message_goes_in_one_sendmail_with_threading_headers_and_bcc
 ):
     """A ~1 KB reply is one sendMail of its MIME: Message-ID, In-Reply-To and References are
     kept, and the Bcc recipient (only in the envelope) is in the submitted copy."""
-    composed, result = await send(transports, channel, outbound(channel))
+    intents: list[int] = []
 
+    async def record_intent() -> None:  # the sender's intent: awaited before the submission
+        intents.append(len(local_graph.graph_requests("/sendMail")))
+
+    composed, result = await send(transports, channel, outbound(channel), before_data=record_intent)
+
+    assert intents == [0]
     (sent,) = local_graph.sent
     assert sent.via == "sendMail"
     assert 900 < len(sent.mime) < 4096
@@ -156,9 +171,17 @@ async def test_over_twenty_megabytes_is_rejected_before_anything_is_sent(
     local_graph: LocalGraph, channel, transports
 ):
     """21 MB of attachments: MessageRejected, and Graph was not even asked for a token."""
-    with pytest.raises(MessageRejected, match="limit"):
-        await send(transports, channel, outbound(channel, b"\0" * (21 * MiB)))
+    intents: list[str] = []
 
+    async def record_intent() -> None:
+        intents.append("sending")
+
+    with pytest.raises(MessageRejected, match="limit"):
+        await send(
+            transports, channel, outbound(channel, b"\0" * (21 * MiB)), before_data=record_intent
+        )
+
+    assert intents == []  # no intent either: nothing can be "unknown" after a crash
     assert local_graph.sent == []
     assert local_graph.requests == []
 
@@ -215,7 +238,8 @@ async def test_sender_service_sends_through_graph_and_reports_sent(
     local_graph: LocalGraph, channel, kafka_settings, pki, secret_keys, tmp_path, wait_until
 ):
     """The sender service takes an email.outbound record for an Exchange channel, sends it
-    through Graph and publishes a "sent" delivery event with transport graph."""
+    through Graph and publishes its intent ("sending") then a "sent" delivery event with
+    transport graph."""
     settings = SenderSettings(
         kafka=kafka_settings,
         common=CommonSettings(
@@ -249,12 +273,14 @@ async def test_sender_service_sends_through_graph_and_reports_sent(
         )
         await consumer.start()
         try:
+            intent = decode(DeliveryEvent, (await asyncio.wait_for(consumer.getone(), 30)).value)
             record = await asyncio.wait_for(consumer.getone(), 30)
         finally:
             await consumer.stop()
     finally:
         stopping.set()
         await asyncio.wait_for(task, 30)
+    assert intent.status is DeliveryStatus.SENDING  # the intent, acknowledged before sendMail
     event = decode(DeliveryEvent, record.value)
     assert event.outbound_id == email.outbound_id
     assert event.status is DeliveryStatus.SENT

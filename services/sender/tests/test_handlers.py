@@ -1,8 +1,9 @@
 """OutboundHandler under the shared retry policy, with an in-memory transport and publisher.
 
-Each record goes through ``email_channels.consume.handle_with_policy`` — the very function the
-consume loop uses — so retries, give-ups and dead-lettering behave as in production; only
-Kafka and the mail server are replaced by fakes of our own interfaces.
+Each record goes through ``email_channels.consume.settle`` — the very function the lane
+consumer uses, with the handler's give-up hook — so attempts, retries, give-ups and
+dead-lettering behave as in production; only Kafka and the mail server are replaced by fakes of
+our own interfaces.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from aiokafka.structs import ConsumerRecord
 
 from email_channels.blobstore import MemoryBlobStore
 from email_channels.codec import encode
-from email_channels.consume import RetryPolicy, handle_with_policy
+from email_channels.consume import RetryPolicy, settle
 from email_channels.errors import ChannelMisconfigured, PoisonRecord, TransientError
 from email_channels.events import (
     ChannelState,
@@ -26,11 +28,13 @@ from email_channels.events import (
     DeliveryStatus,
     GraphOutbound,
 )
+from email_channels.headers import REPLAY_HEADER
 from email_channels.hostpolicy import HostPolicy
 from email_channels.topics import TopicNames
-from sender.errors import MessageRejected, SendDeferred, ServerReply
+from sender.errors import DeliveryUncertain, MessageRejected, SendDeferred, ServerReply
 from sender.handlers import OutboundHandler, delivery_outcome
-from sender.ledger import DeliveryOutcome, SentLedger
+from sender.ledger import DeliveryLedger, DeliveryOutcome
+from sender.retries import RetrySchedule
 from sender.transports import ChannelTransports, MemoryTransport
 
 TOPICS = TopicNames("t.")
@@ -53,7 +57,7 @@ class Harness:
         self.publisher = publisher
         self.channels = FakeChannels({c.id: c for c in channels})
         self.transport = MemoryTransport()
-        self.ledger = SentLedger()
+        self.ledger = DeliveryLedger()
         self.blobs = MemoryBlobStore()
         self.dead: list[tuple[ConsumerRecord, BaseException, int]] = []
         self.handler = OutboundHandler(
@@ -68,13 +72,14 @@ class Harness:
         self._offsets = itertools.count()
 
     async def send(self, record, error, *, attempts: int = 1) -> None:  # DeadLetters.send
-        await self.handler.gave_up(record, error, attempts)
         self.dead.append((record, error, attempts))
 
-    async def feed(self, value: Contract | bytes | None) -> ConsumerRecord:
+    async def feed(
+        self, value: Contract | bytes | None, *, topic: str = TOPICS.outbound, headers=()
+    ) -> ConsumerRecord:
         raw = encode(value) if isinstance(value, Contract) else value
         record = ConsumerRecord(
-            TOPICS.outbound,
+            topic,
             0,
             next(self._offsets),
             0,
@@ -84,20 +89,25 @@ class Harness:
             None,
             6,
             len(raw or b""),
-            (),
+            tuple(headers),
         )
-        await handle_with_policy(
+        await settle(
             record,
             self.handler,
             dead_letters=self,  # type: ignore[arg-type]
             policy=POLICY,
             stopping=asyncio.Event(),
             stage="sender",
+            give_up=self.handler.gave_up,
         )
         return record
 
-    def deliveries(self) -> list[DeliveryEvent]:
+    def all_deliveries(self) -> list[DeliveryEvent]:
         return self.publisher.events(TOPICS.delivery)
+
+    def deliveries(self) -> list[DeliveryEvent]:
+        """Delivery events other than the intents (``sending``)."""
+        return [e for e in self.all_deliveries() if e.status is not DeliveryStatus.SENDING]
 
     def statuses(self) -> list[Any]:
         return self.publisher.events(TOPICS.channel_status)
@@ -119,7 +129,8 @@ async def test_sent_publishes_delivery_with_response_and_message_id(harness, mak
     outbound = make_outbound()
     await harness.feed(outbound)
 
-    ((message, envelope),) = harness.transport.sent
+    (composed,) = harness.transport.sent
+    message = composed.message
     (event,) = harness.deliveries()
     assert event.status is DeliveryStatus.SENT
     assert event.outbound_id == outbound.outbound_id
@@ -128,10 +139,12 @@ async def test_sent_publishes_delivery_with_response_and_message_id(harness, mak
     assert event.server_response == "250 2.0.0 Ok: queued"
     assert event.smtp_code == 250
     assert event.message_id == message["Message-ID"]
-    assert envelope.recipients == ("ada@customer.example",)
+    assert composed.envelope.recipients == ("ada@customer.example",)
     assert harness.dead == []
-    # the delivery is keyed by outbound id
-    assert harness.publisher.published[0][1] == outbound.outbound_id
+    # the intent came first; both are keyed by outbound id
+    intent, _sent = harness.all_deliveries()
+    assert intent.status is DeliveryStatus.SENDING
+    assert [key for _t, key, _e in harness.publisher.published[:2]] == [outbound.outbound_id] * 2
 
 
 async def test_first_success_reports_the_channel_active_once(harness, make_outbound):
@@ -259,15 +272,17 @@ async def test_transient_failure_is_retried_then_sent(harness, make_outbound):
     assert harness.dead == []
 
 
-async def test_transient_failures_exhaust_into_deferred_and_the_dlq(harness, make_outbound):
-    """After the last attempt: 'deferred' with the server's last reply; record replayable."""
+async def test_transient_failures_without_retry_topics_exhaust_into_failed_and_the_dlq(
+    harness, make_outbound
+):
+    """After the last attempt: 'failed' with the server's last reply; record replayable."""
     reply = ServerReply(451, "4.3.0 Try again later")
     harness.transport.fail_with = [SendDeferred("later", reply=reply) for _ in range(3)]
 
     await harness.feed(make_outbound())
 
     (event,) = harness.deliveries()
-    assert event.status is DeliveryStatus.DEFERRED
+    assert event.status is DeliveryStatus.FAILED
     assert event.attempt == POLICY.attempts
     assert event.smtp_code == 451
     assert "email.dlq" in event.reason
@@ -327,7 +342,7 @@ async def test_garbage_goes_to_the_dlq_without_a_delivery_event(harness):
 
 async def test_sent_event_lost_on_publish_is_republished_not_resent(harness, make_outbound):
     """Kafka hiccup after the server accepted: retry publishes 'sent', never re-sends."""
-    harness.publisher.fail_with = [TransientError("broker not available")]
+    harness.publisher.fail_with = [None, TransientError("broker not available")]
 
     await harness.feed(make_outbound())
 
@@ -337,7 +352,7 @@ async def test_sent_event_lost_on_publish_is_republished_not_resent(harness, mak
 
 async def test_sent_event_is_still_published_when_the_loop_gives_up(harness, make_outbound):
     """Kafka down for every retry: the give-up path publishes 'sent', not a failure."""
-    harness.publisher.fail_with = [TransientError("broker not available")] * POLICY.attempts
+    harness.publisher.fail_with = [None] + [TransientError("broker down")] * POLICY.attempts
 
     await harness.feed(make_outbound())
 
@@ -368,7 +383,8 @@ async def test_attachments_from_inline_content_and_blob_store(harness, make_outb
     )
     await harness.feed(outbound)
 
-    ((message, _envelope),) = harness.transport.sent
+    (composed,) = harness.transport.sent
+    message = composed.message
     contents = {p.get_filename(): p.get_payload(decode=True) for p in message.iter_attachments()}
     assert contents == {"a.txt": b"inline", "b.bin": b"blob bytes"}
 
@@ -389,3 +405,177 @@ def test_unexpected_errors_fail_without_leaking_details():
     outcome = delivery_outcome(KeyError("internal state"))
     assert outcome.status is DeliveryStatus.FAILED
     assert outcome.reason == "internal error (KeyError)"
+
+
+# --- never twice: intents, takeovers, uncertain outcomes --------------------------------------
+
+
+async def test_the_intent_is_published_before_the_message_goes_out(harness, make_outbound):
+    """'sending' is acknowledged by Kafka before DATA; a failing intent sends nothing."""
+    harness.publisher.fail_with = [TransientError("broker not available")] * POLICY.attempts
+
+    await harness.feed(make_outbound())
+
+    assert harness.transport.sent == []
+    (event,) = harness.deliveries()
+    assert event.status is DeliveryStatus.FAILED
+
+
+async def test_an_intent_without_outcome_from_another_owner_is_reported_unknown(
+    harness, make_outbound
+):
+    """A new owner that finds 'sending' without an outcome does not resend: 'unknown'."""
+    outbound = make_outbound()
+    await harness.ledger.observe(
+        outbound.outbound_id,
+        DeliveryOutcome(outbound_id=outbound.outbound_id, status=DeliveryStatus.SENDING),
+    )
+
+    await harness.feed(outbound)
+    await harness.feed(outbound)  # re-delivered again: still nothing sent, no second status
+
+    assert harness.transport.sent == []
+    (event,) = harness.deliveries()
+    assert event.status is DeliveryStatus.UNKNOWN
+    assert "may have been delivered" in event.reason
+    assert harness.dead == []
+
+
+async def test_an_at_least_once_channel_sends_again_after_an_intent_without_outcome(
+    publisher, make_channel, make_outbound
+):
+    """delivery_guarantee=at-least-once: the intent without outcome is sent again."""
+    harness = Harness(publisher, [make_channel(delivery_guarantee="at-least-once")])
+    outbound = make_outbound()
+    await harness.ledger.observe(
+        outbound.outbound_id,
+        DeliveryOutcome(outbound_id=outbound.outbound_id, status=DeliveryStatus.SENDING),
+    )
+
+    await harness.feed(outbound)
+
+    assert len(harness.transport.sent) == 1
+    assert [e.status for e in harness.deliveries()] == [DeliveryStatus.SENT]
+
+
+async def test_own_intent_followed_by_a_transient_failure_is_retried_not_unknown(
+    harness, make_outbound
+):
+    """Our own intent, then a 4xx at DATA: the outcome is known here, so the retry sends."""
+    harness.transport.fail_after_intent = [SendDeferred("451 later")]
+
+    await harness.feed(make_outbound())
+
+    assert len(harness.transport.sent) == 1
+    assert [e.status for e in harness.deliveries()] == [DeliveryStatus.SENT]
+
+
+async def test_connection_lost_during_data_is_unknown_and_never_retried(harness, make_outbound):
+    """DeliveryUncertain (the server may have it): 'unknown', one try only, in the DLQ."""
+    harness.transport.fail_after_intent = [DeliveryUncertain("lost during DATA")]
+
+    await harness.feed(make_outbound())
+
+    assert harness.transport.attempts == 1
+    (event,) = harness.deliveries()
+    assert event.status is DeliveryStatus.UNKNOWN
+    assert len(harness.dead) == 1
+
+
+async def test_failed_outbound_is_sent_again_only_by_a_dlq_replay(harness, make_outbound):
+    """Settled 'failed' is skipped on re-delivery; the replay header sends it; sent stays sent."""
+    outbound = make_outbound()
+    await harness.ledger.observe(
+        outbound.outbound_id,
+        DeliveryOutcome(outbound_id=outbound.outbound_id, status=DeliveryStatus.FAILED),
+    )
+
+    await harness.feed(outbound)
+    assert harness.transport.sent == []
+
+    await harness.feed(outbound, headers=[(REPLAY_HEADER, b"1")])
+    await harness.feed(outbound, headers=[(REPLAY_HEADER, b"1")])
+    assert len(harness.transport.sent) == 1
+    assert [e.status for e in harness.deliveries()] == [DeliveryStatus.SENT]
+
+
+# --- retry topics --------------------------------------------------------------------------
+
+
+def with_retries(harness: Harness, delays=(60.0, 600.0)) -> RetrySchedule:
+    schedule = RetrySchedule(TOPICS, delays)
+    harness.handler._retries = schedule
+    return schedule
+
+
+async def test_a_transient_failure_goes_to_the_next_retry_topic_with_a_deferred_event(
+    harness, make_outbound
+):
+    """4xx: the record is re-published unchanged to retry level 1, due in 60 s; 'deferred'."""
+    with_retries(harness)
+    reply = ServerReply(451, "4.7.1 Greylisted")
+    harness.transport.fail_with = [SendDeferred("later", reply=reply)]
+    outbound = make_outbound()
+
+    before = time.time()
+    record = await harness.feed(outbound)
+
+    ((topic, key, value, headers),) = harness.publisher.raw
+    assert topic == f"{TOPICS.outbound}.retry.1"
+    assert (key, value) == (record.key, record.value)
+    names = dict(headers)
+    assert names["retry-level"] == b"1"
+    assert names["original-topic"] == TOPICS.outbound.encode()
+    assert before + 60 <= int(names["retry-due-ms"]) / 1000 <= time.time() + 60
+    (event,) = harness.deliveries()
+    assert event.status is DeliveryStatus.DEFERRED
+    assert (event.retry_level, event.smtp_code) == (1, 451)
+    assert harness.dead == []
+    assert harness.transport.attempts == 1  # no in-place retry of a send
+
+
+async def test_after_the_last_retry_level_the_outbound_fails(harness, make_outbound):
+    """At the last level a transient failure is final: 'failed' with every try counted."""
+    schedule = with_retries(harness)
+    harness.transport.fail_with = [SendDeferred("later")] * POLICY.attempts
+    outbound = make_outbound()
+    headers = [("retry-level", b"2"), ("retry-due-ms", b"0"), ("original-topic", b"x")]
+
+    await harness.feed(outbound, topic=schedule.topic(2), headers=headers)
+
+    assert harness.publisher.raw == []
+    (event,) = harness.deliveries()
+    assert event.status is DeliveryStatus.FAILED
+    assert event.attempt == 2 + POLICY.attempts
+    assert len(harness.dead) == 1
+
+
+async def test_a_redelivered_record_already_handed_to_a_retry_level_is_skipped(
+    harness, make_outbound
+):
+    """Crash after scheduling the retry but before the commit: the original is not resent."""
+    with_retries(harness)
+    outbound = make_outbound()
+    await harness.ledger.observe(
+        outbound.outbound_id,
+        DeliveryOutcome(
+            outbound_id=outbound.outbound_id, status=DeliveryStatus.DEFERRED, retry_level=1
+        ),
+    )
+
+    await harness.feed(outbound)  # level 0
+
+    assert harness.transport.sent == []
+    assert harness.publisher.raw == []
+
+
+def test_retry_schedule_due_times_come_from_the_record_headers():
+    """First deliveries are due at once; retry records when their header says."""
+    schedule = RetrySchedule(TOPICS, (1.0,))
+    plain = ConsumerRecord("t", 0, 0, 0, 0, b"k", b"v", None, 1, 1, ())
+    later = ConsumerRecord("t", 0, 0, 0, 0, b"k", b"v", None, 1, 1, (("retry-due-ms", b"5000"),))
+    assert schedule.due(plain) is None
+    assert schedule.due(later) == 5.0
+    assert schedule.level(plain) == 0
+    assert not schedule.has_next(1)
+    assert schedule.has_next(0)

@@ -8,8 +8,11 @@ Nothing is mocked: records go through the broker, mail through TLS and AUTH.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import socket
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Self
 
@@ -30,6 +33,7 @@ from email_channels.events import (
     SmtpOutbound,
     TlsMode,
 )
+from email_channels.headers import LOOP_HEADER
 from email_channels.hostpolicy import HostPolicy, HostRefused
 from email_channels.producer import EventProducer
 from email_channels.settings import CommonSettings
@@ -40,7 +44,7 @@ from sender.settings import SenderSettings
 from sender.transports.smtp import SmtpTransport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from devstack.smtp import ReceivedMail
 
@@ -94,9 +98,10 @@ def settings(kafka_settings, pki, secret_keys, tmp_path) -> SenderSettings:
             blob_store_url=f"file://{tmp_path}/blobs",
         ),
         smtp_timeout=10,
-        retry_attempts=3,
+        retry_attempts=2,
         retry_first_backoff=0.05,
         retry_max_backoff=0.2,
+        retry_delays_s=(0.5, 1.0),
     )
 
 
@@ -178,7 +183,12 @@ async def received(smtp_server: SmtpServer, address: str, timeout: float = 30) -
 
 
 def delivery(tail: TopicTail, outbound_id: str) -> list[DeliveryEvent]:
-    return [e for e in tail.events(DeliveryEvent) if e.outbound_id == outbound_id]
+    """The outbound's delivery events, without the intents (``sending``)."""
+    return [
+        e
+        for e in tail.events(DeliveryEvent)
+        if e.outbound_id == outbound_id and e.status is not DeliveryStatus.SENDING
+    ]
 
 
 async def test_outbound_email_is_sent_over_starttls_with_auth_and_reported(
@@ -283,9 +293,11 @@ async def test_garbage_and_header_injection_go_to_the_dlq(
     assert not any("everyone@victim.example" in m.rcpt_tos for m in smtp_server.messages)
 
 
-async def test_5xx_is_rejected_and_4xx_deferred_after_retries(
+async def test_5xx_is_rejected_and_4xx_goes_through_the_retry_topics_then_fails(
     settings, producer, deliveries, dead_letters, smtp_server, secret_box, wait_until
 ):
+    """5xx: rejected at once. 4xx every time: deferred at each retry level (due later), then
+    failed after the last, and the record is in email.dlq as retriable (replayable)."""
     channel = smtp_channel(secret_box, smtp_server)
     topics = settings.kafka.topics
     await producer.publish(topics.channels, channel.id, channel)
@@ -297,9 +309,14 @@ async def test_5xx_is_rejected_and_4xx_deferred_after_retries(
 
     async with running(settings):
         await producer.publish(topics.outbound, "conv-1", to_gone)
-        await producer.publish(topics.outbound, "conv-1", to_busy)
+        await producer.publish(topics.outbound, "conv-2", to_busy)
         (rejected,) = await wait_until(lambda: delivery(deliveries, to_gone.outbound_id))
-        (deferred,) = await wait_until(lambda: delivery(deliveries, to_busy.outbound_id))
+        events = await wait_until(
+            lambda: (
+                len(delivery(deliveries, to_busy.outbound_id)) >= 3
+                and delivery(deliveries, to_busy.outbound_id)
+            )
+        )
         letters = await wait_until(
             lambda: len(dead_letters.events(DeadLetter)) >= 2 and dead_letters.events(DeadLetter)
         )
@@ -307,13 +324,54 @@ async def test_5xx_is_rejected_and_4xx_deferred_after_retries(
     assert rejected.status is DeliveryStatus.REJECTED
     assert rejected.smtp_code == 550
     assert rejected.server_response == "550 5.1.1 No such user"
-    assert deferred.status is DeliveryStatus.DEFERRED
-    assert deferred.smtp_code == 451
-    assert deferred.attempt == settings.retry_attempts
-    assert [(letter.retriable, letter.attempts) for letter in letters] == [
-        (False, 1),
-        (True, settings.retry_attempts),
+    first, second, final = events
+    assert [e.status for e in events] == [
+        DeliveryStatus.DEFERRED,
+        DeliveryStatus.DEFERRED,
+        DeliveryStatus.FAILED,
     ]
+    assert [first.retry_level, second.retry_level] == [1, 2]
+    assert first.smtp_code == 451
+    assert first.retry_at is not None
+    assert second.at >= first.retry_at  # consumed when due, not before
+    assert final.smtp_code == 451
+    assert final.attempt == len(settings.retry_delays_s) + settings.retry_attempts
+    by_retriable = {letter.retriable: letter for letter in letters}
+    assert by_retriable[False].error_kind == "MessageRejected"
+    busy_letter = by_retriable[True]
+    assert busy_letter.source_topic == f"{topics.outbound}.retry.2"
+    assert busy_letter.original_headers["original-topic"] == topics.outbound
+    assert busy_letter.original_key == b"conv-2"
+    assert json.loads(busy_letter.original_value or b"{}")["outbound_id"] == to_busy.outbound_id
+
+
+async def test_a_greylisted_message_comes_back_from_the_retry_topic_and_is_sent(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    """4xx once (greylisting): deferred, then sent from the retry topic when due."""
+    channel = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    grey = recipient("grey")
+    smtp_server.reply_to_recipients(grey.replace(".", r"\."), "451 4.7.1 Greylisted")
+    outbound = outbound_for(channel, to=grey)
+
+    async with running(settings):
+        await producer.publish(topics.outbound, "conv-1", outbound)
+        (deferred,) = await wait_until(lambda: delivery(deliveries, outbound.outbound_id))
+        smtp_server.clear_recipient_replies()
+        mail = await received(smtp_server, grey)
+        events = await wait_until(
+            lambda: (
+                len(delivery(deliveries, outbound.outbound_id)) >= 2
+                and delivery(deliveries, outbound.outbound_id)
+            )
+        )
+
+    assert deferred.status is DeliveryStatus.DEFERRED
+    assert [e.status for e in events] == [DeliveryStatus.DEFERRED, DeliveryStatus.SENT]
+    assert events[1].message_id == mail.message()["Message-ID"]
+    assert events[1].attempt == 2
 
 
 async def test_wrong_password_fails_delivery_and_marks_channel_inactive(
@@ -365,10 +423,10 @@ async def test_implicit_tls_server(pki, secret_box):
         to = recipient()
         composed = compose(outbound_for(channel, to=to), channel)
 
-        result = await transport_for(channel, secret_box, ca_file=pki.ca_cert).send(
-            composed.message, composed.envelope
-        )
+        transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+        result = await transport.send(composed)
         mail = await received(server, to)
+        await transport.aclose()
 
     assert mail.tls
     assert mail.authenticated_as == "sender"
@@ -380,9 +438,7 @@ async def test_untrusted_certificate_is_a_tls_misconfiguration(smtp_server, secr
     composed = compose(outbound_for(channel, to=recipient()), channel)
 
     with pytest.raises(ChannelMisconfigured) as caught:
-        await transport_for(channel, secret_box, ca_file=None).send(
-            composed.message, composed.envelope
-        )
+        await transport_for(channel, secret_box, ca_file=None).send(composed)
     assert caught.value.step == "tls"
 
 
@@ -391,7 +447,181 @@ async def test_loopback_host_is_refused_without_the_allow_list(smtp_server, secr
     composed = compose(outbound_for(channel, to=recipient()), channel)
 
     with pytest.raises(HostRefused) as caught:
-        await transport_for(channel, secret_box, ca_file=pki.ca_cert, allowed="").send(
-            composed.message, composed.envelope
-        )
+        await transport_for(channel, secret_box, ca_file=pki.ca_cert, allowed="").send(composed)
     assert caught.value.step == "dns"
+
+
+# --- header injection at the real SMTP server -------------------------------------------------
+
+
+def _injection_matrix(channel: ChannelConfig, tag: str) -> list[dict[str, Any]]:
+    """Outbound records (as JSON dicts) smuggling a Bcc/X-Injected line into each header."""
+    raw = b"hi\r\nBcc: evil@victim.example\r\nX-Injected: 1"
+    q = "=?UTF-8?Q?" + "".join(f"={b:02X}" for b in raw) + "?="
+    b = "=?UTF-8?B?" + base64.b64encode(raw).decode() + "?="
+    raw_text = raw.decode()
+    records = []
+    for name, payload in {"q": q, "b": b, "raw": raw_text}.items():
+        for field in ("subject", "to-name", "from-name", "filename", "references"):
+            values = outbound_for(channel, to=recipient(f"{tag}-{name}-{field}")).model_dump(
+                mode="json", by_alias=True
+            )
+            match field:
+                case "subject":
+                    values["subject"] = payload
+                case "to-name":
+                    values["to"][0]["name"] = payload
+                case "from-name":
+                    values["from"] = {"name": payload, "address": CHANNEL_ADDRESS}
+                case "filename":
+                    values["attachments"] = [
+                        {"filename": payload, "content_type": "text/plain", "content": "eA=="}
+                    ]
+                case "references":
+                    values["references"] = [f"<{payload}@x.example>"]
+            records.append(values)
+    return records
+
+
+async def test_header_injection_matrix_reaches_the_server_as_zero_injected_headers(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    """Raw, Q- and B-encoded CR/LF in subject, names, filename, references: all rejected with a
+    delivery event; the SMTP server sees no injected header and no smuggled recipient."""
+    channel = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    await producer.publish(topics.channels, channel.id, channel)
+    tag = f"inj{uuid.uuid4().hex[:6]}"
+    matrix = _injection_matrix(channel, tag)
+    control = outbound_for(channel, to=recipient(f"{tag}-control"))
+
+    async with running(settings):
+        for values in matrix:
+            await producer.publish_raw(
+                topics.outbound, encode_key("conv-1"), json.dumps(values).encode(), []
+            )
+        await producer.publish(topics.outbound, "conv-1", control)
+        await received(smtp_server, control.to[0].address)
+        await wait_until(
+            lambda: all(delivery(deliveries, v["outbound_id"]) for v in matrix), timeout=60
+        )
+
+    statuses = {v["outbound_id"]: delivery(deliveries, v["outbound_id"]) for v in matrix}
+    assert all(
+        [e.status for e in events] == [DeliveryStatus.REJECTED] for events in statuses.values()
+    ), statuses
+    ours = [m for m in smtp_server.messages if any(tag in r for r in m.rcpt_tos)]
+    assert [m.rcpt_tos for m in ours] == [(control.to[0].address,)]
+    injected = [
+        name
+        for m in smtp_server.messages
+        for part in m.message().walk()
+        for name in part.keys()  # noqa: SIM118 - a Message
+        if name.lower() in {"bcc", "x-injected"}
+    ]
+    assert injected == []
+    assert not any("evil@victim.example" in m.rcpt_tos for m in smtp_server.messages)
+    assert ours[0].message()[LOOP_HEADER] == channel.id
+
+
+# --- one black-holed server never stalls a healthy channel ----------------------------------
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A port that accepts TCP connections (into the backlog) and never says a word."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(512)
+        yield listener.getsockname()[1]
+
+
+async def test_a_black_holed_channel_never_stalls_a_healthy_one(
+    settings, producer, deliveries, smtp_server, secret_box, wait_until
+):
+    """Mail for a server that never answers goes through the retry topics to 'failed' while
+    the healthy channel's mail, interleaved on the same partitions, is sent within seconds."""
+    settings = settings.model_copy(update={"smtp_timeout": 2.0, "connect_cooldown_s": 5.0})
+    healthy = smtp_channel(secret_box, smtp_server)
+    topics = settings.kafka.topics
+    with black_hole() as port:
+        dead = smtp_channel(secret_box, smtp_server)
+        dead = dead.model_copy(update={"outbound": dead.outbound.model_copy(update={"port": port})})
+        await producer.publish(topics.channels, healthy.id, healthy)
+        await producer.publish(topics.channels, dead.id, dead)
+        stuck = [outbound_for(dead, to=recipient("stuck")) for _ in range(20)]
+        fine = [outbound_for(healthy, to=recipient("fine")) for _ in range(20)]
+
+        async with running(settings):
+            started = time.monotonic()
+            for index, (a, b) in enumerate(zip(stuck, fine, strict=True)):
+                await producer.publish(topics.outbound, f"conv-{index}", a)
+                await producer.publish(topics.outbound, f"conv-{index}", b)
+            await wait_until(
+                lambda: all(delivery(deliveries, o.outbound_id) for o in fine), timeout=60
+            )
+            healthy_s = time.monotonic() - started
+            await wait_until(
+                lambda: all(
+                    any(e.status.final for e in delivery(deliveries, o.outbound_id)) for o in stuck
+                ),
+                timeout=90,
+            )
+
+    assert healthy_s < 15, f"the healthy channel took {healthy_s:.1f}s"
+    assert all(
+        [e.status for e in delivery(deliveries, o.outbound_id)] == [DeliveryStatus.SENT]
+        for o in fine
+    )
+    for outbound in stuck:
+        events = delivery(deliveries, outbound.outbound_id)
+        assert [e.status for e in events] == [
+            DeliveryStatus.DEFERRED,
+            DeliveryStatus.DEFERRED,
+            DeliveryStatus.FAILED,
+        ], events
+    assert not any("stuck" in r for m in smtp_server.messages for r in m.rcpt_tos)
+
+
+# --- the session pool against the real server ----------------------------------------------
+
+
+async def test_pooled_sessions_are_reused_across_messages(smtp_server, secret_box, pki):
+    """Ten messages one after another: one TLS+AUTH session, every message delivered."""
+    channel = smtp_channel(secret_box, smtp_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    addresses = [recipient("pool") for _ in range(10)]
+    try:
+        for address in addresses:
+            await transport.send(compose(outbound_for(channel, to=address), channel))
+        concurrent = [recipient("pool") for _ in range(8)]
+        await asyncio.gather(
+            *(
+                transport.send(compose(outbound_for(channel, to=address), channel))
+                for address in concurrent
+            )
+        )
+    finally:
+        await transport.aclose()
+    for address in [*addresses, *concurrent]:
+        await received(smtp_server, address)
+    assert transport.pool.opened <= transport.pool.limits.max_sessions
+    assert transport.pool.opened >= 1
+
+
+async def test_a_session_the_server_dropped_is_replaced_transparently(smtp_server, secret_box, pki):
+    """The server closed an idle pooled session: the next message opens a new one and goes."""
+    channel = smtp_channel(secret_box, smtp_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    first, second = recipient("drop"), recipient("drop")
+    try:
+        await transport.send(compose(outbound_for(channel, to=first), channel))
+        idle = transport.pool._idle[0][0]
+        assert idle.transport is not None
+        idle.transport.abort()  # the connection is gone, as after a server-side timeout
+        await asyncio.sleep(0.1)
+        await transport.send(compose(outbound_for(channel, to=second), channel))
+    finally:
+        await transport.aclose()
+    await received(smtp_server, second)
+    assert transport.pool.opened == 2

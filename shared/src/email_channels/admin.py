@@ -22,7 +22,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from email_channels.errors import PermanentError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from email_channels.settings import KafkaSettings
     from email_channels.topics import TopicSpec
@@ -31,6 +31,11 @@ log = structlog.get_logger(__name__)
 
 SETTLE_SECONDS = 15.0
 """How long the checks wait for a just-created topic to become visible."""
+
+DURABLE_REPLICATION = 3
+DURABLE_MIN_ISR = 2
+"""Production floor (``KAFKA_REQUIRE_DURABLE_TOPICS``): with acks=all, a write survives the
+loss of one broker only if it was on at least two in-sync replicas of three."""
 
 
 class TopicMismatch(PermanentError):
@@ -42,10 +47,14 @@ class TopicCreationFailed(PermanentError):
 
 
 async def ensure_topics(
-    settings: KafkaSettings, *, client_id: str = "email-channels-admin"
+    settings: KafkaSettings,
+    *,
+    client_id: str = "email-channels-admin",
+    extra_topics: Mapping[str, TopicSpec] | None = None,
 ) -> None:
-    """Create missing topics of the contract and check the existing ones."""
-    names = settings.topics.all()
+    """Create missing topics of the contract (and ``extra_topics``, full name -> spec, e.g. a
+    service's own retry topics) and check the existing ones."""
+    names = {**settings.topics.all(), **(extra_topics or {})}
     admin = AIOKafkaAdminClient(**settings.client_kwargs(), client_id=client_id)
     await admin.start()
     try:
@@ -55,6 +64,36 @@ async def ensure_topics(
             await _create(admin, settings, names, missing)
         await _settled(lambda: _check_policies(admin, names))
         await _settled(lambda: _check_partitions(admin, settings, names))
+        if settings.require_durable_topics:
+            await _settled(lambda: _check_durability(admin, names))
+    finally:
+        await admin.close()
+
+
+async def check_topics(
+    settings: KafkaSettings, *, client_id: str = "email-channels-admin"
+) -> list[str]:
+    """What is wrong with the contract's topics, without changing anything (empty = all good):
+    missing topics, then the first contradiction of each check ``ensure_topics`` makes."""
+    names = settings.topics.all()
+    admin = AIOKafkaAdminClient(**settings.client_kwargs(), client_id=client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        problems = [f"topic {name} is missing" for name in names if name not in existing]
+        present = {name: spec for name, spec in names.items() if name in existing}
+        checks: list[Callable[[], Awaitable[None]]] = [
+            lambda: _check_policies(admin, present),
+            lambda: _check_partitions(admin, settings, present),
+        ]
+        if settings.require_durable_topics:
+            checks.append(lambda: _check_durability(admin, present))
+        for check in checks if present else []:
+            try:
+                await _settled(check)
+            except TopicMismatch as exc:
+                problems.append(str(exc))
+        return problems
     finally:
         await admin.close()
 
@@ -71,7 +110,7 @@ async def _create(
                 name=name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs=names[name].configs,
+                topic_configs=_creation_configs(settings, names[name]),
             )
             for name in missing
         ]
@@ -145,3 +184,47 @@ async def _check_partitions(
                 f"topic {name} must have as many partitions as {other} "
                 f"({partitions.get(name)} != {partitions.get(other)})"
             )
+
+
+def _creation_configs(settings: KafkaSettings, spec: TopicSpec) -> dict[str, str]:
+    configs = dict(spec.configs)
+    if settings.min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(settings.min_insync_replicas)
+    return configs
+
+
+async def _check_durability(admin: AIOKafkaAdminClient, names: dict[str, TopicSpec]) -> None:
+    """Production mode: every topic on >= 3 replicas with min.insync.replicas >= 2."""
+    described = await admin.describe_topics(list(names))
+    replication: dict[str, int] = {}
+    for topic in described:
+        if topic["error_code"] or not topic["partitions"]:
+            raise _NotVisibleYet(topic["topic"])
+        replication[topic["topic"]] = min(len(p["replicas"]) for p in topic["partitions"])
+    responses = await admin.describe_configs(
+        [
+            ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None})
+            for name in names
+        ]
+    )
+    min_isr: dict[str, int] = {}
+    for response in responses:
+        for code, _message, _rtype, name, entries, *_ in response.resources:
+            value = next((e[1] for e in entries if e[0] == "min.insync.replicas"), None)
+            if code or value is None:
+                raise _NotVisibleYet(name)
+            min_isr[name] = int(value)
+    weak = [
+        f"{name} (replication factor {replication.get(name)}, min.insync.replicas "
+        f"{min_isr.get(name)})"
+        for name in sorted(names)
+        if replication.get(name, 0) < DURABLE_REPLICATION or min_isr.get(name, 0) < DURABLE_MIN_ISR
+    ]
+    if weak:
+        raise TopicMismatch(
+            f"production mode needs every topic on at least {DURABLE_REPLICATION} replicas "
+            f"with min.insync.replicas at least {DURABLE_MIN_ISR}, but these are weaker: "
+            + ", ".join(weak)
+            + ". Fix the topics (e.g. the Strimzi KafkaTopic resources), or set "
+            "KAFKA_REQUIRE_DURABLE_TOPICS=false for a local or test cluster."
+        )

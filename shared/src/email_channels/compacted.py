@@ -52,6 +52,10 @@ async def _partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait: float)
         await asyncio.sleep(0.2)
 
 
+partitions_of = _partitions_of
+"""Public name of :func:`_partitions_of` for other readers of a single partition."""
+
+
 class CompactedView(Generic[M]):
     def __init__(
         self,

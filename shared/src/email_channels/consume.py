@@ -13,6 +13,13 @@ Policy (house style, errors as data):
 Offsets are committed only after a record was handled or dead-lettered, so a crash re-delivers
 (at-least-once); handlers are idempotent by their own keys. Stopping in the middle of a retry
 leaves the record uncommitted for the next owner.
+
+Hooks, explicit rather than subclassed: :func:`settle` passes the attempt number (1, 2, ...) to
+an :data:`AttemptHandler`, and calls a :data:`GiveUp` hook once, just before a record is
+dead-lettered, with the final error and the attempts made (a stage reports its own outcome
+there, e.g. the sender's "failed" delivery event). :func:`handle_with_policy` and
+:func:`consume` keep the plain one-argument :data:`RecordHandler`. Many records at once, with
+per-key order: :class:`email_channels.lanes.LaneConsumer`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -47,6 +54,11 @@ RECORDS = Counter(
 
 Record: TypeAlias = ConsumerRecord  # ConsumerRecord[bytes, bytes]; aiokafka ships no types
 RecordHandler = Callable[[Record], Awaitable[None]]
+AttemptHandler = Callable[[Record, int], Awaitable[None]]
+"""A handler told which attempt this is (1 for the first delivery of the record)."""
+GiveUp = Callable[[Record, BaseException, int], Awaitable[None]]
+"""Called once per given-up record (record, final error, attempts) before it is dead-lettered;
+retried until it returns, so it must be safe to call again after a failure."""
 
 DLQ_INLINE_MAX = 512 * 1024
 
@@ -63,18 +75,26 @@ class RetryPolicy:
 
 
 def make_consumer(
-    settings: KafkaSettings, *topics: str, group_id: str | None, client_id: str
+    settings: KafkaSettings,
+    *topics: str,
+    group_id: str | None,
+    client_id: str,
+    **overrides: Any,
 ) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits; offsets are committed by :func:`consume`."""
+    """A consumer that never auto-commits; offsets are committed by :func:`consume`.
+    ``overrides`` are further AIOKafkaConsumer options (e.g. ``session_timeout_ms``)."""
+    options: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
     return AIOKafkaConsumer(
         *topics,
         **settings.client_kwargs(),
         group_id=group_id,
         client_id=client_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **(options | overrides),
     )
 
 
@@ -143,26 +163,25 @@ class _Stopping(Exception):
     pass
 
 
-async def _dead_letter(
+async def _until_done(
+    step: Callable[[], Awaitable[None]],
     record: Record,
-    error: BaseException,
     *,
-    attempts: int,
-    dead_letters: DeadLetters,
+    what: str,
     policy: RetryPolicy,
     stopping: asyncio.Event,
 ) -> None:
-    """Publish the dead letter, retrying until it is acknowledged: a record is never left
-    settled-but-unrecorded. Raises _Stopping when shutdown interrupts the wait."""
+    """Run ``step`` until it returns, backing off between failures. Raises _Stopping when
+    shutdown interrupts the wait."""
     failures = 0
     while True:
         try:
-            await dead_letters.send(record, error, attempts=attempts)
+            await step()
         except Exception as exc:
             failures += 1
             delay = policy.backoff(failures)
             log.exception(
-                "dead letter not published; retrying",
+                f"{what} failed; retrying",
                 topic=record.topic,
                 offset=record.offset,
                 error=str(exc),
@@ -185,12 +204,40 @@ async def handle_with_policy(
     policy: RetryPolicy,
     stopping: asyncio.Event,
     stage: str,
+    give_up: GiveUp | None = None,
 ) -> None:
     """Run the handler on one record and apply the error policy. Raises _Stopping on shutdown."""
+
+    async def without_attempt(record: Record, _attempt: int) -> None:
+        await handler(record)
+
+    await settle(
+        record,
+        without_attempt,
+        dead_letters=dead_letters,
+        policy=policy,
+        stopping=stopping,
+        stage=stage,
+        give_up=give_up,
+    )
+
+
+async def settle(
+    record: Record,
+    handler: AttemptHandler,
+    *,
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
+    stopping: asyncio.Event,
+    stage: str,
+    give_up: GiveUp | None = None,
+) -> None:
+    """Handle one record (passing the attempt number), retrying transient errors; when giving
+    up, call ``give_up`` and then dead-letter the record. Raises _Stopping on shutdown."""
     attempt = 1
     while True:
         try:
-            await handler(record)
+            await handler(record, attempt)
         except Exception as exc:
             retriable = isinstance(exc, PipelineError) and exc.retriable
             if retriable and attempt < policy.attempts:
@@ -214,10 +261,11 @@ async def handle_with_policy(
                 log.exception(
                     "unexpected error in handler", topic=record.topic, offset=record.offset
                 )
-            await _dead_letter(
+            await _give_up(
                 record,
                 exc,
-                attempts=attempt,
+                attempt,
+                give_up=give_up,
                 dead_letters=dead_letters,
                 policy=policy,
                 stopping=stopping,
@@ -226,6 +274,34 @@ async def handle_with_policy(
         else:
             RECORDS.labels(stage, "ok").inc()
             return
+
+
+async def _give_up(
+    record: Record,
+    error: BaseException,
+    attempts: int,
+    *,
+    give_up: GiveUp | None,
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
+    stopping: asyncio.Event,
+) -> None:
+    """The hook, then the dead letter, each retried until done (never settled-but-unrecorded);
+    a failing dead letter does not call the hook again."""
+    if give_up is not None:
+        hook = give_up
+
+        async def hook_step() -> None:
+            await hook(record, error, attempts)
+
+        await _until_done(hook_step, record, what="give-up hook", policy=policy, stopping=stopping)
+
+    async def letter_step() -> None:
+        await dead_letters.send(record, error, attempts=attempts)
+
+    await _until_done(
+        letter_step, record, what="dead letter not published", policy=policy, stopping=stopping
+    )
 
 
 async def _commit(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
@@ -251,6 +327,7 @@ async def consume(
     stopping: asyncio.Event,
     stage: str,
     policy: RetryPolicy | None = None,
+    give_up: GiveUp | None = None,
 ) -> None:
     """Consume until ``stopping`` is set; commit after each handled batch of a partition."""
     policy = policy or RetryPolicy()
@@ -267,6 +344,7 @@ async def consume(
                         policy=policy,
                         stopping=stopping,
                         stage=stage,
+                        give_up=give_up,
                     )
                     done = record
             except _Stopping:

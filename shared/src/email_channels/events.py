@@ -205,6 +205,12 @@ class ChannelConfig(Contract):
     sync_recipient_only: bool = False
     inbound: Inbound | None = None
     outbound: Outbound | None = None
+    delivery_guarantee: Literal["at-most-once", "at-least-once"] = Field(
+        default="at-most-once",
+        description="when the sender finds an intent to send without an outcome (it crashed "
+        "between SMTP DATA and reporting): at-most-once reports 'unknown', at-least-once sends "
+        "again (same Message-ID)",
+    )
     revision: int = Field(default=1, ge=1, description="increases by one on every write")
     updated_at: datetime = Field(default_factory=utcnow)
     settings_changed_at: datetime | None = Field(
@@ -343,6 +349,11 @@ class SourceIdentity(Contract):
 class FolderCursor(Contract):
     uidvalidity: int
     last_uid: int = 0
+    recheck_through: int | None = Field(
+        default=None,
+        description="after a UIDVALIDITY change: UIDs up to this one were present when the "
+        "folder was renumbered and are checked against what the channel already published",
+    )
 
 
 class FetchCursor(Contract):
@@ -364,6 +375,10 @@ class FetchCursor(Contract):
     )
     token_cache_authorised_at: datetime | None = Field(
         default=None, description="Graph delegated: the sign-in the rotated cache descends from"
+    )
+    uidls: list[str] | None = Field(
+        default=None,
+        description="POP3: the UIDLs taken that were still on the server at the last sync",
     )
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -405,8 +420,14 @@ class Attachment(Contract):
 
 
 class RoutingReason(Contract):
-    kind: Literal["filter", "default"]
+    """Why the campaign: a filter matched, the channel's default, or ``thread``: a reply to a
+    message this product routed or sent, kept in that message's conversation and campaign."""
+
+    kind: Literal["filter", "default", "thread"]
     filter_id: str | None = None
+    thread_message_id: str | None = Field(
+        default=None, description="kind=thread: the Message-ID of the earlier message"
+    )
 
 
 class EmailFlags(Contract):
@@ -415,6 +436,22 @@ class EmailFlags(Contract):
     bounced_message_id: str | None = None
     bounced_recipients: list[str] = Field(default_factory=list)
     loop: bool = False
+    headers_repaired: bool = False
+    """The header block was broken (junk lines before it, or fields dropped) and was repaired."""
+    parse_limits: list[str] = Field(default_factory=list)
+    """Parse bounds the message went over (e.g. ``parts``, ``depth``, ``header_size``,
+    ``decoded_size``, ``time``): the record holds what could be read within them."""
+
+
+class UndecodedHeader(Contract):
+    """A header field sent as raw 8-bit bytes without RFC 2047 encoding, and how it was read.
+
+    ``sha256`` is the hash of the undecoded bytes, so a reader can tell the text was guessed.
+    """
+
+    name: str
+    charset: str
+    sha256: str
 
 
 class RoutedEmail(Contract):
@@ -441,7 +478,31 @@ class RoutedEmail(Contract):
     raw_ref: BlobRef | None = None
     source: SourceIdentity
     flags: EmailFlags = Field(default_factory=EmailFlags)
+    undecoded_headers: list[UndecodedHeader] = Field(default_factory=list)
     routed_at: datetime = Field(default_factory=utcnow)
+
+
+class RouterMark(Contract):
+    """Value of ``email.router-state`` (internal to the router): what it has routed and what
+    the sender has sent, so re-fetches are dropped and replies follow their thread.
+
+    Keys: ``email/<email id>`` (kind ``routed``: an email routed, or dropped as a duplicate of
+    the mark's Message-ID) and ``sent/<outbound id>`` (kind ``sent``). Readers index them by
+    email id, by channel + Message-ID (duplicate window, thread affinity) and by conversation.
+    """
+
+    schema_version: Literal[1] = 1
+    kind: Literal["routed", "sent"]
+    channel_id: str
+    email_id: str | None = None
+    outbound_id: str | None = None
+    message_id: str | None = None
+    content_sha256: str | None = Field(
+        default=None, description="hash of the parsed content, without trace headers"
+    )
+    conversation_id: str | None = None
+    campaign_id: str | None = None
+    at: datetime = Field(default_factory=utcnow)
 
 
 # --- send ---------------------------------------------------------------------------------------
@@ -479,13 +540,29 @@ class OutboundEmail(Contract):
     references: list[HeaderText] = Field(default_factory=list)
     attachments: list[OutboundAttachment] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
+    campaign_id: Id | None = Field(
+        default=None,
+        description="the sending campaign; replies to this mail are routed back to it",
+    )
 
 
 class DeliveryStatus(StrEnum):
+    """Final: sent, failed, rejected, unknown (exactly one per outbound id). Not final:
+    sending (the intent, recorded before the message goes out) and deferred (waiting in a
+    retry topic)."""
+
     SENT = "sent"
     DEFERRED = "deferred"
     FAILED = "failed"
     REJECTED = "rejected"
+    SENDING = "sending"
+    UNKNOWN = "unknown"
+    """Maybe delivered: the sender crashed or lost the connection after handing the message
+    over and before the server's answer was recorded. Not resent, to never send twice."""
+
+    @property
+    def final(self) -> bool:
+        return self not in {DeliveryStatus.SENDING, DeliveryStatus.DEFERRED}
 
 
 class DeliveryEvent(Contract):
@@ -502,7 +579,16 @@ class DeliveryEvent(Contract):
     smtp_code: int | None = None
     message_id: str | None = None
     attempt: int = 1
+    retry_level: int | None = Field(
+        default=None,
+        description="deferred: the retry topic level (1, 2, ...) the outbound now waits in",
+    )
+    retry_at: datetime | None = Field(default=None, description="deferred: when it is tried again")
     at: datetime = Field(default_factory=utcnow)
+    campaign_id: str | None = Field(
+        default=None,
+        description="the outbound's campaign id; the router routes replies to it",
+    )
 
 
 # --- dead letters -------------------------------------------------------------------------------
@@ -525,6 +611,14 @@ class DeadLetter(Contract):
     original_value_ref: BlobRef | None = None
     original_headers: dict[str, str] = Field(default_factory=dict)
     at: datetime = Field(default_factory=utcnow)
+    channel_id: str | None = Field(
+        default=None, description="fetcher: the channel whose mailbox holds the message"
+    )
+    source: SourceIdentity | None = Field(
+        default=None,
+        description="fetcher: where the message is on the mail server (it is left there); "
+        "source_topic is then the topic it was meant for, partition and offset -1",
+    )
 
 
 TOPIC_MODELS: dict[str, type[Contract]] = {
@@ -539,5 +633,6 @@ TOPIC_MODELS: dict[str, type[Contract]] = {
     "OutboundEmail": OutboundEmail,
     "DeliveryEvent": DeliveryEvent,
     "DeadLetter": DeadLetter,
+    "RouterMark": RouterMark,
 }
 """Model name (as in :data:`email_channels.topics.SPECS`) -> model class."""

@@ -19,7 +19,9 @@ httpx exceptions become errors of the shared taxonomy:
 429, 503 (Retry-After), 500, 502, 504      :class:`GraphThrottled` / TransientError
 other 4xx                                  :class:`GraphRequestRefused` (permanent)
 certificate not trusted                    ChannelMisconfigured(step="tls")
-connect/read errors, timeouts              TransientError
+request sent, answer lost (read error,     :class:`GraphAnswerLost` (a TransientError: the
+read timeout, connection closed)           request may have been carried out)
+connect/write errors, other timeouts       TransientError
 =========================================  ==================================================
 """
 
@@ -60,6 +62,14 @@ class GraphThrottled(TransientError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class GraphAnswerLost(TransientError):
+    """The request went out but its answer never came: Graph may have carried it out.
+
+    Retriable for reads; a caller whose request has an effect that must not happen twice
+    (sendMail) treats it as an unknown outcome.
+    """
 
 
 class GraphNotFound(PermanentError):
@@ -269,6 +279,8 @@ def map_graph_exception(exc: Exception) -> PipelineError:
                 f"Graph's certificate is not trusted: {cause.verify_message}", step="tls"
             )
         cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.ReadTimeout | httpx.ReadError | httpx.RemoteProtocolError):
+        return GraphAnswerLost(f"Graph's answer was lost: {type(exc).__name__}: {exc}")
     if isinstance(exc, httpx.TimeoutException):
         return TransientError(f"Graph timed out: {type(exc).__name__}")
     return TransientError(f"Graph cannot be reached: {type(exc).__name__}: {exc}")

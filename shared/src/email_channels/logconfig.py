@@ -46,6 +46,8 @@ def configure_logging(
     )
     structlog.configure(
         processors=[
+            # Drop events below the level before the processors (redaction, rendering) run.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,

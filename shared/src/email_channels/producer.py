@@ -6,6 +6,7 @@ this producer returned, i.e. after every in-sync replica has it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any, Self
 
 import structlog
@@ -16,6 +17,8 @@ from email_channels.codec import Headers, encode, encode_key, record_headers
 from email_channels.errors import PermanentError, PipelineError, TransientError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aiokafka.structs import RecordMetadata
 
     from email_channels.events import Contract
@@ -67,15 +70,17 @@ class EventProducer:
 
     def __init__(self, settings: KafkaSettings, *, client_id: str, **overrides: Any) -> None:
         self.topics = settings.topics
+        tuning: dict[str, Any] = {
+            "linger_ms": 5,
+            "max_request_size": MAX_REQUEST_BYTES,
+            "compression_type": "gzip",
+        } | overrides  # a service may tune these; acks and idempotence are not negotiable
         self._producer = AIOKafkaProducer(
             **settings.client_kwargs(),
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=MAX_REQUEST_BYTES,
-            compression_type="gzip",
-            **overrides,
+            **tuning,
         )
         assert_durable(self._producer)
 
@@ -121,6 +126,34 @@ class EventProducer:
             )
         except KafkaError as exc:
             raise _mapped(exc, topic) from exc
+
+    async def publish_all(
+        self, topic: str, events: Sequence[tuple[str, Contract]]
+    ) -> list[RecordMetadata]:
+        """Send ``(key, event)`` pairs together and wait until Kafka acknowledged every one.
+
+        Records of one key keep their order (idempotent producer). If any fails, the error of
+        the first failure is raised after all have settled, so a caller retries the whole set.
+        """
+        try:
+            futures = [
+                await self._producer.send(
+                    topic,
+                    value=encode(event),
+                    key=encode_key(key),
+                    headers=record_headers(event, None),
+                )
+                for key, event in events
+            ]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except KafkaError as exc:
+            raise _mapped(exc, topic) from exc
+        for result in results:
+            if isinstance(result, KafkaError):
+                raise _mapped(result, topic) from result
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if not isinstance(r, BaseException)]
 
     async def publish_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers

@@ -15,9 +15,55 @@ import json
 from pathlib import Path
 
 from email_channels.events import TOPIC_MODELS
-from email_channels.topics import SPECS
+from email_channels.headers import (
+    CAMPAIGN_HEADER,
+    LOOP_HEADER,
+    ORIGINAL_TOPIC_HEADER,
+    REPLAY_HEADER,
+    RETRY_DUE_HEADER,
+    RETRY_LEVEL_HEADER,
+)
+from email_channels.topics import SPECS, Topic
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+ALL_TOPICS_BUT_DLQ = frozenset(spec.topic for spec in SPECS if spec.topic is not Topic.DLQ)
+
+RECORD_HEADERS: dict[str, tuple[frozenset[Topic], str]] = {
+    CAMPAIGN_HEADER: (
+        frozenset({Topic.ROUTED}),
+        "the campaign id, to filter without decoding",
+    ),
+    RETRY_LEVEL_HEADER: (
+        frozenset({Topic.OUTBOUND}),
+        (
+            "on the sender's retry topics (<email.outbound>.retry.N): the delay level N the record "
+            "waits in; absent on email.outbound itself"
+        ),
+    ),
+    RETRY_DUE_HEADER: (
+        frozenset({Topic.OUTBOUND}),
+        "on the sender's retry topics: when the record is due (epoch milliseconds)",
+    ),
+    ORIGINAL_TOPIC_HEADER: (
+        frozenset({Topic.OUTBOUND}),
+        (
+            "on a record re-published by a stage (the sender's retry topics): the topic it was "
+            "first written to; a DLQ replay sends the record back there"
+        ),
+    ),
+    REPLAY_HEADER: (
+        ALL_TOPICS_BUT_DLQ,
+        (
+            "on a record re-published from email.dlq (email-channels dlq replay): "
+            "<dlq topic>/<partition>/<offset> of its dead letter; the sender then sends again an "
+            "outbound whose earlier outcome was failed, rejected or deferred"
+        ),
+    ),
+}
+"""Every Kafka record header of the contract, named once: name -> (topics carrying it, what it
+says). The AsyncAPI document lists them under ``x-record-headers`` and ``components.schemas``;
+each message's ``headers`` refers to the ones its topic carries."""
 
 
 def schema_documents() -> dict[str, str]:
@@ -50,11 +96,9 @@ def asyncapi_document() -> str:
             "content-type": {"type": "string", "const": "application/json"},
             "schema": {"type": "string", "const": f"{spec.model}/v{_version(model)}"},
         }
-        if spec.topic.value == "email.routed":
-            headers["campaign-id"] = {
-                "type": "string",
-                "description": "the campaign id, to filter without decoding",
-            }
+        for header, (topics, _) in RECORD_HEADERS.items():
+            if spec.topic in topics:
+                headers[header] = {"$ref": f"#/components/schemas/{header}"}
         messages[spec.model] = {
             "name": spec.model,
             "title": spec.model,
@@ -94,14 +138,39 @@ def asyncapi_document() -> str:
             "version": "1",
             "description": (
                 "The Kafka topics of Email Channels: the contract with campaign services and "
-                "other consumers. Values are UTF-8 JSON; readers must ignore unknown fields."
+                "other consumers. Values are UTF-8 JSON; readers must ignore unknown fields. "
+                "Records of email.routed are written in Kafka transactions: read them with "
+                "isolation.level=read_committed. "
+                f"Every mail the sender sends carries the mail header `{LOOP_HEADER}` (value: "
+                "the channel id); inbound mail carrying it is flagged as a loop "
+                "(RoutedEmail.flags.loop)."
             ),
+        },
+        "x-mail-headers": {
+            LOOP_HEADER: "stamped by the sender on every sent mail (value: the channel id); "
+            "seen inbound, the router flags the mail as a loop",
+        },
+        "x-record-headers": {
+            header: f"on {_topics_text(topics)}: {text}"
+            for header, (topics, text) in RECORD_HEADERS.items()
         },
         "defaultContentType": "application/json",
         "channels": channels,
-        "components": {"messages": messages},
+        "components": {
+            "messages": messages,
+            "schemas": {
+                header: {"type": "string", "description": text}
+                for header, (_, text) in RECORD_HEADERS.items()
+            },
+        },
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _topics_text(topics: frozenset[Topic]) -> str:
+    if topics == ALL_TOPICS_BUT_DLQ:
+        return "every topic but email.dlq"
+    return ", ".join(sorted(topic.value for topic in topics))
 
 
 def _version(model: type) -> int:

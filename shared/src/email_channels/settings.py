@@ -37,6 +37,19 @@ class KafkaSettings(BaseSettings):
     ssl_cafile: Path | None = None
     partitions: int = Field(default=6, ge=1, description="partitions of topics we create")
     replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of topics we create (unset = the broker's default)",
+    )
+    require_durable_topics: bool = Field(
+        default=False,
+        description=(
+            "production mode: refuse to start when a contract topic has a replication factor "
+            "below 3 or min.insync.replicas below 2 (the Helm chart turns it on; leave it off "
+            "for a one-broker local Kafka)"
+        ),
+    )
 
     @property
     def topics(self) -> TopicNames:
@@ -87,6 +100,16 @@ class CommonSettings(BaseSettings):
         default=None, description="extra CA bundle trusted for mail servers (besides the system's)"
     )
     metrics_port: int | None = Field(default=None, description="Prometheus /metrics port")
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of /healthz and /readyz (email_channels.health); unset = not served",
+    )
+    health_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - the kubelet probes the pod's IP
+        description="address the health endpoints listen on",
+    )
     allowed_hosts: str = Field(
         default="",
         description=(

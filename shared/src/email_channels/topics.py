@@ -6,6 +6,7 @@ tests, share one cluster without seeing each other's data.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -27,6 +28,7 @@ class Topic(StrEnum):
     OUTBOUND = "email.outbound"
     DELIVERY = "email.delivery"
     DLQ = "email.dlq"
+    ROUTER_STATE = "email.router-state"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,15 @@ SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         Topic.DLQ, "original key", "delete", "DeadLetter", "poison record + error class + stage"
     ),
+    TopicSpec(
+        Topic.ROUTER_STATE,
+        "email/<email id> or sent/<outbound id>",
+        "compact",
+        "RouterMark",
+        "internal to the router, written in its routing transactions: each routed email's "
+        "id, Message-ID, content hash, conversation and campaign (duplicates, thread "
+        "affinity); also the Message-IDs of sent mail (from email.delivery)",
+    ),
 )
 
 
@@ -174,6 +185,42 @@ class TopicNames:
     def dlq(self) -> str:
         return self(Topic.DLQ)
 
+    @property
+    def router_state(self) -> str:
+        return self(Topic.ROUTER_STATE)
+
     def all(self) -> dict[str, TopicSpec]:
         """Full name -> spec, for every topic of the contract."""
         return {self(spec.topic): spec for spec in SPECS}
+
+
+def manifest() -> dict[str, list[dict[str, object]]]:
+    """The registry as data: the Helm chart's ``files/topics.json`` (Strimzi KafkaTopic
+    resources) is generated from it by ``make schemas``, and a test fails when they differ."""
+    return {
+        "topics": [
+            {
+                "name": spec.topic.value,
+                "key": spec.key,
+                "cleanup": spec.cleanup,
+                "model": spec.model,
+                "description": spec.description,
+                "configs": spec.configs,
+                "co_partitioned_with": (
+                    spec.co_partitioned_with.value if spec.co_partitioned_with else None
+                ),
+            }
+            for spec in SPECS
+        ]
+    }
+
+
+def manifest_json() -> str:
+    """:func:`manifest` as the committed JSON text (sorted keys, two-space indent)."""
+    return json.dumps(manifest(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(manifest_json())

@@ -117,7 +117,14 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
             log.error("a service failed to start", error=str(exc))
             return 1
         if demo:
-            _create_demo_channel(base, env)
+            campaign_id = _create_demo_channel(base, env)
+            # The reference campaign service answers the demo's customer mail end to end.
+            campaign = ServiceProcesses(
+                {**env, "AUTOREPLY_CAMPAIGN_ID": campaign_id}, names=("campaign-autoreply",)
+            )
+            stack.callback(campaign.stop)
+            campaign.start()
+            services.children.update(campaign.children)
         _banner(
             base,
             kafka.bootstrap_servers,
@@ -179,7 +186,9 @@ def _start_demo_exchange(stack: contextlib.ExitStack, pki: Any) -> Any:
     return graph
 
 
-def _create_demo_channel(base: str, env: dict[str, str]) -> None:
+def _create_demo_channel(base: str, env: dict[str, str]) -> str:
+    """Create the demo campaign, its IMAP/SMTP channel and its Exchange channel (each validated
+    once); return the campaign id."""
     token = env["CONFIG_API_ADMIN_TOKEN"]
     campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"}, token=token)
     channel = _post(
@@ -243,6 +252,7 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> None:
         validated=report["ok"],
         failing_step=report["failing_step"],
     )
+    return str(campaign["id"])
 
 
 def _banner(
@@ -265,6 +275,9 @@ def _banner(
         )
         lines.append("  demo           3 seeded mails flow from Dovecot to email.routed;")
         lines.append("                 see them: make tail TOPIC=email.routed")
+        lines.append("                 the reference campaign service (campaign-autoreply)")
+        lines.append("                 answers each one; its log shows 'answered' and the")
+        lines.append("                 'delivery outcome' from the local SMTP server")
         lines.append("  demo exchange  2 mails from an Exchange Online channel served by a LOCAL")
         lines.append("                 stand-in of Microsoft Graph (devstack.graph), not Microsoft")
     lines += ["Press Ctrl-C to stop.", ""]
@@ -277,7 +290,11 @@ async def tail(topic: str, *, follow: bool) -> None:
     settings = KafkaSettings()
     name = settings.topics(Topic(topic)) if topic in {t.value for t in Topic} else topic
     consumer = AIOKafkaConsumer(
-        name, **settings.client_kwargs(), group_id=None, auto_offset_reset="earliest"
+        name,
+        **settings.client_kwargs(),
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",  # records of aborted transactions are not shown
     )
     await consumer.start()
     try:

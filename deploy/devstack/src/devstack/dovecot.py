@@ -130,21 +130,7 @@ class Dovecot:
         self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = free_ports(4)
         self.config_file.write_text(self._render_config(pki))
         self.log_file.touch()
-        output = (self.workdir / "dovecot.out").open("wb")
-        with output:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [str(dovecot), "-F", "-c", str(self.config_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        atexit.register(self.stop)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self._launch(dovecot)
         log.info(
             "dovecot.started",
             workdir=str(self.workdir),
@@ -155,6 +141,34 @@ class Dovecot:
             seconds=round(time.monotonic() - started, 3),
         )
         return self
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop Dovecot's processes (SIGKILL when ``kill``) and start them again on the same
+        ports and mailboxes: open connections break mid-command, as in a server restart."""
+        process, self._process = self._process, None
+        if process is not None:
+            _signal_group(process, signal.SIGKILL if kill else signal.SIGTERM)
+            process.wait(timeout=10)
+        self._launch(ensure_dovecot_installed())
+        log.info("dovecot.restarted", killed=kill)
+
+    def _launch(self, dovecot: Path) -> None:
+        output = (self.workdir / "dovecot.out").open("wb")
+        with output:
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [str(dovecot), "-F", "-c", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        atexit.unregister(self.stop)  # registered once, however often it is restarted
+        atexit.register(self.stop)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """SIGTERM Dovecot's processes, wait, then SIGKILL what is left; remove an owned workdir."""

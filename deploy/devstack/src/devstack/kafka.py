@@ -377,6 +377,11 @@ def _require_executable(name: str, why: str) -> str:
     return found
 
 
+def java_executable() -> str:
+    """The ``java`` that runs the broker (``$JAVA_HOME/bin/java``, else from PATH)."""
+    return _java()
+
+
 def _java() -> str:
     home = os.environ.get("JAVA_HOME")
     if home and (candidate := Path(home) / "bin" / "java").is_file():
@@ -496,6 +501,19 @@ class KafkaBroker:
             shutil.rmtree(data_dir, ignore_errors=True)
             self._data_dir = None
         _log.info("kafka.stopped", exit_code=code, seconds=round(time.monotonic() - started, 1))
+
+    def kill(self) -> None:
+        """SIGKILL the broker's whole process group at once (a crash, for fault injection).
+
+        The data directory is kept, so ``start()`` again (with fixed ports, as given to the
+        constructor) brings the same broker back with its log."""
+        process = self._process
+        if process is None:
+            return
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+        self._forget_process()
+        _log.info("kafka.killed", pid=process.pid)
 
     def __enter__(self) -> Self:
         return self.start()

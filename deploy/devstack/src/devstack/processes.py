@@ -33,6 +33,10 @@ SERVICES: dict[str, str] = {
 }
 
 
+EXAMPLES: dict[str, str] = {"campaign-autoreply": "campaign_autoreply"}
+"""Example programs that ``make demo`` runs beside the services (not part of the product)."""
+
+
 class ServiceFailed(RuntimeError):
     pass
 
@@ -116,7 +120,7 @@ class ServiceProcesses:
                 output = (self.log_dir / f"{name}.log").open("ab")
                 self._logs.append(output)
             self.children[name] = subprocess.Popen(  # noqa: S603 - our own interpreter/modules
-                [sys.executable, "-m", SERVICES[name]],
+                [sys.executable, "-m", {**SERVICES, **EXAMPLES}[name]],
                 env=environment,
                 stdout=output,
                 stderr=subprocess.STDOUT if output is not None else None,

@@ -8,6 +8,7 @@ data. ``KAFKA_BOOTSTRAP_SERVERS`` set means: use that cluster, start nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,17 @@ if TYPE_CHECKING:
     from devstack.kafka import KafkaEndpoint
 
 _KAFKA: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long fault-injection scenarios (marker ``chaos``) run only under ``make chaos``
+    (EMAIL_CHANNELS_CHAOS=1); ``make test`` runs their short versions. Deselected, not skipped."""
+    if os.environ.get("EMAIL_CHANNELS_CHAOS") == "1":
+        return
+    chaos = [item for item in items if item.get_closest_marker("chaos") is not None]
+    if chaos:
+        config.hook.pytest_deselected(items=chaos)
+        items[:] = [item for item in items if item.get_closest_marker("chaos") is None]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:  # noqa: ARG001

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from config_api.app import StartupError, create_app
 from config_api.settings import ConfigApiSettings
 from email_channels.logconfig import configure_logging
+from email_channels.service import exit_with_help_if_asked
 
 SERVICE = "config-api"
 EXIT_CONFIG = 2
@@ -24,6 +25,7 @@ EXIT_STARTUP = 3
 
 
 def main() -> None:
+    exit_with_help_if_asked(SERVICE, __doc__ or "", ConfigApiSettings)
     try:
         settings = ConfigApiSettings()
     except ValidationError as exc:

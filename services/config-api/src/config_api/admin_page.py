@@ -1,8 +1,10 @@
-"""The admin web page at ``/``: static HTML + a little JS that calls the API.
+"""The admin web page at ``/``: static HTML + plain JS modules and CSS that call the API.
 
-The three files live in ``static/`` and are read once when the app is built (they are small
-and fixed). The page puts data into the DOM only as text, and its Content-Security-Policy
-allows nothing but this origin's own script and style files.
+The files live in ``static/`` and are read once when the app is built (they are small and
+fixed); only the names found there with a known suffix are served. The page puts data into the
+DOM only as text, and its Content-Security-Policy allows nothing but this origin's own script
+and style files (no inline script or style). The page itself needs no credentials: it holds no
+data, and every API call it makes carries the signed-in user's bearer token.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 STATIC = Path(__file__).parent / "static"
-ASSETS: dict[str, str] = {
-    "admin.js": "text/javascript; charset=utf-8",
-    "admin.css": "text/css; charset=utf-8",
+CONTENT_TYPES: dict[str, str] = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -30,10 +34,19 @@ SECURITY_HEADERS = {
 }
 
 
+def assets() -> dict[str, tuple[bytes, str]]:
+    """Every servable file of ``static/`` by name: its bytes and content type."""
+    return {
+        path.name: (path.read_bytes(), CONTENT_TYPES[path.suffix])
+        for path in sorted(STATIC.iterdir())
+        if path.is_file() and path.suffix in CONTENT_TYPES
+    }
+
+
 def install(app: FastAPI) -> None:
-    """Serve the page at ``/`` and its script and style under ``/static``."""
+    """Serve the page at ``/`` and its scripts and styles under ``/static``."""
     page = (STATIC / "index.html").read_bytes()
-    assets = {name: (STATIC / name).read_bytes() for name in ASSETS}
+    files = assets()
 
     @app.get("/", include_in_schema=False)
     async def admin_page() -> Response:
@@ -41,6 +54,7 @@ def install(app: FastAPI) -> None:
 
     @app.get("/static/{name}", include_in_schema=False)
     async def admin_asset(name: str) -> Response:
-        if name not in assets:
+        if name not in files:
             raise HTTPException(status_code=404)
-        return Response(assets[name], media_type=ASSETS[name], headers=SECURITY_HEADERS)
+        body, content_type = files[name]
+        return Response(body, media_type=content_type, headers=SECURITY_HEADERS)

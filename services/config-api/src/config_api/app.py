@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import structlog
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from config_api import admin_page, oauth
 from config_api.api import Runtime, api, health, install_error_handlers
 from config_api.auth import Authenticator, SignInMiddleware, protected_paths
 from config_api.bodylimit import BodySizeLimit
+from config_api.hostcheck import TrustedHosts
 from config_api.metrics import HttpMetricsMiddleware
 from config_api.store import ConfigStore
 from email_channels.admin import ensure_topics
@@ -94,7 +94,7 @@ def create_app(settings: ConfigApiSettings) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        TrustedHostMiddleware,
+        TrustedHosts,
         allowed_hosts=[h.strip() for h in settings.trusted_hosts.split(",") if h.strip()],
     )
     app.include_router(api)

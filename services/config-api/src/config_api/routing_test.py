@@ -51,8 +51,9 @@ def explain(
 ) -> RoutingTestResult:
     parsed = parse_email(sample_mime(sample), own_address=channel.email_address)
     text = MatchText.of(parsed)
+    rules = list(filters.filters) if filters else []
     checked: list[FilterCheck] = []
-    for position, rule in enumerate(filters.filters if filters else ()):
+    for position, rule in enumerate(rules):
         hit = matches(rule, text)
         checked.append(
             FilterCheck(position=position, filter_id=rule.id, name=rule.name, matched=hit)
@@ -75,7 +76,7 @@ def explain(
     campaign = campaign_of(decision.campaign_id)
     name = campaign.name if campaign else None
     if decision.reason.kind == "filter":
-        rule = next(r for r in filters.filters if r.id == decision.reason.filter_id)  # type: ignore[union-attr]
+        rule = next(r for r in rules if r.id == decision.reason.filter_id)
         return RoutingTestResult(
             campaign_id=decision.campaign_id,
             campaign_name=name,
@@ -83,7 +84,7 @@ def explain(
             filter_id=rule.id,
             filter_name=rule.name,
             explanation=(
-                f"filter {len(checked)} of {len(filters.filters)} ({rule.name or rule.id!r}) "  # type: ignore[union-attr]
+                f"filter {len(checked)} of {len(rules)} ({rule.name or rule.id!r}) "
                 "matched first; filters after it were not tried"
             ),
             checked=checked,

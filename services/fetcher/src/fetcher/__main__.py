@@ -13,7 +13,12 @@ import logging
 import structlog
 
 from email_channels.errors import PipelineError
-from email_channels.service import run_until_signalled, start_observability
+from email_channels.service import (
+    exit_with_help_if_asked,
+    health_server,
+    run_until_signalled,
+    start_observability,
+)
 from fetcher.app import FetcherApp
 from fetcher.settings import FetcherSettings
 
@@ -21,13 +26,16 @@ log = structlog.get_logger(__name__)
 
 
 def main() -> None:
+    exit_with_help_if_asked("fetcher", __doc__ or "", FetcherSettings)
     settings = FetcherSettings()
     start_observability("fetcher", settings.common)
     # aioimaplib logs every line it sends and receives at debug (message bodies; a password
     # with quotes or backslashes escapes its scrubbing): never below WARNING, even at debug.
     logging.getLogger("aioimaplib").setLevel(logging.WARNING)
     try:
-        asyncio.run(run_until_signalled(FetcherApp(settings).run))
+        app = FetcherApp(settings)
+        health = health_server(settings.common, app.not_ready_reason)
+        asyncio.run(run_until_signalled(app.run, health=health))
     except PipelineError as exc:
         log.error("fetcher stopped", error=str(exc), error_kind=exc.kind)
         raise SystemExit(1) from exc

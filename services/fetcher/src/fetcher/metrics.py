@@ -41,3 +41,13 @@ PARTITIONS = Gauge(
     "email_fetcher_partitions_owned",
     "Partitions of email.channels assigned to this instance",
 )
+SKIPPED = Counter(
+    "email_fetcher_messages_skipped_total",
+    "Messages passed without publishing: vanished, or not addressed to a recipient-only channel",
+    ["protocol", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "email_fetcher_dead_letters_total",
+    "Messages left on the server and sent to email.dlq (oversize, unreadable)",
+    ["protocol", "reason"],
+)

@@ -37,6 +37,7 @@ from email_channels.compacted import CompactedView
 from email_channels.consume import make_consumer
 from email_channels.errors import PipelineError, PoisonRecord
 from email_channels.events import ChannelConfig, FetchCursor
+from email_channels.health import group_problem
 from fetcher.metrics import PARTITIONS
 
 if TYPE_CHECKING:
@@ -98,11 +99,22 @@ class Ownership:
         self._lock = asyncio.Lock()
         self._generation = 0
         self._partitions: dict[int, _Partition] = {}
+        self._consumer: AIOKafkaConsumer | None = None
 
     @property
     def partitions(self) -> set[int]:
         """Partitions of email.channels assigned to this fetcher now."""
         return set(self._partitions)
+
+    def not_ready_reason(self) -> str | None:
+        """For /readyz: a member of the fetcher group whose channels are read to the end."""
+        reason = group_problem(self._consumer, self._group_id)
+        if reason is not None:
+            return reason
+        behind = sorted(p for p, state in self._partitions.items() if not state.caught_up)
+        if behind:
+            return f"{self._topic} partitions {behind} not read to the end yet"
+        return None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Follow the assignment until ``stopping`` is set, then stop workers and leave."""
@@ -110,6 +122,7 @@ class Ownership:
             self._kafka, group_id=self._group_id, client_id=f"{self._client_id}-ownership"
         )
         consumer.subscribe([self._topic], listener=_Rebalance(self, consumer))
+        self._consumer = consumer
         try:
             await consumer.start()
             log.info("following fetcher group", group_id=self._group_id, topic=self._topic)

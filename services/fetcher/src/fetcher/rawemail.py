@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 MESSAGE_ID_MAX: Final = 998  # RFC 5322 line length limit
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _WHITESPACE = re.compile(r"\s+")
+_WELL_FORMED = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r?\n|[ \t][^\r\n]*\r?\n)*(?:\r?\n)?")
+_MESSAGE_ID = re.compile(
+    rb"^message-id:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
+)
 
 
 def email_id_for(channel_id: str, source: SourceIdentity) -> str:
@@ -32,13 +36,29 @@ def message_id_of(raw: bytes) -> str | None:
     """The Message-ID header (unfolded), or None when missing or unreadable."""
     end = _HEADER_END.search(raw)
     head = raw[: end.end()] if end else raw
+    if _WELL_FORMED.fullmatch(head):
+        # Every line is "name: value" or a continuation: the first Message-ID line is what
+        # the email package would return, found in one regex pass (a tenth of the time).
+        found = _MESSAGE_ID.search(head)
+        if found is None:
+            return None
+        if found.group(1).isascii():  # 8-bit values: the email package's own reading
+            return _clean(found.group(1).decode("ascii"))
+    return parsed_message_id(head)
+
+
+def parsed_message_id(head: bytes) -> str | None:
+    """The Message-ID as the email package reads it (any header block, however broken)."""
     try:
         value = BytesHeaderParser(policy=compat32).parsebytes(head).get("Message-ID")
     except Exception:  # malformed headers must never stop a message
         return None
     if value is None:
         return None
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return _clean(str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
+def _clean(text: str) -> str | None:
     text = _WHITESPACE.sub(" ", text).strip()
     return text[:MESSAGE_ID_MAX] or None
 

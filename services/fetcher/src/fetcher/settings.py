@@ -7,6 +7,7 @@ Built once in ``main()`` and passed down; there is no module-level settings obje
 from __future__ import annotations
 
 import socket
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
@@ -15,6 +16,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from email_channels.settings import CommonSettings, KafkaSettings
 
 Seconds = Annotated[float, Field(gt=0)]
+
+
+class Compression(StrEnum):
+    """Compression of the fetcher's records (lz4 / zstd would need the cramjam package)."""
+
+    NONE = "none"
+    GZIP = "gzip"
+
+    @property
+    def kafka_name(self) -> str | None:
+        return None if self is Compression.NONE else self.value
 
 
 class FetcherSettings(BaseSettings):
@@ -44,12 +56,58 @@ class FetcherSettings(BaseSettings):
         description="re-issue IMAP IDLE after this long (servers may drop it after 30 minutes)",
     )
 
+    hot_window_s: Annotated[float, Field(ge=0)] = Field(
+        default=10.0,
+        description="after mail arrived, poll with NOOP every hot_poll_s for this long before "
+        "going back to IDLE (Dovecot announces new mail to IDLE up to 0.5 s late); 0: off",
+    )
+    hot_poll_s: Seconds = Field(default=0.05, description="see hot_window_s")
+
     # --- talking to mail servers ---
     command_timeout_s: Seconds = Field(
         default=30.0, description="bound of connecting, logging in and each IMAP command"
     )
     fetch_timeout_s: Seconds = Field(
         default=300.0, description="bound of downloading one message (20 MB on a slow link)"
+    )
+
+    # --- how much at once ---
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = Field(
+        default=200,
+        description="messages per batch: one download, one round of Kafka acks, one settle "
+        "command and one cursor record per batch (a crash re-fetches at most one batch)",
+    )
+    batch_bytes: Annotated[int, Field(ge=64 * 1024)] = Field(
+        default=16 * 1024 * 1024, description="bodies downloaded by one command, at most"
+    )
+    max_message_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=50 * 1024 * 1024,
+        description="larger messages are not downloaded: their headers go to email.dlq and "
+        "they stay on the server",
+    )
+    large_message_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=1024 * 1024,
+        description="messages above this are downloaded alone, at most large_downloads at once",
+    )
+    large_downloads: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=4, description="concurrent downloads of large messages in this process"
+    )
+    unreadable_tries: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3,
+        description="sessions in which a present message may fail to be read before it goes to "
+        "email.dlq (and stays on the server)",
+    )
+
+    producer_batch_bytes: Annotated[int, Field(ge=16 * 1024, le=2 * 1024 * 1024)] = Field(
+        default=1024 * 1024,
+        description="Kafka producer batch size per partition (aiokafka's 16 KiB default holds "
+        "less than one typical message)",
+    )
+    producer_compression: Compression = Field(
+        default=Compression.NONE,
+        description="compression of email.raw records: mail is mostly base64 of already "
+        "compressed attachments, on which gzip (level 9 in aiokafka) runs at ~8 MB/s and "
+        "would cap the fetcher; 'gzip' trades that CPU for broker disk",
     )
 
     # --- failures ---

@@ -1,14 +1,23 @@
 """One channel's fetch loop: connect, take every new message in order, wait for more, repeat.
 
-For each message, in this order and never another::
+Messages are taken in batches (at most ``batch_size``), each batch in this order and never another::
 
-    1. download it            (the source sets no flag: BODY.PEEK)
-    2. publish the RawEmail   and wait until Kafka acknowledged it
-    3. settle it              the channel's after_fetch: mark seen / move / delete
-    4. advance the cursor     and publish it to email.fetch-cursors
+    1. download it            (the source sets no flag: BODY.PEEK; sizes and, on a recipient-only
+                               channel, the recipient headers are looked at first)
+    2. publish the RawEmails  and wait until Kafka acknowledged every one
+    3. settle them            the channel's after_fetch: mark seen / move / delete, one command
+    4. advance the cursor     past the whole batch and publish it to email.fetch-cursors
 
-A crash between any two steps re-fetches that message on the next start — at least once, never
+A crash between any two steps re-fetches that batch on the next start — at least once, never
 lost; the stable ``email_id`` lets consumers drop the duplicate.
+
+Messages that are not published: mail not addressed to a recipient-only channel and mail that
+vanished are passed by the cursor, untouched. An oversize message, or one whose content the
+server does not deliver after ``unreadable_tries`` sessions, goes to email.dlq with its source
+identity and is left on the server; the channel moves on.
+
+A settle that fails is remembered ("published, settle pending"): the next session retries only
+the settle, it does not publish the batch again.
 
 Failure policy (errors are data, asked by ``retriable``), applied here and nowhere else:
 
@@ -33,21 +42,32 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from structlog.contextvars import bind_contextvars, bound_contextvars
+from structlog.contextvars import bind_contextvars
 
 from email_channels.errors import PipelineError
-from email_channels.events import ChannelState, ChannelStatus, FetchCursor, utcnow
-from fetcher.metrics import BYTES_FETCHED, ERRORS, MESSAGE_SECONDS, MESSAGES_FETCHED
+from email_channels.events import ChannelState, ChannelStatus, DeadLetter, FetchCursor, utcnow
+from email_channels.topics import Topic
+from fetcher.metrics import (
+    BYTES_FETCHED,
+    DEAD_LETTERS,
+    ERRORS,
+    MESSAGE_SECONDS,
+    MESSAGES_FETCHED,
+    SKIPPED,
+)
+from fetcher.published import fingerprint
 from fetcher.rawemail import build_raw_email
+from fetcher.sources import Outcome, SourceUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Coroutine, Sequence
     from datetime import datetime
 
     from email_channels.blobstore import BlobStore
-    from email_channels.events import ChannelConfig, SourceIdentity
+    from email_channels.events import ChannelConfig, RawEmail, SourceIdentity
+    from fetcher.published import PublishedLookup
     from fetcher.sink import EventSink
-    from fetcher.sources import MailSource, SourceFactory
+    from fetcher.sources import Fetched, MailSource, Pending, SourceFactory
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +80,8 @@ class WorkerPolicy:
     max_backoff: float = 300.0
     misconfigured_backoff: float = 300.0
     inactive_after_failures: int = 3
+    batch_size: int = 200
+    unreadable_tries: int = 3
 
     def backoff(self, failures: int) -> float:
         """Capped exponential backoff with jitter, so channels of one server spread out."""
@@ -82,6 +104,7 @@ class ChannelWorker:
         inline_max_bytes: int,
         reported_by: str,
         policy: WorkerPolicy | None = None,
+        published: PublishedLookup | None = None,
     ) -> None:
         self.channel = channel
         self._cursor = cursor if cursor is not None else FetchCursor(channel_id=channel.id)
@@ -95,6 +118,10 @@ class ChannelWorker:
         self._failures = 0
         self._reported: tuple[ChannelState, str | None, str | None] | None = None
         self._last_success_at: datetime | None = None
+        self._published = published
+        self._known: set[str] | None = None  # fingerprints, loaded when a folder is renumbered
+        self._unsettled: list[SourceIdentity] = []  # published, settle pending
+        self._unreadable: dict[str, int] = {}  # message key -> sessions it could not be read
 
     @property
     def cursor(self) -> FetchCursor:
@@ -135,48 +162,184 @@ class ChannelWorker:
             await source.close()
 
     async def _sync(self, source: MailSource) -> None:
+        if self._unsettled:
+            await self._settle(source, self._unsettled)  # published before: only settle now
         pending = await source.pending(self._cursor)
         if pending.cursor != self._cursor:
             self._cursor = pending.cursor
             await self._sink.publish_cursor(self._cursor)
         if pending.messages:
             log.info("new mail", messages=len(pending.messages))
-        for message in pending.messages:
+        size = max(self._policy.batch_size, 1)
+        batches = [pending.messages[i : i + size] for i in range(0, len(pending.messages), size)]
+        fetched: list[Fetched] | None = None
+        for index, batch in enumerate(batches):
             if self._stopping.is_set():
                 return
-            await self._take(source, message)
+            if fetched is None:
+                fetched = await source.fetch(batch)
+            following = batches[index + 1] if index + 1 < len(batches) else None
+            fetched = await self._take(source, pending, batch, fetched, following)
 
-    async def _take(self, source: MailSource, message: SourceIdentity) -> None:
+    async def _take(
+        self,
+        source: MailSource,
+        pending: Pending,
+        batch: Sequence[SourceIdentity],
+        fetched: list[Fetched],
+        following: Sequence[SourceIdentity] | None,
+    ) -> list[Fetched] | None:
+        """Publish, settle and pass one fetched batch; returns the following batch, whose
+        download ran while Kafka acknowledged this one (the server is not changed by it)."""
         started = time.perf_counter()
-        with bound_contextvars(source_key=message.key, uid=message.uid):
-            raw = await source.fetch(message)
-            if raw is None:
-                log.info("message vanished from the server before it was fetched")
-            else:
+        emails, settle, taken = await self._sort(fetched, pending)
+        complete = len(taken) == len(batch)
+        ahead = None
+        if following is not None and complete and not self._stopping.is_set():
+            ahead = asyncio.ensure_future(source.fetch(following))
+        try:
+            await self._sink.publish_raw(emails)  # returns after Kafka acknowledged every one
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+            raise
+        for email in emails:
+            storage = "inline" if email.raw_mime is not None else "blob"
+            MESSAGES_FETCHED.labels(email.source.protocol, storage).inc()
+            BYTES_FETCHED.labels(email.source.protocol).inc(email.size)
+        if ahead is not None:  # one command at a time on the connection: the download first
+            await asyncio.wait({ahead})
+        if settle:
+            await self._settle(source, settle, advance=taken)  # only now may the server change
+        elif taken:
+            self._cursor = source.advance(self._cursor, taken)
+            await self._sink.publish_cursor(self._cursor)
+        seconds = time.perf_counter() - started
+        if emails:
+            log.info(
+                "messages fetched",
+                messages=len(emails),
+                first_uid=emails[0].source.uid,
+                bytes=sum(e.size for e in emails),
+                after_fetch=_after_fetch(self.channel),
+                seconds=round(seconds, 3),
+            )
+            MESSAGE_SECONDS.labels(emails[0].source.protocol).observe(seconds / len(emails))
+        await self._succeeded()  # a long backlog shows the channel active from its first mail
+        if not complete:
+            raise SourceUnavailable(
+                f"the server did not deliver the content of {batch[len(taken)].key}; "
+                "retrying on a new connection",
+                step="fetch",
+            )
+        return ahead.result() if ahead is not None else None
+
+    async def _sort(
+        self, fetched: Sequence[Fetched], pending: Pending
+    ) -> tuple[list[RawEmail], list[SourceIdentity], list[SourceIdentity]]:
+        """What to publish, what to settle, and what the cursor passes (a prefix of the batch:
+        it stops before a message that could not be read yet)."""
+        emails: list[RawEmail] = []
+        settle: list[SourceIdentity] = []
+        taken: list[SourceIdentity] = []
+        for item in fetched:
+            if item.outcome is Outcome.UNREADABLE and not await self._give_up(item):
+                break  # take what came before it; this session ends and the next retries it
+            taken.append(item.message)
+            if item.outcome is Outcome.FETCHED:
+                assert item.raw is not None
                 email = await build_raw_email(
                     self.channel.id,
-                    message,
-                    raw,
+                    item.message,
+                    item.raw,
                     blobs=self._blobs,
                     inline_max_bytes=self._inline_max_bytes,
                 )
-                with bound_contextvars(message_id=email.message_id, email_id=email.email_id):
-                    await self._sink.publish_raw(email)  # returns after Kafka's ack
-                    await source.settle(message)  # so only now may the server change it
-                    storage = "inline" if email.raw_mime is not None else "blob"
+                if item.message.key in pending.recheck and await self._published_before(email):
                     log.info(
-                        "message fetched",
-                        size=email.size,
-                        storage=storage,
-                        after_fetch=_after_fetch(self.channel),
-                        seconds=round(time.perf_counter() - started, 3),
+                        "renumbered message was published before: settled only",
+                        source_key=item.message.key,
+                        message_id=email.message_id,
                     )
-                MESSAGES_FETCHED.labels(message.protocol, storage).inc()
-                BYTES_FETCHED.labels(message.protocol).inc(email.size)
-            self._cursor = source.advance(self._cursor, message)
-            await self._sink.publish_cursor(self._cursor)
-        MESSAGE_SECONDS.labels(message.protocol).observe(time.perf_counter() - started)
-        await self._succeeded()  # a long backlog shows the channel active from its first mail
+                else:
+                    emails.append(email)
+                settle.append(item.message)
+            elif item.outcome is Outcome.OVERSIZE:
+                await self._dead_letter(item, "oversize")
+            elif item.outcome is not Outcome.UNREADABLE:  # vanished, or not for this channel
+                SKIPPED.labels(item.message.protocol, item.outcome.value).inc()
+        return emails, settle, taken
+
+    async def _settle(
+        self,
+        source: MailSource,
+        messages: Sequence[SourceIdentity],
+        *,
+        advance: Sequence[SourceIdentity] | None = None,
+    ) -> None:
+        """Settle published messages, then move the cursor past ``advance`` (default: them).
+
+        If the settle fails, the messages are remembered: the next session settles them
+        before anything else and does not publish them again.
+        """
+        self._unsettled = list(messages)
+        passed = list(advance if advance is not None else messages)
+        await source.settle(messages)
+        self._unsettled = []
+        self._cursor = source.advance(self._cursor, passed)
+        await self._sink.publish_cursor(self._cursor)
+
+    async def _give_up(self, item: Fetched) -> bool:
+        """Count a session in which ``item`` was unreadable; dead-letter it after N."""
+        key = item.message.key
+        tries = self._unreadable.get(key, 0) + 1
+        self._unreadable[key] = tries
+        if tries < self._policy.unreadable_tries:
+            log.warning("message content not readable", source_key=key, tries=tries)
+            return False
+        self._unreadable.pop(key, None)
+        await self._dead_letter(item, "unreadable", attempts=tries)
+        return True
+
+    async def _dead_letter(self, item: Fetched, reason: str, *, attempts: int = 1) -> None:
+        """email.dlq gets the message's identity (and headers, when known); it stays on the
+        server, and the cursor passes it."""
+        message = item.message
+        if reason == "oversize":
+            text = f"message of {item.size} bytes is above the fetcher's size limit"
+        else:
+            text = f"the server did not deliver readable content after {attempts} tries"
+        letter = DeadLetter(
+            stage="fetch",
+            source_topic=Topic.RAW.value,
+            partition=-1,
+            offset=-1,
+            error_kind=reason,
+            error_message=text,
+            retriable=False,
+            attempts=attempts,
+            original_key=self.channel.id.encode(),
+            original_value=item.headers,
+            channel_id=self.channel.id,
+            source=message,
+        )
+        await self._sink.publish_dead_letter(letter)
+        DEAD_LETTERS.labels(message.protocol, reason).inc()
+        log.warning(
+            "message dead-lettered, left on the server",
+            source_key=message.key,
+            reason=reason,
+            size=item.size,
+        )
+
+    async def _published_before(self, email: RawEmail) -> bool:
+        if self._published is None:
+            return False
+        if self._known is None:
+            self._known = await self._published.fingerprints(self.channel.id)
+            log.info("published fingerprints loaded", known=len(self._known))
+        return fingerprint(email.message_id, email.sha256) in self._known
 
     # --- status and failures ---
 

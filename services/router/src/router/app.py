@@ -1,244 +1,243 @@
-"""faust wiring only: settings -> faust app (durable producer, config views) -> handlers.
+"""Wiring only: settings -> Kafka clients, config views, the table of marks -> the routing loop.
 
 Choices, and why:
 
-- **Config as CompactedViews, not faust GlobalTables.** Every router instance needs all
-  channels and filters. A GlobalTable would need faust's changelog naming or a hand-pointed
-  changelog topic, faust-side serialisers, and faust's table recovery (which also wants the
-  faust partition assignor and a local store) -- for topics faust does not own and must never
-  write to. The shared :class:`~email_channels.compacted.CompactedView` already reads a
-  compacted topic from the beginning without a consumer group, handles tombstones and bad
-  records, and can wait until it has caught up. :class:`RouterState` runs two of them as a mode
-  service the app starts *before* its producer, consumer and agents, so no record is routed
-  before the config has been read, and stops them after the agents.
-- **Durable producer.** faust's ``producer_acks`` covers acks=all, but faust turns on
-  idempotence only inside exactly-once transactions; :class:`DurableProducer` adds it and
-  asserts both (``email_channels.producer.assert_durable``) as the producer starts.
-- **Topics are the contract's**, created by ``email_channels.admin.ensure_topics``; faust may
-  not declare any (``topic_allow_declare=False``, no leader topic, the raw topic not internal).
-- **Acks by hand.** faust acks an event when the agent moves on *or* when the agent is torn down
-  in the middle of it; the router iterates a ``noack`` stream and acks only after the routed
-  record (or the dead letter) was acknowledged by Kafka, so a shutdown mid-retry re-delivers
-  instead of committing past an unrouted email. For the same reason faust must not wait for
-  in-flight events on stop or rebalance (``stream_wait_empty=False``): a record retried until
-  the blob store is back would otherwise hold up SIGTERM and every rebalance; the unacked
-  record is simply delivered again to whoever owns the partition next (at-least-once).
-- **One agent instance, records in order.** Concurrency would process a partition's records
-  out of order and leave gaps in the acked offsets; mail volume does not need it. Scale by
-  adding router processes (partitions of email.raw are spread by the consumer group).
+- **aiokafka directly, not faust.** faust-streaming 0.15.3's ``exactly_once`` guarantee cannot
+  be relied on: its aiokafka driver swallows failures of the transaction calls
+  (``Producer.begin_transaction``, ``commit_transaction`` and ``abort_transaction`` in
+  ``faust/transport/drivers/aiokafka.py`` end in ``except Exception: logger.warning(...)``),
+  so a commit that failed is logged and processing carries on as if it had succeeded; and it
+  commits on its commit timer (``broker_commit_every``), not per batch, with one transactional
+  producer per assigned partition. The loop the router needs is short
+  (:mod:`router.transactions`), so it is written with aiokafka's transactional producer,
+  where every failure is seen and handled.
+- **Config as CompactedViews** (channels, filters), read before the first record is routed.
+- **The table of marks** (:mod:`router.marks`) is a CompactedView of ``email.router-state``,
+  read in full by every instance; the routing transactions write it, and
+  :class:`~router.delivery_marks.DeliveryMarks` adds the Message-IDs of sent mail from
+  ``email.delivery``.
+- **Topics are the contract's**, created by ``email_channels.admin.ensure_topics``.
+- **One batch at a time**, records in order inside it; parsing and blob writes of a batch run
+  ahead concurrently. Scale by adding router processes (partitions of email.raw are spread by
+  the consumer group), each with its own ``ROUTER_INSTANCE_ID``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
+import contextlib
 import sys
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import faust
 import structlog
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from mode import Service
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
-from email_channels.codec import encode, encode_key, record_headers
+from email_channels.admin import ensure_topics
 from email_channels.compacted import CompactedView
-from email_channels.consume import DeadLetters, RetryPolicy
-from email_channels.events import ChannelConfig, ChannelFilters
-from email_channels.producer import MAX_REQUEST_BYTES, assert_durable, map_publish_error
-from router.handlers import EmailRouter, RawRecordHandler, RecordProcessor
+from email_channels.consume import DeadLetters, RetryPolicy, consume
+from email_channels.errors import TransientError
+from email_channels.events import ChannelConfig, ChannelFilters, RouterMark
+from email_channels.health import group_problem, views_problem
+from email_channels.producer import MAX_REQUEST_BYTES, EventProducer, assert_durable
+from router.delivery_marks import DeliveryMarks
+from router.handlers import EmailRouter, RawRecordHandler
+from router.marks import Marks
+from router.transactions import STAGE, RoutingLoop, TransactionalPublisher
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
+
     from email_channels.blobstore import BlobStore
-    from email_channels.codec import Headers
-    from email_channels.events import Contract
-    from email_channels.settings import KafkaSettings
-    from email_channels.topics import TopicNames
     from router.settings import RouterSettings
 
 log = structlog.get_logger(__name__)
 
-STAGE = "router"
 
+class RouterApp:
+    """The router for the lifetime of :meth:`run`."""
 
-class DurableProducer(faust_aiokafka.Producer):
-    """faust's aiokafka producer with ``enable_idempotence=True``, asserted at start-up."""
-
-    def _settings_extra(self) -> dict[str, Any]:
-        # acks=-1 comes from the app's producer_acks; faust only lacks an idempotence switch.
-        return {**super()._settings_extra(), "enable_idempotence": True}
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        assert_durable(self._producer)
-        log.info("producer started", acks="all", idempotent=True)
-
-
-class DurableTransport(faust_aiokafka.Transport):
-    Producer = DurableProducer
-
-
-class RouterState(Service):
-    """The config views (channels, filters) and the blob store, for the app's lifetime."""
-
-    def __init__(self, settings: RouterSettings, blobs: BlobStore, **kwargs: Any) -> None:
-        kafka, topics = settings.kafka, settings.kafka.topics
+    def __init__(self, settings: RouterSettings, *, blobs: BlobStore) -> None:
         self.settings = settings
         self.blobs = blobs
+        kafka, topics = settings.kafka, settings.kafka.topics
         self.channels = CompactedView(
             kafka, topics.channels, ChannelConfig, client_id=f"{settings.app_id}-channels"
         )
         self.filters = CompactedView(
             kafka, topics.filters, ChannelFilters, client_id=f"{settings.app_id}-filters"
         )
-        super().__init__(**kwargs)
+        self.marks = Marks(window=timedelta(seconds=settings.duplicate_window_s))
+        self.state = CompactedView(
+            kafka,
+            topics.router_state,
+            RouterMark,
+            client_id=f"{settings.app_id}-state",
+            on_change=self.marks.on_change,
+            retain=False,  # the marks keep their own indexes
+        )
+        self._consumer: AIOKafkaConsumer | None = None
 
-    async def on_start(self) -> None:
-        timeout = self.settings.config_start_timeout_seconds
-        try:
+    def not_ready_reason(self) -> str | None:
+        """For /readyz: config views and the table of marks caught up, then a working member
+        of the router's group (joined, with a generation)."""
+        views: list[tuple[str, CompactedView[Any] | None]] = [
+            ("channels", self.channels),
+            ("filters", self.filters),
+            ("router-state", self.state),
+        ]
+        return views_problem(views) or group_problem(self._consumer, self.settings.app_id)
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.settings.app_id}-{self.settings.instance_id}"
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.settings
+        if settings.ensure_topics:
+            await ensure_topics(settings.kafka, client_id=settings.app_id)
+        timeout = settings.config_start_timeout_seconds
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.blobs.aclose)
+            for view in (self.channels, self.filters, self.state):
+                stack.push_async_callback(view.stop)
             await asyncio.gather(
-                self.channels.start(timeout=timeout), self.filters.start(timeout=timeout)
+                self.channels.start(timeout=timeout),
+                self.filters.start(timeout=timeout),
+                self.state.start(timeout=timeout),
             )
-        except BaseException:
-            await self._stop_views()
-            raise
-        log.info("config loaded", channels=len(self.channels), filters=len(self.filters))
+            log.info(
+                "config and marks loaded",
+                channels=len(self.channels),
+                filters=len(self.filters),
+                marks=len(self.marks),
+            )
+            producer = self._transactional_producer()
+            stack.push_async_callback(producer.stop)
+            await _start(producer.start(), "the transactional producer")
+            assert_durable(producer)
+            log.info("transactional producer started", transactional_id=self.transactional_id)
 
-    async def on_stop(self) -> None:
-        await self._stop_views()
-        await self.blobs.aclose()
+            consumer = self._raw_consumer()
+            loop = self._routing_loop(consumer, producer)
+            stack.push_async_callback(consumer.stop)
+            await _start(consumer.start(), "the email.raw consumer")
+            consumer.subscribe([settings.kafka.topics.raw], listener=loop)
+            self._consumer = consumer
 
-    async def _stop_views(self) -> None:
-        await self.filters.stop()
-        await self.channels.stop()
+            delivery = DeliveryMarks(settings.kafka, group_id=f"{settings.app_id}-delivery-marks")
+            marks_producer = EventProducer(settings.kafka, client_id=f"{settings.app_id}-marks")
+            stack.push_async_callback(marks_producer.stop)
+            await marks_producer.start()
+            delivery_consumer = delivery.consumer()
+            stack.push_async_callback(delivery_consumer.stop)
+            await _start(delivery_consumer.start(), "the email.delivery consumer")
+            await self._run_until_stopped(
+                loop.run(stopping),
+                consume(
+                    delivery_consumer,
+                    delivery.handler(marks_producer),
+                    dead_letters=DeadLetters(marks_producer, stage=f"{STAGE}-delivery-marks"),
+                    stopping=stopping,
+                    stage=f"{STAGE}-delivery-marks",
+                    policy=self._policy(),
+                ),
+            )
+            log.info("router stopping")
 
-    async def catch_up(self) -> None:
+    @staticmethod
+    async def _run_until_stopped(*work: Coroutine[Any, Any, None]) -> None:
+        """Run the loops together; the first to fail (or all, on stop) ends the router."""
+        tasks = [asyncio.create_task(w) for w in work]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _raw_consumer(self) -> AIOKafkaConsumer:
+        settings = self.settings
+        session_ms = int(settings.session_timeout_s * 1000)
+        return AIOKafkaConsumer(
+            **settings.kafka.client_kwargs(),
+            group_id=settings.app_id,
+            client_id=settings.app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(1000, session_ms // 5),
+        )
+
+    def _transactional_producer(self) -> AIOKafkaProducer:
+        settings = self.settings
+        return AIOKafkaProducer(
+            **settings.kafka.client_kwargs(),
+            client_id=settings.app_id,
+            transactional_id=self.transactional_id,
+            transaction_timeout_ms=int(settings.transaction_timeout_s * 1000),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=MAX_REQUEST_BYTES,
+            compression_type=None if settings.compression == "none" else settings.compression,
+        )
+
+    def _routing_loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> RoutingLoop:
+        settings = self.settings
+        publisher = TransactionalPublisher(producer, settings.kafka.topics)
+        handler = RawRecordHandler(
+            EmailRouter(
+                channels=self.channels,
+                filters=self.filters,
+                blobs=self.blobs,
+                catch_up=self._catch_up_config,
+                max_routed_bytes=settings.max_routed_bytes,
+            ),
+            publisher,
+            self.marks,
+            prefetch_concurrency=settings.prefetch_concurrency,
+        )
+        return RoutingLoop(
+            consumer=consumer,
+            producer=producer,
+            publisher=publisher,
+            handler=handler,
+            dead_letters=DeadLetters(publisher, stage=STAGE, blobs=self.blobs),
+            policy=self._policy(),
+            group_id=settings.app_id,
+            catch_up=self._catch_up_state,
+            batch_max_records=settings.batch_max_records,
+        )
+
+    def _policy(self) -> RetryPolicy:
+        settings = self.settings
+        return RetryPolicy(
+            attempts=settings.retry_attempts or sys.maxsize,
+            first_backoff=settings.retry_first_backoff_seconds,
+            max_backoff=settings.retry_max_backoff_seconds,
+        )
+
+    async def _catch_up_config(self) -> None:
         """Read channels and filters up to what the topics hold now."""
         timeout = self.settings.config_catch_up_timeout_seconds
         await asyncio.gather(
             self.channels.catch_up(timeout=timeout), self.filters.catch_up(timeout=timeout)
         )
 
-
-class FaustPublisher:
-    """Publishes event models through the faust app's (durable) producer; waits for the ack."""
-
-    def __init__(self, app: faust.App, topics: TopicNames) -> None:
-        self._app = app
-        self.topics = topics
-
-    async def publish(
-        self,
-        topic: str,
-        key: str,
-        event: Contract | None,
-        *,
-        headers: Headers | None = None,
-        **header_values: str,
-    ) -> object:
-        all_headers = record_headers(event, headers, **header_values)
-        try:
-            return await self._app.producer.send_and_wait(
-                topic,
-                encode_key(key),
-                encode(event) if event is not None else None,
-                partition=None,
-                timestamp=None,
-                headers=all_headers,
-            )
-        except Exception as exc:
-            mapped = map_publish_error(exc, topic)
-            if mapped is None:
-                raise
-            raise mapped from exc
+    async def _catch_up_state(self) -> None:
+        """Read the marks up to what is committed now (before routing newly assigned mail)."""
+        await self.state.catch_up(timeout=self.settings.config_catch_up_timeout_seconds)
 
 
-def broker_urls(bootstrap_servers: str) -> list[str]:
-    """``host1:9092,host2:9092`` -> faust broker URLs, one per server."""
-    servers = [server.strip() for server in bootstrap_servers.split(",") if server.strip()]
-    if not servers:
-        raise ValueError("KAFKA_BOOTSTRAP_SERVERS is empty")
-    return [f"kafka://{server}" for server in servers]
-
-
-def broker_credentials(kafka: KafkaSettings) -> Any:
-    """faust credentials equivalent to ``KafkaSettings.client_kwargs()`` (None = plaintext)."""
-    ssl_context = kafka.client_kwargs().get("ssl_context")
-    if not isinstance(ssl_context, ssl.SSLContext):
-        ssl_context = None
-    if kafka.sasl_mechanism:
-        return faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            mechanism=kafka.sasl_mechanism,
-            ssl_context=ssl_context,
-        )
-    if ssl_context is not None:
-        return faust.SSLCredentials(ssl_context)
-    return None
-
-
-def build_app(settings: RouterSettings, *, blobs: BlobStore) -> faust.App:
-    """The router's faust app: one agent on email.raw, config views as a dependency."""
-    kafka, topics = settings.kafka, settings.kafka.topics
-    app = faust.App(
-        settings.app_id,
-        broker=broker_urls(kafka.bootstrap_servers),
-        broker_credentials=broker_credentials(kafka),
-        broker_client_id=settings.app_id,
-        producer_acks=-1,
-        producer_max_request_size=MAX_REQUEST_BYTES,
-        producer_compression_type="gzip",
-        consumer_auto_offset_reset="earliest",
-        processing_guarantee="at_least_once",
-        stream_wait_empty=False,  # a record stuck in retries must not block stop or rebalance
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        store="memory://",
-        datadir=str(settings.data_dir),
-        web_enabled=settings.web_port is not None,
-        web_port=settings.web_port or 6066,
-        web_bind=settings.web_bind,
-        autodiscover=False,
-    )
-    app.transport = DurableTransport(app.conf.broker_consumer, app)
-
-    state = RouterState(settings, blobs)
-    app.add_dependency(state)  # before faust's own services: config is read before routing
-
-    publisher = FaustPublisher(app, topics)
-    processor = RecordProcessor(
-        RawRecordHandler(
-            EmailRouter(
-                channels=state.channels,
-                filters=state.filters,
-                blobs=blobs,
-                catch_up=state.catch_up,
-                max_routed_bytes=settings.max_routed_bytes,
-            ),
-            publisher,
-        ),
-        dead_letters=DeadLetters(publisher, stage=STAGE, blobs=blobs),
-        policy=RetryPolicy(
-            attempts=settings.retry_attempts or sys.maxsize,
-            first_backoff=settings.retry_first_backoff_seconds,
-            max_backoff=settings.retry_max_backoff_seconds,
-        ),
-        stage=STAGE,
-    )
-    raw_topic = app.topic(
-        topics.raw,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        internal=False,
-    )
-
-    async def route_raw(stream: Any) -> None:
-        events = stream.noack()
-        async for event in events.events():
-            await processor(event.message)
-            await events.ack(event)
-
-    app.agent(raw_topic, name=f"{settings.app_id}.route-raw", concurrency=1)(route_raw)
-    return app
+async def _start(starting: Awaitable[None], what: str) -> None:
+    try:
+        await starting
+    except KafkaError as exc:
+        raise TransientError(f"cannot start {what}: {exc!r}") from exc

@@ -1,20 +1,24 @@
-"""RawEmail in -> RoutedEmail out: plain async functions, no faust and no Kafka client.
+"""RawEmail in -> RoutedEmail out: plain async functions, no Kafka client.
 
 :class:`EmailRouter` turns one fetched message into its routed form (raw MIME from the record
-or the blob store, parsed, routed by the channel's filters, attachments and raw MIME stored as
-blobs). :class:`RawRecordHandler` is the per-record unit of work the consume loop drives:
-decode the record, route, publish to email.routed keyed by conversation id with the
-``campaign-id`` header. Errors follow :mod:`email_channels.errors`; the consume loop applies
-the policy (retry transient, dead-letter permanent).
+or the blob store, parsed, routed by thread affinity, then the channel's filters, attachments
+and raw MIME stored as blobs). :class:`RawRecordHandler` is the per-record unit of work the
+routing loop drives: decode the record, drop duplicates, route, publish to email.routed keyed
+by conversation id with the ``campaign-id`` header, and the record's marks to
+email.router-state. Errors follow :mod:`email_channels.errors`; the loop applies the policy
+(retry transient, dead-letter permanent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
+from prometheus_client import Counter
 
 from email_channels.codec import decode, encode
 from email_channels.consume import handle_with_policy
@@ -25,13 +29,17 @@ from email_channels.events import (
     ChannelFilters,
     RawEmail,
     RoutedEmail,
+    RouterMark,
+    RoutingReason,
 )
 from email_channels.headers import CAMPAIGN_HEADER
 from router import rules
+from router.header_fields import header_fields
+from router.marks import Marks, content_sha256, email_key, routed_mark
 from router.parsing import conversation_id, parse_email
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from email_channels.blobstore import BlobRef, BlobStore
     from email_channels.consume import (
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
         RecordHandler,
         RetryPolicy,
     )
+    from router.marks import Thread
     from router.parsing import ParsedEmail
 
 log = structlog.get_logger(__name__)
@@ -49,6 +58,16 @@ M_co = TypeVar("M_co", covariant=True)
 
 MAX_ROUTED_BYTES = 900_000
 """Default upper bound of one routed record's JSON (the broker's default limit is ~1 MiB)."""
+DEFAULT_WINDOW = timedelta(days=7)
+"""How long a routed Message-ID + content hash catches the same mail arriving again."""
+
+EMAILS = Counter(
+    "email_router_emails_total",
+    "Fetched emails by outcome: routed, thread (routed by thread affinity), "
+    "duplicate_email_id, duplicate_message",
+    ["outcome"],
+)
+
 TRUNCATION_NOTE = "\n[truncated by the router: the full message is in the raw MIME (raw_ref)]"
 
 
@@ -70,8 +89,24 @@ class RoutedTooLarge(PermanentError):
     """Even with truncated bodies the routed record exceeds the record size limit."""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One fetched message read, stored and parsed: everything before the routing decision."""
+
+    raw: RawEmail
+    channel: ChannelConfig
+    mime: bytes
+    raw_ref: BlobRef
+    parsed: ParsedEmail
+    attachments: list[Attachment]
+
+
 class EmailRouter:
-    """Routes one RawEmail; holds only read access to config and the blob store."""
+    """Routes one RawEmail; holds only read access to config and the blob store.
+
+    Two steps: :meth:`prepare` (blob store, parsing: slow, may run ahead for a whole batch)
+    and :meth:`decide` (thread, filters, the routed record: quick, in record order).
+    """
 
     def __init__(
         self,
@@ -98,23 +133,56 @@ class EmailRouter:
             raise UnknownChannel(f"channel {channel_id} is not configured (unknown or deleted)")
         return channel
 
-    async def route(self, raw: RawEmail) -> RoutedEmail:
+    async def route(self, raw: RawEmail, marks: Marks | None = None) -> RoutedEmail:
+        """Prepare and decide in one go (``marks``: thread affinity from the table)."""
+        prepared = await self.prepare(raw)
+        parsed = prepared.parsed
+        thread = (
+            marks.thread_of(raw.channel_id, parsed.in_reply_to, parsed.references)
+            if marks is not None
+            else None
+        )
+        return self.decide(prepared, thread)
+
+    async def prepare(self, raw: RawEmail) -> Prepared:
         channel = await self.channel(raw.channel_id)
         mime, raw_ref = await self._raw_mime(raw)
         parsed = await asyncio.to_thread(parse_email, mime, own_address=channel.email_address)
-        decision = rules.route(parsed, self._filters.get(channel.id), channel)
-        routed = RoutedEmail(
-            email_id=raw.email_id,
-            channel_id=channel.id,
-            campaign_id=decision.campaign_id,
-            reason=decision.reason,
-            conversation_id=conversation_id(
+        if parsed.defects:
+            log.info("message had MIME defects", email_id=raw.email_id, defects=parsed.defects)
+        attachments = await self._store_attachments(parsed)
+        return Prepared(raw, channel, mime, raw_ref, parsed, attachments)
+
+    def decide(self, prepared: Prepared, thread: Thread | None = None) -> RoutedEmail:
+        """The routed record: a reply in a known thread stays in its conversation and campaign
+        (before any filter); otherwise the channel's filters, else its default campaign."""
+        raw, channel, parsed = prepared.raw, prepared.channel, prepared.parsed
+        if thread is not None:
+            decision = rules.Decision(
+                thread.campaign_id,
+                RoutingReason(kind="thread", thread_message_id=thread.message_id),
+            )
+            conversation = thread.conversation_id
+        else:
+            conversation = None
+            filters = self._filters.get(channel.id)
+            wanted = rules.wanted_headers(filters)
+            headers = header_fields(prepared.mime, wanted) if wanted else None
+            decision = rules.route(parsed, filters, channel, headers)
+        if conversation is None:
+            conversation = conversation_id(
                 channel.id,
                 references=parsed.references,
                 in_reply_to=parsed.in_reply_to,
                 message_id=parsed.message_id,
                 email_id=raw.email_id,
-            ),
+            )
+        routed = RoutedEmail(
+            email_id=raw.email_id,
+            channel_id=channel.id,
+            campaign_id=decision.campaign_id,
+            reason=decision.reason,
+            conversation_id=conversation,
             message_id=parsed.message_id,
             in_reply_to=parsed.in_reply_to,
             references=list(parsed.references),
@@ -126,13 +194,12 @@ class EmailRouter:
             date=parsed.date,
             text_body=parsed.text_body,
             html_body=parsed.html_body,
-            attachments=await self._store_attachments(parsed),
-            raw_ref=raw_ref,
+            attachments=prepared.attachments,
+            raw_ref=prepared.raw_ref,
             source=raw.source,
             flags=parsed.flags,
+            undecoded_headers=list(parsed.undecoded_headers),
         )
-        if parsed.defects:
-            log.info("message had MIME defects", email_id=raw.email_id, defects=parsed.defects)
         return fit_record(routed, self._max_routed_bytes)
 
     async def _raw_mime(self, raw: RawEmail) -> tuple[bytes, BlobRef]:
@@ -198,24 +265,91 @@ def fit_record(routed: RoutedEmail, max_bytes: int) -> RoutedEmail:
 
 
 class RawRecordHandler:
-    """One email.raw record -> one email.routed record (the consume loop's handler)."""
+    """One email.raw record -> one email.routed record and its marks (the consume loop's
+    handler), or nothing for a duplicate.
 
-    def __init__(self, router: EmailRouter, publisher: Publisher) -> None:
+    Duplicates, checked against the table (:mod:`router.marks`) in record order: an email id
+    already routed (a re-fetch), or the same Message-ID with the same content within the
+    window on the same channel (the same mail by another path). Both are dropped, logged and
+    counted. Publishing comes last, so a retried record never publishes twice.
+
+    :meth:`prefetch` starts :meth:`EmailRouter.prepare` for a batch ahead of time (bounded);
+    the records are still decided and published one by one, in order.
+    """
+
+    def __init__(
+        self,
+        router: EmailRouter,
+        publisher: Publisher,
+        marks: Marks | None = None,
+        *,
+        prefetch_concurrency: int = 8,
+    ) -> None:
         self._router = router
         self._publisher = publisher
+        self._marks = marks if marks is not None else Marks(window=DEFAULT_WINDOW)
+        self._ahead = asyncio.Semaphore(prefetch_concurrency)
+        self._prefetched: dict[tuple[str, int, int], asyncio.Task[Prepared]] = {}
+
+    @property
+    def marks(self) -> Marks:
+        return self._marks
+
+    def prefetch(self, records: Iterable[Record]) -> None:
+        for record in records:
+            task = asyncio.create_task(self._prepare_ahead(record))
+            self._prefetched[(record.topic, record.partition, record.offset)] = task
+
+    def drop_prefetched(self) -> None:
+        for task in self._prefetched.values():
+            task.cancel()
+        self._prefetched.clear()
+
+    async def _prepare_ahead(self, record: Record) -> Prepared:
+        async with self._ahead:
+            return await self._router.prepare(decode(RawEmail, record.value))
+
+    async def _prepared(self, record: Record) -> Prepared:
+        """The prefetched result (once; a retry prepares afresh), or prepare now."""
+        task = self._prefetched.pop((record.topic, record.partition, record.offset), None)
+        if task is not None:
+            return await task
+        return await self._router.prepare(decode(RawEmail, record.value))
 
     async def __call__(self, record: Record) -> None:
-        raw = decode(RawEmail, record.value)
+        prepared = await self._prepared(record)
+        raw, parsed = prepared.raw, prepared.parsed
         with structlog.contextvars.bound_contextvars(
             channel_id=raw.channel_id, email_id=raw.email_id
         ):
-            routed = await self._router.route(raw)
+            if self._marks.seen(raw.email_id):
+                EMAILS.labels("duplicate_email_id").inc()
+                log.info("duplicate dropped: email id already routed")
+                return
+            thread = self._marks.thread_of(raw.channel_id, parsed.in_reply_to, parsed.references)
+            routed = self._router.decide(prepared, thread)
+            content = content_sha256(routed)
+            earlier = self._marks.duplicate_of(
+                raw.channel_id, routed.message_id, content, now=datetime.now(UTC)
+            )
+            if earlier is not None:
+                seen = earlier.model_copy(update={"email_id": raw.email_id})
+                await self._publish_mark(email_key(raw.email_id), seen)
+                EMAILS.labels("duplicate_message").inc()
+                log.info(
+                    "duplicate dropped: same Message-ID and content already routed",
+                    message_id=routed.message_id,
+                    earlier_email_id=earlier.email_id,
+                )
+                return
             await self._publisher.publish(
                 self._publisher.topics.routed,
                 routed.conversation_id,
                 routed,
                 headers=[(CAMPAIGN_HEADER, routed.campaign_id.encode())],
             )
+            await self._publish_mark(email_key(raw.email_id), routed_mark(routed, content))
+            EMAILS.labels("thread" if thread is not None else "routed").inc()
             log.info(
                 "email routed",
                 campaign_id=routed.campaign_id,
@@ -227,6 +361,10 @@ class RawRecordHandler:
                 bounce=routed.flags.bounce,
                 loop=routed.flags.loop,
             )
+
+    async def _publish_mark(self, key: str, mark: RouterMark) -> None:
+        await self._publisher.publish(self._publisher.topics.router_state, key, mark)
+        self._marks.stage(mark)
 
 
 class RecordProcessor:

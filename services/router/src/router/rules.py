@@ -11,17 +11,22 @@ Pure: no I/O and no Kafka. Semantics (design.md §2, "Filters"):
     address), or of ``subject_keywords`` in the subject, or of ``body_keywords`` in the body
     (text body, else the html body's text). Fields without keywords are ignored.
   * ``all_of`` -- every word appears somewhere in sender, subject or body.
-  * ``regex`` -- a case-insensitive search finds it in the subject or the body. An invalid
+  * ``regex`` -- a case-insensitive search (RE2: linear time, whatever the pattern) finds it in
+    the subject or the body. An invalid
     pattern never matches and is logged once.
+  * ``header_conditions`` -- every condition holds: some value of the named header field
+    (decoded, case-insensitive) contains one of its keywords. A message without the field
+    does not satisfy the condition.
 
-- A filter with no criteria at all (no keywords, no ``all_of``, no ``regex``) never matches,
-  so an empty filter cannot swallow the channel's mail.
+- A filter with no criteria at all (no keywords, no ``all_of``, no ``regex``, no header
+  conditions) never matches, so an empty filter cannot swallow the channel's mail.
+- Thread affinity (a reply to mail the product routed or sent) is decided before the filters,
+  by the handler, from the router's table (:mod:`router.marks`); it is not a rule here.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -29,9 +34,10 @@ import structlog
 
 from email_channels.errors import PermanentError
 from email_channels.events import ChannelConfig, ChannelFilters, Filter, RoutingReason
+from email_channels.filter_regex import FilterPattern, FilterRegexError, compile_filter_regex
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from router.parsing import ParsedEmail
 
@@ -60,9 +66,11 @@ class MatchText:
     body: str
     original_subject: str
     original_body: str
+    headers: Mapping[str, list[str]] = field(default_factory=dict)
+    """Lower-cased header name -> casefolded decoded values (only the names filters ask for)."""
 
     @classmethod
-    def of(cls, email: ParsedEmail) -> MatchText:
+    def of(cls, email: ParsedEmail, headers: Mapping[str, list[str]] | None = None) -> MatchText:
         subject, body = email.subject or "", email.body_text
         return cls(
             sender=email.sender_text.casefold(),
@@ -70,12 +78,28 @@ class MatchText:
             body=body.casefold(),
             original_subject=subject[:REGEX_TEXT_LIMIT],
             original_body=body[:REGEX_TEXT_LIMIT],
+            headers=headers or {},
         )
 
 
-def route(email: ParsedEmail, filters: ChannelFilters | None, channel: ChannelConfig) -> Decision:
-    """Decide the campaign of ``email`` on ``channel``."""
-    text = MatchText.of(email)
+def wanted_headers(filters: ChannelFilters | None) -> frozenset[str]:
+    """Lower-cased names of the header fields the channel's filters look at."""
+    if filters is None:
+        return frozenset()
+    return frozenset(
+        condition.header.lower() for rule in filters.filters for condition in rule.header_conditions
+    )
+
+
+def route(
+    email: ParsedEmail,
+    filters: ChannelFilters | None,
+    channel: ChannelConfig,
+    headers: Mapping[str, list[str]] | None = None,
+) -> Decision:
+    """Decide the campaign of ``email`` on ``channel``; ``headers`` holds the fields named by
+    :func:`wanted_headers` (from :func:`router.header_fields.header_fields`)."""
+    text = MatchText.of(email, headers)
     for rule in filters.filters if filters is not None else ():
         if matches(rule, text):
             return Decision(rule.campaign_id, RoutingReason(kind="filter", filter_id=rule.id))
@@ -89,7 +113,7 @@ def route(email: ParsedEmail, filters: ChannelFilters | None, channel: ChannelCo
 def matches(rule: Filter, text: MatchText) -> bool:
     """Whether one filter matches (see the module docstring for the semantics)."""
     has_keywords = bool(rule.sender_keywords or rule.subject_keywords or rule.body_keywords)
-    if not (has_keywords or rule.all_of or rule.regex):
+    if not (has_keywords or rule.all_of or rule.regex or rule.header_conditions):
         return False
     if has_keywords and not (
         _any_in(rule.sender_keywords, text.sender)
@@ -107,18 +131,25 @@ def matches(rule: Filter, text: MatchText) -> bool:
             return False
         if not (pattern.search(text.original_subject) or pattern.search(text.original_body)):
             return False
-    return True
+    return all(
+        any(
+            _any_in(condition.keywords, value)
+            for value in text.headers.get(condition.header.lower(), ())
+        )
+        for condition in rule.header_conditions
+    )
 
 
-def _any_in(keywords: Iterable[str], field: str) -> bool:
-    return any(keyword and keyword.casefold() in field for keyword in keywords)
+def _any_in(keywords: Iterable[str], haystack: str) -> bool:
+    return any(keyword and keyword.casefold() in haystack for keyword in keywords)
 
 
 @lru_cache(maxsize=1024)
-def _compiled(pattern: str) -> re.Pattern[str] | None:
-    """The compiled pattern, or None (logged once per pattern: the cache remembers it)."""
+def _compiled(pattern: str) -> FilterPattern | None:
+    """The compiled pattern (RE2, linear time: the same check config-api runs at save time), or
+    None for a pattern refused there (logged once per pattern: the cache remembers it)."""
     try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
+        return compile_filter_regex(pattern)
+    except FilterRegexError as exc:
         log.warning("invalid filter regex never matches", regex=pattern, error=str(exc))
         return None

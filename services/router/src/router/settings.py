@@ -6,8 +6,8 @@ Kafka and the common settings come from their own environments (``KAFKA_*``,
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import socket
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,13 +31,39 @@ class RouterSettings(BaseSettings):
     ensure_topics: bool = Field(
         default=True, description="create/check the contract's topics at start-up"
     )
-    web_port: int | None = Field(
-        default=None, ge=1, le=65535, description="faust web server port; unset = disabled"
+    instance_id: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description=(
+            "this instance's name, stable across its restarts (e.g. a StatefulSet pod name): "
+            "the transactional id is <app id>-<instance id>, so a restarted instance aborts "
+            "what its predecessor left open at once"
+        ),
     )
-    web_bind: str = "127.0.0.1"
-    data_dir: Path = Field(
-        default_factory=lambda: Path(tempfile.gettempdir()) / "email-router",
-        description="faust's data directory (the router keeps no local state in it)",
+    batch_max_records: int = Field(
+        default=500, ge=1, description="email.raw records per routing transaction (at most)"
+    )
+    prefetch_concurrency: int = Field(
+        default=8, ge=1, description="records of a batch read, stored and parsed at once"
+    )
+    transaction_timeout_s: float = Field(
+        default=60.0,
+        ge=1,
+        description="the broker aborts a routing transaction left open this long (a crash)",
+    )
+    session_timeout_s: float = Field(
+        default=10.0,
+        ge=6,
+        description="consumer group session timeout (a dead instance's "
+        "partitions move after this long)",
+    )
+    duplicate_window_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="a routed Message-ID with the same content is a duplicate this long",
+    )
+    compression: Literal["gzip", "none"] = Field(
+        default="gzip", description="compression of the records the router produces"
     )
     retry_attempts: int | None = Field(
         default=None,

@@ -7,7 +7,12 @@ import asyncio
 import structlog
 
 from email_channels.errors import PipelineError
-from email_channels.service import run_until_signalled, start_observability
+from email_channels.service import (
+    exit_with_help_if_asked,
+    health_server,
+    run_until_signalled,
+    start_observability,
+)
 from sender.app import SenderApp
 from sender.settings import SenderSettings
 
@@ -15,10 +20,13 @@ log = structlog.get_logger(__name__)
 
 
 def main() -> None:
+    exit_with_help_if_asked("sender", __doc__ or "", SenderSettings)
     settings = SenderSettings()
     start_observability("sender", settings.common)
     try:
-        asyncio.run(run_until_signalled(SenderApp(settings).run))
+        app = SenderApp(settings)
+        health = health_server(settings.common, app.not_ready_reason)
+        asyncio.run(run_until_signalled(app.run, health=health))
     except PipelineError as exc:
         log.error("sender stopped", error=str(exc), error_kind=exc.kind)
         raise SystemExit(1) from exc

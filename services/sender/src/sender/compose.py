@@ -12,16 +12,20 @@ whole mapping is testable in microseconds and the same on every retry:
 - text and/or html bodies (``multipart/alternative`` when both), inline parts with a
   Content-ID next to the html (``multipart/related``), other attachments after it.
 
-Header injection (CR/LF in a header field) is already refused by the event models'
-validators; what remains to check here — addresses the ``email`` package cannot write, a
-malformed message id — raises :class:`~sender.errors.MessageRejected`.
+- the loop header (:data:`email_channels.headers.LOOP_HEADER`, value: the channel id) on every
+  message, so the router recognises our own mail coming back in.
+
+Header injection: raw CR/LF is already refused by the event models' validators; every value
+written into a header is checked again here, including RFC 2047 encoded-words that decode to
+CR/LF (:mod:`sender.headersafety`), and the flattened message is parsed back and compared
+before it can be sent. That, addresses the ``email`` package cannot write, or a malformed
+message id raise :class:`~sender.errors.MessageRejected`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import errors as email_errors
 from email.headerregistry import Address as HeaderAddress
@@ -29,8 +33,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import TYPE_CHECKING
 
+from email_channels.headers import LOOP_HEADER
 from sender.errors import MessageRejected
-from sender.transports.base import Envelope
+from sender.headersafety import SEVEN_BIT, flatten_checked, safe_header_text
+from sender.transports.base import ComposedEmail, Envelope
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -39,13 +45,6 @@ if TYPE_CHECKING:
 
 _MSG_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 _MIME_TYPE = re.compile(r"^([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)$")
-
-
-@dataclass(frozen=True, slots=True)
-class ComposedEmail:
-    message: EmailMessage
-    envelope: Envelope
-    message_id: str
 
 
 def compose(
@@ -66,26 +65,34 @@ def compose(
     bcc = [_address(a, f"bcc[{i}]") for i, a in enumerate(outbound.bcc)]
     references = thread_references(outbound.references, outbound.in_reply_to)
 
-    message = EmailMessage()
+    message = EmailMessage(policy=SEVEN_BIT)
     message["From"] = sender
     message["To"] = to
     if cc:
         message["Cc"] = cc
-    message["Subject"] = outbound.subject
+    message["Subject"] = safe_header_text(outbound.subject, "subject")
     message["Date"] = format_datetime(_aware(outbound.created_at))
     message["Message-ID"] = message_id
     if outbound.in_reply_to:
         message["In-Reply-To"] = _msg_id(outbound.in_reply_to, "in_reply_to")
     if references:
         message["References"] = " ".join(references)
+    message[LOOP_HEADER] = safe_header_text(channel.id, "channel id")
     _set_bodies(message, outbound)
     _add_attachments(message, outbound, attachments)
 
     envelope = Envelope(
-        mail_from=channel.email_address or sender.addr_spec,
+        mail_from=safe_header_text(channel.email_address or sender.addr_spec, "envelope sender"),
         recipients=_unique(a.addr_spec for a in [*to, *cc, *bcc]),
     )
-    return ComposedEmail(message=message, envelope=envelope, message_id=message_id)
+    utf8 = not all(part.isascii() for part in (envelope.mail_from, *envelope.recipients))
+    return ComposedEmail(
+        message=message,
+        envelope=envelope,
+        message_id=message_id,
+        data=flatten_checked(message, utf8=utf8),
+        utf8=utf8,
+    )
 
 
 def make_message_id(outbound_id: str, domain: str) -> str:
@@ -124,6 +131,8 @@ def _address(address: Address, field: str) -> HeaderAddress:
 
 
 def _address_of(name: str | None, addr_spec: str, field: str) -> HeaderAddress:
+    safe_header_text(name or "", f"{field}.name")
+    safe_header_text(addr_spec, f"{field}.address")
     try:
         parsed = HeaderAddress(display_name=name or "", addr_spec=addr_spec.strip())
     except (ValueError, IndexError, email_errors.MessageError) as exc:
@@ -134,7 +143,7 @@ def _address_of(name: str | None, addr_spec: str, field: str) -> HeaderAddress:
 
 
 def _msg_id(value: str, field: str) -> str:
-    candidate = value.strip()
+    candidate = safe_header_text(value, field).strip()
     if not candidate.startswith("<"):
         candidate = f"<{candidate}>"
     if not _MSG_ID.match(candidate):
@@ -194,7 +203,7 @@ def _add_attachments(
                 subtype,
                 cid=_content_id(attachment.content_id),
                 disposition="inline",
-                filename=attachment.filename,
+                filename=_filename(attachment),
             )
     for attachment, data in pairs:
         if attachment.inline and attachment.content_id and isinstance(html_part, EmailMessage):
@@ -205,7 +214,7 @@ def _add_attachments(
             maintype,
             subtype,
             disposition="inline" if attachment.inline else "attachment",
-            filename=attachment.filename,
+            filename=_filename(attachment),
             cid=_content_id(attachment.content_id) if attachment.content_id else None,
         )
 
@@ -216,12 +225,18 @@ def _mime_type(attachment: OutboundAttachment) -> tuple[str, str]:
     ``multipart/*`` and ``message/*`` cannot be attached as opaque bytes; they travel as
     octet-stream under their file name, which mail clients open just the same.
     """
-    match = _MIME_TYPE.match(attachment.content_type.strip().lower())
+    match = _MIME_TYPE.match(
+        safe_header_text(attachment.content_type, "attachments.content_type").strip().lower()
+    )
     if match is None or match.group(1) in {"multipart", "message"}:
         return "application", "octet-stream"
     return match.group(1), match.group(2)
 
 
+def _filename(attachment: OutboundAttachment) -> str:
+    return safe_header_text(attachment.filename, "attachments.filename")
+
+
 def _content_id(value: str) -> str:
-    value = value.strip().strip("<>")
+    value = safe_header_text(value, "attachments.content_id").strip().strip("<>")
     return f"<{value}>"

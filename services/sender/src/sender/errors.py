@@ -11,6 +11,8 @@
         │                           too large; carries the server reply when there is one
         ├── ChannelUnavailable      unknown channel, disabled, no outbound settings, or an
         │                           outbound kind this release cannot send through
+        ├── DeliveryUncertain       the message was handed over but the server's answer never
+        │                           came (connection lost during DATA): maybe delivered
         └── ChannelMisconfigured    (shared) auth failed, certificate not trusted, STARTTLS missing
 
 Which delivery status each one becomes is decided in one place:
@@ -53,3 +55,12 @@ class MessageRejected(PermanentError):
 
 class ChannelUnavailable(PermanentError):
     """The channel named by the outbound email cannot send at all right now."""
+
+
+class DeliveryUncertain(PermanentError):
+    """The server may have the message: sending it again could deliver it twice.
+
+    Raised when the connection breaks after the message body was handed over and before the
+    server's reply, and when a new owner finds an intent ("sending") without an outcome.
+    Reported as ``unknown``, never retried blindly.
+    """

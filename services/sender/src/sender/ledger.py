@@ -1,23 +1,33 @@
-"""Idempotency: which outbound ids were already sent, so each is sent at most once.
+"""What became of each outbound id, as far as ``email.delivery`` says: the never-twice memory.
 
-The ledger is rebuilt at start-up by reading ``email.delivery`` from the beginning and keeping
-the ids of "sent" events (through a :class:`~email_channels.compacted.CompactedView` of a
-two-field projection), then keeps tailing it, so ids sent by other replicas show up too.
+The ledger is rebuilt at start-up by reading ``email.delivery`` from the beginning (through a
+:class:`~email_channels.compacted.CompactedView` of a small projection), keeps tailing it so
+outcomes of other replicas show up, and is caught up again whenever this replica is assigned
+partitions of ``email.outbound`` (``SenderApp``), before it sends anything for them.
 
-Limits, known and accepted for now:
+Folding rule: the last event of an id wins, except that a final status (sent, failed, rejected,
+unknown) is never replaced by a non-final one (sending, deferred) — a late intent or deferral
+does not make a settled outbound look open again.
 
-- memory and start-up time grow with the retention of ``email.delivery`` (every replica reads
-  every partition: the topic is keyed by outbound id, email.outbound by conversation id, so
-  they are not co-partitioned). The dedup window *is* that retention. At scale this wants a
-  compacted, co-partitioned "sent ids" topic or a TTL'd key-value store.
-- a crash after the server accepted a message but before its "sent" event was acknowledged
-  sends it again on restart — with the same Message-ID, which receivers can deduplicate.
-- two replicas racing on the same outbound id (it was published twice, under different keys)
-  can both send within the ~1 s before each sees the other's event.
+The handler reads it like this:
+
+- ``sent`` or ``unknown``: never send again (a DLQ replay neither);
+- ``failed`` / ``rejected``: settled; only a DLQ replay (``dlq-replay-of`` header) sends again;
+- ``sending`` by another process (or an earlier life of this one): an intent without an outcome
+  — report ``unknown`` unless the channel prefers at-least-once;
+- ``deferred`` at retry level N: records below level N were already handed on; skip them.
+
+Limits, known and accepted for now: memory and start-up time grow with the retention of
+``email.delivery`` (every replica reads every partition: the topic is keyed by outbound id,
+email.outbound by conversation id, so they are not co-partitioned); the dedup window *is* that
+retention. Two replicas racing on the same outbound id in two different records (published
+twice under different keys) can both send within the moment before each sees the other's
+intent.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from email_channels.compacted import CompactedView
@@ -32,31 +42,54 @@ class DeliveryOutcome(Contract):
 
     outbound_id: str
     status: DeliveryStatus
+    retry_level: int | None = None
 
 
-class SentLedger:
-    """The set of outbound ids known to be sent. Once sent, always sent."""
+@dataclass(frozen=True, slots=True)
+class Entry:
+    status: DeliveryStatus
+    retry_level: int = 0
 
-    def __init__(self, sent: set[str] | None = None) -> None:
-        self._sent: set[str] = set(sent or ())
+
+class DeliveryLedger:
+    """Outbound id -> the latest known outcome (see the folding rule above)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
 
     def __contains__(self, outbound_id: object) -> bool:
-        return outbound_id in self._sent
+        """True when the id was sent."""
+        entry = self._entries.get(outbound_id) if isinstance(outbound_id, str) else None
+        return entry is not None and entry.status is DeliveryStatus.SENT
 
     def __len__(self) -> int:
-        return len(self._sent)
+        return len(self._entries)
+
+    def get(self, outbound_id: str) -> Entry | None:
+        return self._entries.get(outbound_id)
+
+    def record(self, outbound_id: str, status: DeliveryStatus, retry_level: int = 0) -> None:
+        current = self._entries.get(outbound_id)
+        if current is not None and current.status.final and not status.final:
+            return
+        self._entries[outbound_id] = Entry(status, retry_level)
 
     def add(self, outbound_id: str) -> None:
-        self._sent.add(outbound_id)
+        """Mark ``outbound_id`` sent."""
+        self.record(outbound_id, DeliveryStatus.SENT)
 
     async def observe(self, _key: str, outcome: DeliveryOutcome | None) -> None:
         """``on_change`` callback of the delivery view."""
-        if outcome is not None and outcome.status is DeliveryStatus.SENT:
-            self._sent.add(outcome.outbound_id)
+        if outcome is not None:
+            self.record(outcome.outbound_id, outcome.status, outcome.retry_level or 0)
+
+
+SentLedger = DeliveryLedger
+"""The earlier name, kept for readers of older code."""
 
 
 def delivery_view(
-    settings: KafkaSettings, ledger: SentLedger, *, client_id: str
+    settings: KafkaSettings, ledger: DeliveryLedger, *, client_id: str
 ) -> CompactedView[DeliveryOutcome]:
     """A view of email.delivery that feeds ``ledger``; ``await view.start()`` fills it."""
     return CompactedView(
@@ -65,5 +98,5 @@ def delivery_view(
         DeliveryOutcome,
         client_id=client_id,
         on_change=ledger.observe,
-        retain=False,  # the ledger holds the sent ids; the view need not hold every outcome
+        retain=False,  # the ledger holds the outcomes; the view need not hold every event
     )

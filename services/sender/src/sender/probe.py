@@ -1,9 +1,9 @@
 """Validate an outbound (SMTP) setting with the sender's own SMTP code, without sending.
 
 Used by config-api's Validate. The session is opened the way
-:meth:`sender.transports.smtp.SmtpTransport.send` opens it — same aiosmtplib client settings,
-the transport's TLS context, its password handling (``SmtpTransport._password``), errors
-mapped by :func:`~sender.transports.smtp.map_smtp_error`, closed by its ``_quit`` — and then,
+:func:`sender.transports.smtp.open_session` opens it — same aiosmtplib client settings, the
+transport's TLS context, its password handling, errors mapped by
+:func:`~sender.transports.smtp.map_smtp_error`, closed by ``close_session`` — and then,
 instead of DATA, ``MAIL FROM`` followed by ``RSET``: the server says whether it would take mail
 from this sender, and nothing is sent.
 
@@ -24,7 +24,7 @@ from email_channels.errors import PipelineError
 from email_channels.events import ChannelConfig, GraphOutbound, SmtpOutbound, TlsMode
 from email_channels.graph_probe import probe_graph
 from email_channels.tls import client_contexts
-from sender.transports.smtp import SmtpTransport, _quit, map_smtp_error
+from sender.transports.smtp import SmtpTransport, _password, close_session, map_smtp_error
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -80,7 +80,7 @@ async def probe_outbound(
     password = None
     if server.username:
         with step("auth", "password", "the stored password can be decrypted"):
-            password = transport._password()  # noqa: SLF001 - the sender's own password handling
+            password = _password(server, secret_box)
     client = aiosmtplib.SMTP(
         hostname=server.host,
         port=server.port,
@@ -104,7 +104,7 @@ async def probe_outbound(
             await client.mail(sender)
             await client.rset()
     finally:
-        await _quit(client)
+        await close_session(client)
 
 
 @contextmanager

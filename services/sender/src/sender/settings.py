@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from email_channels.consume import RetryPolicy
 from email_channels.settings import CommonSettings, KafkaSettings
 from sender.attachments import DEFAULT_MAX_TOTAL_BYTES
+from sender.retries import DEFAULT_DELAYS_S
+from sender.transports.pool import PoolLimits
 
 
 class SenderSettings(BaseSettings):
@@ -41,14 +43,54 @@ class SenderSettings(BaseSettings):
     )
     max_attachment_bytes: int = Field(default=DEFAULT_MAX_TOTAL_BYTES, ge=0)
     retry_attempts: int = Field(
-        default=5, ge=1, description="tries of a transient failure before 'deferred' + email.dlq"
+        default=5,
+        ge=1,
+        description="in-place tries of a record whose handling failed transiently (a Kafka "
+        "publish, a send at the last retry level) before giving up",
     )
     retry_first_backoff: float = Field(default=1.0, gt=0, description="seconds")
     retry_max_backoff: float = Field(default=30.0, gt=0, description="seconds")
+    retry_delays_s: tuple[float, ...] = Field(
+        default=DEFAULT_DELAYS_S,
+        min_length=0,
+        description="delay of each retry topic level after a transient send failure (JSON "
+        "list); 'failed' after the last",
+    )
+    max_in_flight: int = Field(
+        default=256, ge=1, description="outbound records handled at once (all channels)"
+    )
+    pool_max_sessions: int = Field(
+        default=4, ge=1, description="SMTP sessions open at once per channel"
+    )
+    pool_idle_s: float = Field(default=30.0, gt=0, description="close a session idle this long")
+    connect_cooldown_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="after a channel's server could not be reached, send its mail straight to "
+        "the retry topics for this long instead of trying to connect",
+    )
+    group_session_timeout_s: float = Field(
+        default=10.0,
+        ge=1,
+        description="Kafka consumer-group session timeout: how soon the partitions of a "
+        "crashed sender move to another replica",
+    )
+    session_wait_s: float = Field(
+        default=30.0, gt=0, description="wait at most this long for a free session of a channel"
+    )
 
     @property
     def group_id(self) -> str:
         return f"{self.kafka.topic_prefix}{self.group}"
+
+    @property
+    def pool_limits(self) -> PoolLimits:
+        return PoolLimits(
+            max_sessions=self.pool_max_sessions,
+            idle_s=self.pool_idle_s,
+            cooldown_s=self.connect_cooldown_s,
+            acquire_wait_s=self.session_wait_s,
+        )
 
     @property
     def retry_policy(self) -> RetryPolicy:

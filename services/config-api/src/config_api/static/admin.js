@@ -1,208 +1,134 @@
-// Admin page: lists channels and campaigns through the config API. Data is only ever put into
-// the page as text (never as HTML). URLs are relative so the page works behind a path prefix.
+// Admin page entry: sign-in, the two sections (#channels, #campaigns), readiness.
+// Every screen only calls the config API (relative URLs, so the page works behind a prefix).
 "use strict";
 
-const API = "api/v1";
-const $ = (selector) => document.querySelector(selector);
-let campaigns = [];
+import { Api } from "./api.js";
+import { loadCampaigns, onCampaignsChanged, setUpCampaigns } from "./campaigns.js";
+import { openChannel, setUpChannelForm } from "./channel-form.js";
+import { loadChannels, refreshCampaignChoices, setUpChannels } from "./channels.js";
+import { $, clearErrors, say, showErrors } from "./dom.js";
+import { openFilters, setUpFilters } from "./filters.js";
 
-async function call(method, path, body) {
-  const response = await fetch(`${API}${path}`, {
-    method,
-    headers: body === undefined ? {} : { "Content-Type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  if (response.status === 204) return null;
-  const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(describeError(response.status, data));
-  return data;
-}
+const api = new Api("api/v1");
+const VIEWS = ["channels", "campaigns"];
 
-function describeError(status, data) {
-  if (Array.isArray(data.detail)) {
-    return data.detail.map((e) => `${e.field || e.loc.join(".")}: ${e.msg}`).join("\n");
+function showView(name) {
+  for (const view of ["sign-in", ...VIEWS]) $(`#${view}-view`).hidden = view !== name;
+  $("#sections").hidden = name === "sign-in";
+  $("#sign-out").hidden = name === "sign-in" || !api.signedIn;
+  for (const view of VIEWS) {
+    const link = $(`#nav-${view}`);
+    if (view === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   }
-  return `${status}: ${data.detail || "request failed"}`;
 }
 
-function say(text, kind = "error") {
-  const box = $("#message");
-  box.textContent = text;
-  box.className = kind;
-  box.hidden = !text;
+function route() {
+  const name = location.hash.slice(1);
+  showView(VIEWS.includes(name) ? name : "channels");
 }
 
-function cell(row, text, className) {
-  const td = row.insertCell();
-  td.textContent = text ?? "";
-  if (className) td.className = className;
-  return td;
+function showSignIn(reason) {
+  showView("sign-in");
+  const error = $("#token-error");
+  error.textContent = reason ?? "";
+  error.hidden = !reason;
+  $("#token").focus();
 }
 
-function button(label, onClick, className) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.textContent = label;
-  if (className) b.className = className;
-  b.addEventListener("click", onClick);
-  return b;
-}
-
-// A channel as returned by GET, turned back into a PUT body. Passwords are write-only and
-// omitted, which keeps the stored ones.
-function updateBody(channel, changes) {
-  const server = (s) => {
-    if (!s) return null;
-    const { password_set: _ignored, ...rest } = s;
-    return rest;
-  };
-  return {
-    name: channel.name,
-    email_address: channel.email_address,
-    default_campaign_id: channel.default_campaign_id,
-    enabled: channel.enabled,
-    sync_recipient_only: channel.sync_recipient_only,
-    inbound: server(channel.inbound),
-    outbound: server(channel.outbound),
-    revision: channel.revision,
-    ...changes,
-  };
-}
-
-async function toggle(channel) {
+async function signIn(event) {
+  event.preventDefault();
+  const form = event.target;
+  const token = form.elements.token.value.trim();
+  clearErrors(form);
+  if (!token) {
+    showErrors(form, { problems: [{ field: "token", message: "Enter a token." }] });
+    return;
+  }
+  api.signIn(token);
   try {
-    await call("PUT", `/channels/${encodeURIComponent(channel.id)}`,
-      updateBody(channel, { enabled: !channel.enabled }));
-    say("");
+    await api.get("/me", { quietUnauthorised: true });
   } catch (error) {
-    say(error.message);
+    api.signOut();
+    const message = error.status === 401 ? "This token is not accepted (unknown, revoked or expired)." : error.message;
+    showErrors(form, { problems: [{ field: "token", message }] });
+    return;
   }
-  await loadChannels();
+  form.reset();
+  say("");
+  await start();
 }
 
-async function remove(channel) {
-  if (!confirm(`Delete channel "${channel.name}" and its filters permanently?`)) return;
-  try {
-    await call("DELETE",
-      `/channels/${encodeURIComponent(channel.id)}?revision=${channel.revision}`);
-    say(`Channel "${channel.name}" deleted.`, "info");
-  } catch (error) {
-    say(error.message);
-  }
-  await loadChannels();
-}
-
-async function loadChannels() {
-  const q = $("#search").value.trim();
-  const data = await call("GET", `/channels${q ? `?q=${encodeURIComponent(q)}` : ""}`);
-  const body = $("#channels");
-  body.replaceChildren();
-  for (const channel of data.items) {
-    const row = body.insertRow();
-    cell(row, channel.name);
-    cell(row, channel.email_address);
-    const status = cell(row, "");
-    const badge = document.createElement("span");
-    badge.className = `badge ${channel.status.state}`;
-    badge.textContent = channel.status.state;
-    badge.title = [channel.status.reason, channel.status.at].filter(Boolean).join(" — ");
-    status.append(badge);
-    cell(row, channel.default_campaign_name || channel.default_campaign_id || "—");
-    cell(row, String(channel.filter_count));
-    cell(row, channel.enabled ? "yes" : "no");
-    const actions = cell(row, "", "actions");
-    actions.append(
-      button(channel.enabled ? "Disable" : "Enable", () => toggle(channel)),
-      " ",
-      button("Delete", () => remove(channel), "danger"),
-    );
-  }
-  $("#channels-empty").hidden = data.items.length > 0;
-}
-
-async function loadCampaigns() {
-  const data = await call("GET", "/campaigns");
-  campaigns = data.items;
-  const body = $("#campaigns");
-  body.replaceChildren();
-  for (const campaign of campaigns) {
-    const row = body.insertRow();
-    cell(row, campaign.name);
-    cell(row, campaign.id);
-  }
-  $("#campaigns-empty").hidden = campaigns.length > 0;
-  const select = $("#new-channel select[name=default_campaign_id]");
-  select.replaceChildren(new Option("(none)", ""));
-  for (const campaign of campaigns) select.append(new Option(campaign.name, campaign.id));
+function signOut() {
+  api.signOut();
+  $("#whoami").hidden = true;
+  say("");
+  showSignIn();
 }
 
 async function loadReadiness() {
   const badge = $("#ready");
-  const response = await fetch("readyz");
-  const data = await response.json().catch(() => ({}));
-  badge.textContent = response.ok ? "ready" : "not ready";
-  badge.className = `badge ${response.ok ? "ready" : "not-ready"}`;
+  const response = await fetch("readyz", { cache: "no-store" }).catch(() => null);
+  const data = response ? await response.json().catch(() => ({})) : {};
+  const ready = Boolean(response?.ok);
+  badge.textContent = ready ? "ready" : "not ready";
+  badge.className = `badge ${ready ? "ready" : "not-ready"}`;
   badge.title = data.reason || "";
-  return response.ok;
+  return ready;
 }
 
-function formValues(form) {
-  const values = Object.fromEntries(new FormData(form));
-  for (const [key, value] of Object.entries(values)) {
-    if (typeof value === "string" && value.trim() === "") values[key] = null;
-  }
-  return values;
-}
-
-async function onNewChannel(event) {
-  event.preventDefault();
-  const form = event.target;
-  const values = formValues(form);
+// Who is signed in, and with which role: a viewer sees no write controls (the API refuses
+// their writes anyway). An API without sign-in has no /me: everything is shown.
+async function loadWhoAmI() {
+  const who = $("#whoami");
   try {
-    await call("POST", "/channels", { ...values, enabled: form.enabled.checked });
-    form.reset();
-    say("Channel created.", "info");
+    const me = await api.get("/me");
+    who.textContent = `${me.subject} (${me.role})`;
+    who.hidden = false;
+    document.body.classList.toggle("viewer", me.role !== "admin");
   } catch (error) {
-    say(error.message);
+    if (error.status !== 404) throw error;
+    who.hidden = true;
+    document.body.classList.remove("viewer");
   }
-  await loadChannels();
 }
 
-async function onNewCampaign(event) {
-  event.preventDefault();
-  const form = event.target;
-  const values = formValues(form);
-  if (values.id === null) delete values.id;
-  try {
-    await call("POST", "/campaigns", values);
-    form.reset();
-    say("Campaign created.", "info");
-  } catch (error) {
-    say(error.message);
+async function start() {
+  if (!(await loadReadiness())) {
+    setTimeout(start, 2000);
+    return;
   }
-  await loadCampaigns();
-}
-
-async function refresh() {
   try {
-    if (!(await loadReadiness())) {
-      setTimeout(refresh, 2000);
-      return;
-    }
+    await loadWhoAmI();
     await loadCampaigns();
-    await loadChannels();
   } catch (error) {
+    if (error.status === 401) return; // onUnauthorised shows the sign-in
     say(error.message);
+    return;
   }
+  route();
+  await loadChannels().catch((error) => say(error.message));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  let typing;
-  $("#search").addEventListener("input", () => {
-    clearTimeout(typing);
-    typing = setTimeout(() => loadChannels().catch((e) => say(e.message)), 200);
+  api.onUnauthorised = () => {
+    const hadToken = api.signedIn;
+    api.signOut();
+    for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+    showSignIn(hadToken ? "Your sign-in has expired or was revoked: please sign in again." : null);
+  };
+  setUpCampaigns(api);
+  setUpChannels(api, { edit: (c) => openChannel(c).catch((e) => say(e.message)), filters: (c) => openFilters(c).catch((e) => say(e.message)) });
+  setUpChannelForm(api, loadChannels);
+  setUpFilters(api, loadChannels);
+  onCampaignsChanged(refreshCampaignChoices);
+  $("#new-channel").addEventListener("click", () => openChannel(null).catch((e) => say(e.message)));
+  $("#sign-in-form").addEventListener("submit", signIn);
+  $("#sign-out").addEventListener("click", signOut);
+  window.addEventListener("hashchange", () => {
+    if (!$("#sign-in-view").hidden) return;
+    route();
+    $("#main").focus();
   });
-  $("#new-channel").addEventListener("submit", onNewChannel);
-  $("#new-campaign").addEventListener("submit", onNewCampaign);
-  refresh();
+  start();
 });

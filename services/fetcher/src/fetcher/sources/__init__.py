@@ -1,23 +1,28 @@
 """Mail sources: where a channel's mail comes from, behind one small Protocol.
 
-A source turns a mailbox into "the messages after this cursor", the bytes of one message and
-the after-fetch action on one message. It knows its protocol and what its cursor means; it
-does not know Kafka. The worker owns the order that makes "no mail lost" true::
+A source turns a mailbox into "the messages after this cursor", the bytes of a batch of messages
+and the after-fetch action on a batch. It knows its protocol and what its cursor means; it does
+not know Kafka. The worker owns the order that makes "no mail lost" true::
 
-    pending(cursor) -> for each message: fetch -> publish (Kafka ack) -> settle -> advance cursor
+    pending(cursor) -> per batch: fetch -> publish all (Kafka acks) -> settle all -> advance cursor
+
+Batches are what make a mailbox fast: one UID FETCH, one round of acks, one UID STORE over a
+UID set and one cursor record per batch instead of four round trips per message.
 
 Messages are named by :class:`~email_channels.events.SourceIdentity` (IMAP folder + UIDVALIDITY
 + UID, POP3 UIDL, Graph id), the same identity the raw event carries, so a source needs no
 handle type of its own. Errors leave a source only as the pipeline taxonomy
 (:mod:`email_channels.errors`): each adapter maps its library's exceptions in one function.
 
-Adapters: :mod:`fetcher.sources.imap` (POP3 and Graph come later, behind the same Protocol).
+Adapters: :mod:`fetcher.sources.imap`, :mod:`fetcher.sources.pop3`, :mod:`fetcher.sources.graph`
+(Exchange Online); :mod:`fetcher.sources.fake` is an in-memory one for unit tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from email_channels.errors import ChannelMisconfigured, TransientError
@@ -36,6 +41,36 @@ class Pending:
 
     cursor: FetchCursor
     messages: Sequence[SourceIdentity]
+    recheck: frozenset[str] = field(default_factory=frozenset)
+    """Keys of messages that may have been published before under another identity (an IMAP
+    folder renumbered by a UIDVALIDITY change): the worker compares their Message-ID and
+    sha256 with what the channel published, and settles rather than re-publishes a match."""
+
+
+class Outcome(StrEnum):
+    """What fetching one message gave."""
+
+    FETCHED = "fetched"
+    """``raw`` holds the MIME."""
+    VANISHED = "vanished"
+    """Gone from the server meanwhile (another client took it): nothing to do."""
+    NOT_FOR_CHANNEL = "not_for_channel"
+    """Recipient-only channel and the headers do not name its address: left untouched."""
+    OVERSIZE = "oversize"
+    """Above the size limit: ``headers`` holds its header block, ``size`` its size."""
+    UNREADABLE = "unreadable"
+    """Present, but the server's answer had no readable content (counted, then dead-lettered)."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One message of a fetched batch."""
+
+    message: SourceIdentity
+    outcome: Outcome
+    raw: bytes | None = None
+    size: int | None = None
+    headers: bytes | None = None
 
 
 class MailSource(Protocol):
@@ -53,19 +88,24 @@ class MailSource(Protocol):
         """The messages after ``cursor``, oldest first."""
         ...
 
-    async def fetch(self, message: SourceIdentity) -> bytes | None:
-        """The raw MIME of ``message``, or None if it vanished from the server meanwhile."""
-        ...
+    async def fetch(self, messages: Sequence[SourceIdentity]) -> list[Fetched]:
+        """One :class:`Fetched` per message, in the same order, nothing changed on the server.
 
-    async def settle(self, message: SourceIdentity) -> None:
-        """Apply the channel's after-fetch action (seen / move / delete).
-
-        Called only after Kafka acknowledged the message.
+        Sizes are checked before a body is downloaded; on a recipient-only channel the
+        recipient headers are looked at before the body.
         """
         ...
 
-    def advance(self, cursor: FetchCursor, message: SourceIdentity) -> FetchCursor:
-        """``cursor`` moved past ``message`` (pure)."""
+    async def settle(self, messages: Sequence[SourceIdentity]) -> None:
+        """Apply the channel's after-fetch action (seen / move / delete) to every message.
+
+        Called only after Kafka acknowledged them all; may be called again for the same
+        messages after a failure (it is idempotent).
+        """
+        ...
+
+    def advance(self, cursor: FetchCursor, messages: Sequence[SourceIdentity]) -> FetchCursor:
+        """``cursor`` moved past ``messages`` (pure)."""
         ...
 
     async def wait_for_news(self) -> None:
@@ -90,7 +130,7 @@ class SourceUnavailable(TransientError):
 
 
 class SourceRegistry:
-    """Picks the source factory for a channel by its inbound kind (imap; pop3, graph later)."""
+    """Picks the source factory for a channel by its inbound kind (imap, pop3, graph)."""
 
     def __init__(self, factories: Mapping[str, SourceFactory]) -> None:
         self._factories = dict(factories)

@@ -3,9 +3,11 @@
 One round (:meth:`GraphSource.pending`) asks each synced folder for its changes since the
 folder's delta link (``/mailFolders/{id}/messages/delta``, page after page through
 ``@odata.nextLink`` to the final ``@odata.deltaLink``). New and changed messages are offered
-oldest first; removed ones (``@removed``) are nothing to take. For each message the worker then
-downloads the full MIME (``/messages/{id}/$value``), publishes it, and only after Kafka's ack
-settles it: PATCH ``isRead``, ``move`` or DELETE (to Deleted Items, as Outlook does).
+oldest first; removed ones (``@removed``) are nothing to take. The worker takes them in
+batches (the batch :class:`~fetcher.sources.MailSource` protocol): for each batch it downloads
+every message's full MIME (``/messages/{id}/$value``, one request per message), publishes them,
+and only after Kafka's acks settles them: PATCH ``isRead``, ``move`` or DELETE (to Deleted
+Items, as Outlook does), one request per message.
 
 The cursor (``email.fetch-cursors``) holds each folder's delta link. A folder's new link is
 stored only when its last offered message is advanced past, so a crash mid-round asks the same
@@ -17,10 +19,14 @@ Delegated channels: when a refresh rotates the refresh token, the new encrypted 
 into the cursor with the sign-in it descends from; a newer sign-in on the channel wins.
 
 Throttling (429/503 with Retry-After) pauses this mailbox only, inside this channel's task.
-``sync_recipient_only``: a message not addressed to the channel (To, Cc, Bcc, Delivered-To,
-X-Original-To, Envelope-To) is left untouched on the server.
+``sync_recipient_only``: a message not addressed to the channel
+(:mod:`fetcher.recipients`) is left untouched on the server. A message above
+``max_message_bytes`` is dead-lettered with its header block; an empty ``$value`` is
+unreadable (counted, then dead-lettered by the worker).
 
-Not done: Graph change notifications (push); the worker polls every ``poll_interval``.
+Not done: Graph change notifications (push); the worker polls every ``poll_interval``. The
+size and recipient checks are made on the downloaded MIME (Graph's message resource has no
+size and no raw header block without extended properties), not before the download.
 """
 
 from __future__ import annotations
@@ -28,9 +34,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -46,10 +49,12 @@ from email_channels.graph_client import (
     MailboxThrottle,
 )
 from email_channels.tls import client_contexts
-from fetcher.sources import Pending
+from fetcher.recipients import addressed_to
+from fetcher.sources import Fetched, Outcome, Pending
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Sequence
     from pathlib import Path
 
     from email_channels.events import ChannelConfig, FetchCursor
@@ -60,7 +65,6 @@ log = structlog.get_logger(__name__)
 
 NOT_RECEIVING = ("drafts", "sentitems", "deleteditems", "outbox")
 """Well-known folders that are never synced, even with ``sync_all_folders``."""
-RECIPIENT_HEADERS = ("To", "Cc", "Bcc", "Delivered-To", "X-Original-To", "Envelope-To")
 _GONE = 410  # a delta link Graph no longer knows (syncStateNotFound): start the folder afresh
 
 
@@ -72,23 +76,13 @@ class GraphOptions:
     max_throttle_wait: float = 120.0
     """Longest Retry-After this channel's task sleeps through; a longer one fails the round."""
     ca_file: Path | None = None
+    max_message_bytes: int = 50 * 1024 * 1024
+    """Above this a message is dead-lettered with its header block."""
 
 
 def settled_key(graph_id: str) -> str:
     """A short, stable stand-in for a Graph id in the cursor (ids are ~150 characters)."""
     return hashlib.sha256(graph_id.encode()).hexdigest()[:16]
-
-
-def addressed_to(raw: bytes, address: str) -> bool:
-    """Whether ``address`` is among the message's recipients, Bcc copies included.
-
-    A Bcc copy carries no Bcc header; the delivering server names the recipient in
-    Delivered-To / X-Original-To / Envelope-To instead.
-    """
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
-    values = [str(v) for name in RECIPIENT_HEADERS for v in headers.get_all(name, [])]
-    wanted = address.strip().casefold()
-    return any(found.strip().casefold() == wanted for _, found in getaddresses(values))
 
 
 class GraphSource:
@@ -169,23 +163,34 @@ class GraphSource:
             cursor = cursor.model_copy(update={**changed, "updated_at": utcnow()})
         return Pending(cursor=cursor, messages=offered)
 
-    async def fetch(self, message: SourceIdentity) -> bytes | None:
-        client = self._client_or_fail()
+    async def fetch(self, messages: Sequence[SourceIdentity]) -> list[Fetched]:
+        return [await self._fetch_one(message) for message in messages]
+
+    async def _fetch_one(self, message: SourceIdentity) -> Fetched:
+        client = self._client_or_connect()
         try:
             response = await client.request(
                 "GET", f"{client.user_path}/messages/{_graph_id(message)}/$value"
             )
         except GraphNotFound:
-            return None  # deleted or moved by someone else since the delta round
+            return Fetched(message, Outcome.VANISHED)  # deleted or moved since the delta round
         raw = response.content
+        if not raw:
+            return Fetched(message, Outcome.UNREADABLE)
         address = self._channel.email_address or self._inbound.mailbox
-        if self._channel.sync_recipient_only and not addressed_to(raw, address):
+        if self._channel.sync_recipient_only and not addressed_to(_header_block(raw), address):
             log.info("not addressed to the channel: left untouched on the server")
-            return None
-        return raw
+            return Fetched(message, Outcome.NOT_FOR_CHANNEL, size=len(raw))
+        if len(raw) > self._options.max_message_bytes:
+            return Fetched(message, Outcome.OVERSIZE, size=len(raw), headers=_header_block(raw))
+        return Fetched(message, Outcome.FETCHED, raw=raw, size=len(raw))
 
-    async def settle(self, message: SourceIdentity) -> None:
-        client = self._client_or_fail()
+    async def settle(self, messages: Sequence[SourceIdentity]) -> None:
+        for message in messages:
+            await self._settle_one(message)
+
+    async def _settle_one(self, message: SourceIdentity) -> None:
+        client = self._client_or_connect()
         path = f"{client.user_path}/messages/{_graph_id(message)}"
         try:
             match self._inbound.after_fetch:
@@ -193,6 +198,8 @@ class GraphSource:
                     await client.request("PATCH", path, json={"isRead": True})
                     self._marked.add(settled_key(_graph_id(message)))
                 case AfterFetch.MOVE:
+                    if self._move_to is None:  # a settle left pending by an earlier session
+                        await self._synced_folders(client)
                     await client.request(
                         "POST", f"{path}/move", json={"destinationId": self._move_to}
                     )
@@ -201,15 +208,22 @@ class GraphSource:
         except GraphNotFound:
             log.info("message already gone from the server; nothing to settle")
 
-    def advance(self, cursor: FetchCursor, message: SourceIdentity) -> FetchCursor:
+    def advance(self, cursor: FetchCursor, messages: Sequence[SourceIdentity]) -> FetchCursor:
         changed: dict[str, Any] = {}
-        finish = self._finishes.pop(_graph_id(message), None)
-        if finish is not None:
-            folder, link = finish
-            changed["delta_links"] = {**cursor.delta_links, folder: link}
-        key = settled_key(_graph_id(message))
-        if key in self._marked and key not in cursor.settled:
-            changed["settled"] = [*cursor.settled, key]
+        links = dict(cursor.delta_links)
+        settled = list(cursor.settled)
+        for message in messages:
+            finish = self._finishes.pop(_graph_id(message), None)
+            if finish is not None:
+                folder, link = finish
+                links[folder] = link
+            key = settled_key(_graph_id(message))
+            if key in self._marked and key not in settled:
+                settled.append(key)
+        if links != cursor.delta_links:
+            changed["delta_links"] = links
+        if settled != cursor.settled:
+            changed["settled"] = settled
         changed.update(self._rotated())
         if not changed:
             return cursor
@@ -220,13 +234,14 @@ class GraphSource:
 
     # --- internals ---
 
-    def _connect(self, cursor: FetchCursor) -> GraphClient:
+    def _connect(self, cursor: FetchCursor | None) -> GraphClient:
         if self._client is not None:
             return self._client
         inbound = self._inbound
         rotated = None
         if (
-            cursor.token_cache is not None
+            cursor is not None
+            and cursor.token_cache is not None
             and inbound.authorised_at is not None
             and cursor.token_cache_authorised_at == inbound.authorised_at
         ):
@@ -249,10 +264,10 @@ class GraphSource:
         )
         return self._client
 
-    def _client_or_fail(self) -> GraphClient:
-        if self._client is None:
-            raise RuntimeError("GraphSource used before pending()")
-        return self._client
+    def _client_or_connect(self) -> GraphClient:
+        """The client of this session; a settle left pending by an earlier session runs before
+        ``pending`` gives the cursor, and then uses the channel's own token cache."""
+        return self._client or self._connect(None)
 
     def _rotated(self) -> dict[str, Any]:
         cache = self._tokens.rotated_cache() if self._tokens is not None else None
@@ -348,6 +363,16 @@ class GraphSource:
             if str(folder.get("displayName", "")).casefold() == name.casefold():
                 return str(folder["id"])
         raise ChannelMisconfigured(f"move_to_folder {name!r} does not exist", step="folder")
+
+
+def _header_block(raw: bytes) -> bytes:
+    """The MIME's header block (up to the first empty line), for recipient checks and dead
+    letters."""
+    ends = [(raw.find(sep), sep) for sep in (b"\r\n\r\n", b"\n\n") if sep in raw]
+    if not ends:
+        return raw
+    at, separator = min(ends)
+    return raw[: at + len(separator)]
 
 
 def _graph_id(message: SourceIdentity) -> str:

@@ -8,13 +8,17 @@ transport maps its library's exceptions in exactly one function — so the handl
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
 TransportName = Literal["smtp", "graph"]
+BeforeData: TypeAlias = Callable[[], Awaitable[None]]
+"""Called at most once per message, once a connection is ready, and awaited before the message
+itself goes out (SMTP DATA): where the sender records its intent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,19 @@ class Envelope:
 
     mail_from: str
     recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ComposedEmail:
+    """A message ready for the wire: built, checked against header injection, flattened."""
+
+    message: EmailMessage
+    envelope: Envelope
+    message_id: str
+    data: bytes
+    """The message as written on the wire (CRLF line ends), parsed back and checked once."""
+    utf8: bool = False
+    """Non-ASCII addresses: the session needs SMTPUTF8."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +64,18 @@ class Transport(Protocol):
     @property
     def name(self) -> TransportName: ...
 
-    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
+    async def send(
+        self, email: ComposedEmail, *, before_data: BeforeData | None = None
+    ) -> SendResult:
         """Hand the message over; raise TransientError / PermanentError subclasses otherwise.
 
         Must not return before the server took responsibility for the message, and must not
-        raise after it did (a failure while saying goodbye is not a failed send).
+        raise after it did (a failure while saying goodbye is not a failed send). Calls
+        ``before_data`` (and waits for it) before any byte of the message is sent; when the
+        outcome cannot be known after that point, raises DeliveryUncertain.
         """
+        ...
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
         ...

@@ -13,6 +13,11 @@ headers, are written into a Bcc header of the copy submitted (Exchange strips it
   the send deletes the draft: the message is never half-sent.
 - Attachments over :data:`MAX_ATTACHMENT_BYTES` in total (the brief's 20 MB) are rejected
   before any request: nothing is sent.
+- Never twice: the intent (``before_data``) is awaited before the request that submits the
+  message (sendMail, or the draft's ``send``); a draft is not mail, so building it comes first.
+  When that request went out and its answer was lost
+  (:class:`~email_channels.graph_client.GraphAnswerLost`), the outcome is unknown:
+  :class:`~sender.errors.DeliveryUncertain`, never resent.
 
 Errors: Graph's and httpx's are mapped by :mod:`email_channels.graph_client`; here only what a
 refusal means for the message is decided (:func:`map_graph_send_error`). A throttled mailbox
@@ -31,9 +36,20 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from email_channels.errors import ChannelMisconfigured, PipelineError
-from email_channels.graph_client import GraphClient, GraphNotFound, GraphRequestRefused
-from sender.errors import MessageRejected, ServerReply
-from sender.transports.base import Envelope, SendResult, TransportName
+from email_channels.graph_client import (
+    GraphAnswerLost,
+    GraphClient,
+    GraphNotFound,
+    GraphRequestRefused,
+)
+from sender.errors import DeliveryUncertain, MessageRejected, ServerReply
+from sender.transports.base import (
+    BeforeData,
+    ComposedEmail,
+    Envelope,
+    SendResult,
+    TransportName,
+)
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
@@ -68,8 +84,10 @@ class GraphTransport:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
-        submitted = with_bcc(message, envelope)
+    async def send(
+        self, email: ComposedEmail, *, before_data: BeforeData | None = None
+    ) -> SendResult:
+        submitted = with_bcc(email.message, email.envelope)
         attachments = list(submitted.iter_attachments())
         total = sum(len(attachment_bytes(part)) for part in attachments)
         if total > MAX_ATTACHMENT_BYTES:
@@ -77,29 +95,29 @@ class GraphTransport:
                 f"attachments total {total} bytes, above the limit of {MAX_ATTACHMENT_BYTES} "
                 "bytes; nothing was sent"
             )
-        mime = submitted.as_bytes()
+        mime = wire_bytes(email)
+        submit = _Submit(self._client, before_data)
         try:
             if len(mime) <= SENDMAIL_MAX_MIME_BYTES:
-                await self._client.request(
-                    "POST",
+                await submit(
                     f"{self._client.user_path}/sendMail",
                     content=base64.b64encode(mime),
                     headers={"Content-Type": "text/plain"},
                 )
                 how = "sendMail"
             else:
-                await self._send_with_uploads(submitted)
+                await self._send_with_uploads(submitted, submit)
                 how = "draft+upload"
         except PipelineError as exc:
-            raise map_graph_send_error(exc) from exc
+            raise map_graph_send_error(exc, submitted=submit.sent) from exc
         log.debug("graph accepted", mailbox=self._client.mailbox, via=how, size=len(mime))
         return SendResult(
             transport="graph",
-            message_id=str(message["Message-ID"]),
+            message_id=email.message_id,
             response=f"202 Accepted ({how})",
         )
 
-    async def _send_with_uploads(self, message: EmailMessage) -> None:
+    async def _send_with_uploads(self, message: EmailMessage, submit: _Submit) -> None:
         client = self._client
         draft_mime, attachments = without_attachments(message)
         if len(draft_mime) > SENDMAIL_MAX_MIME_BYTES:
@@ -117,10 +135,12 @@ class GraphTransport:
         try:
             for part in attachments:
                 await self._attach(draft, part)
-            await client.request("POST", f"{draft}/send")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await client.request("DELETE", draft)  # never leave a half-built draft
+            await submit(f"{draft}/send")
+        except BaseException as exc:
+            refused = isinstance(exc, PipelineError) and not isinstance(exc, GraphAnswerLost)
+            if not submit.sent or refused:  # a send whose outcome is unknown keeps its draft
+                with contextlib.suppress(Exception):
+                    await client.request("DELETE", draft)  # never leave a half-built draft
             raise
 
     async def _attach(self, draft: str, part: EmailMessage) -> None:
@@ -165,16 +185,51 @@ class GraphTransport:
             )
 
 
-def with_bcc(message: EmailMessage, envelope: Envelope) -> EmailMessage:
-    """A copy with a Bcc header for envelope recipients not named in To/Cc (Graph sends to the
-    recipients in the MIME headers)."""
+class _Submit:
+    """The one request that hands the message over: the intent is awaited first, and whether
+    it went out is remembered (after that, a lost answer is an unknown outcome)."""
+
+    def __init__(self, client: GraphClient, before_data: BeforeData | None) -> None:
+        self._client = client
+        self._before_data = before_data
+        self.sent = False
+
+    async def __call__(
+        self, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        if self._before_data is not None:
+            await self._before_data()
+        self.sent = True
+        await self._client.request("POST", path, content=content, headers=headers)
+
+
+def wire_bytes(email: ComposedEmail) -> bytes:
+    """The MIME Graph gets: the composer's checked bytes, with a Bcc header in front when the
+    envelope has recipients the headers do not name (Graph sends to the header recipients)."""
+    hidden = hidden_recipients(email.message, email.envelope)
+    if not hidden:
+        return email.data
+    line = "Bcc: " + ", ".join(hidden)
+    if "\r" in line or "\n" in line:  # envelope addresses are checked; never trust, though
+        raise MessageRejected("a Bcc recipient contains a line break; nothing was sent")
+    return line.encode("utf-8") + b"\r\n" + email.data
+
+
+def hidden_recipients(message: EmailMessage, envelope: Envelope) -> list[str]:
+    """Envelope recipients not named in To/Cc: the Bcc recipients."""
     named = {
         address.casefold()
         for _, address in getaddresses(
             [str(v) for h in ("To", "Cc") for v in message.get_all(h, [])]
         )
     }
-    hidden = [r for r in envelope.recipients if r.casefold() not in named]
+    return [r for r in envelope.recipients if r.casefold() not in named]
+
+
+def with_bcc(message: EmailMessage, envelope: Envelope) -> EmailMessage:
+    """A copy with a Bcc header for envelope recipients not named in To/Cc (Graph sends to the
+    recipients in the MIME headers); the draft of a large message is built from it."""
+    hidden = hidden_recipients(message, envelope)
     if not hidden:
         return message
     submitted = copy.deepcopy(message)
@@ -205,8 +260,13 @@ def attachment_bytes(part: EmailMessage) -> bytes:
     return b""
 
 
-def map_graph_send_error(exc: PipelineError) -> PipelineError:
-    """What a Graph refusal means for the message being sent."""
+def map_graph_send_error(exc: PipelineError, *, submitted: bool = False) -> PipelineError:
+    """What a Graph refusal means for the message being sent (``submitted``: the request that
+    hands it over went out)."""
+    if submitted and isinstance(exc, GraphAnswerLost):
+        return DeliveryUncertain(
+            f"Graph's answer to the send was lost ({exc}); the message may have been delivered"
+        )
     if isinstance(exc, GraphNotFound):
         return ChannelMisconfigured(
             f"the channel's mailbox cannot be opened (a distribution group cannot send, it has "

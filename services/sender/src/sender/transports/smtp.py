@@ -1,8 +1,20 @@
 """SMTP transport (aiosmtplib): SSL/TLS, STARTTLS or plain; AUTH when the channel has a user.
 
-One session per message: host policy check, connect, STARTTLS, AUTH, MAIL/RCPT/DATA, QUIT.
-Each step is named, so an error says where it happened (``dns``, ``tcp``, ``tls``, ``auth``,
-``send``) — the same steps the validate button reports.
+:func:`open_session` opens one authenticated connection for a channel — host policy check,
+connect, STARTTLS, AUTH — naming each step, so an error says where it happened (``dns``,
+``tcp``, ``tls``, ``auth``) — the same steps the validate probe reports. :class:`SmtpTransport`
+keeps those sessions in a per-channel :class:`~sender.transports.pool.SessionPool` and runs
+MAIL/RCPT/DATA on them (step ``send``):
+
+- a reused session that turns out dead (421, reset, timeout) *before DATA* is discarded and the
+  message tried once more on a fresh session;
+- the intent callback (``before_data``) starts once the message is admitted by the pool (at
+  most twice as many messages as sessions), at most once per message, runs while a session is
+  found and MAIL/RCPT are sent, and DATA waits for it: the intent is always recorded before the
+  message is out, and never far ahead of it;
+- a connection lost during DATA, before the server answered, raises
+  :class:`~sender.errors.DeliveryUncertain`: the message may be delivered, never send it again;
+- a failed transaction is RSET before the session is reused.
 
 :func:`map_smtp_error` is the only place aiosmtplib, socket and TLS exceptions become errors of
 the shared taxonomy:
@@ -41,15 +53,16 @@ from email_channels.errors import (
 from email_channels.events import TlsMode
 from email_channels.secretbox import SecretDecryptError
 from email_channels.tls import client_context
-from sender.errors import MessageRejected, SendDeferred, ServerReply
-from sender.transports.base import Envelope, SendResult, TransportName
+from sender.errors import DeliveryUncertain, MessageRejected, SendDeferred, ServerReply
+from sender.transports.base import SendResult, TransportName
+from sender.transports.pool import PoolLimits, SessionPool
 
 if TYPE_CHECKING:
-    from email.message import EmailMessage
-
     from email_channels.events import SmtpOutbound
     from email_channels.hostpolicy import HostPolicy
     from email_channels.secretbox import SecretBox
+    from sender.transports.base import BeforeData, ComposedEmail
+    from sender.transports.pool import Session
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +80,7 @@ QUIT_TIMEOUT = 5.0
 
 
 class SmtpTransport:
-    """Sends through one channel's SMTP server.
+    """Sends through one channel's SMTP server over pooled sessions.
 
     ``tls_context`` must match the channel's ``verify_tls`` (the factory keeps one of each,
     built at start-up so a missing CA file stops the service instead of every send); without
@@ -85,6 +98,7 @@ class SmtpTransport:
         tls_context: ssl.SSLContext | None = None,
         timeout: float = 60.0,
         local_hostname: str | None = None,
+        limits: PoolLimits | None = None,
     ) -> None:
         self._server = server
         self._host_policy = host_policy
@@ -92,6 +106,7 @@ class SmtpTransport:
         self._tls_context = tls_context or client_context(verify=server.verify_tls)
         self._timeout = timeout
         self._local_hostname = local_hostname
+        self.pool = SessionPool(self._open, limits or PoolLimits(), where=self.where)
 
     def __repr__(self) -> str:
         s = self._server
@@ -101,74 +116,231 @@ class SmtpTransport:
     def where(self) -> str:
         return f"{self._server.host}:{self._server.port}"
 
-    async def send(self, message: EmailMessage, envelope: Envelope) -> SendResult:
-        server = self._server
-        step: Step = "dns"
-        client: aiosmtplib.SMTP | None = None
+    async def _open(self) -> aiosmtplib.SMTP:
+        return await open_session(
+            self._server,
+            host_policy=self._host_policy,
+            secrets=self._secrets,
+            tls_context=self._tls_context,
+            timeout=self._timeout,
+            local_hostname=self._local_hostname,
+        )
+
+    async def send(
+        self, email: ComposedEmail, *, before_data: BeforeData | None = None
+    ) -> SendResult:
+        intent = _Intent(before_data)
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._host_policy.check(server.host, server.port)
-            password = self._password()
-            step = "tcp"
-            client = aiosmtplib.SMTP(
-                hostname=server.host,
-                port=server.port,
-                use_tls=server.tls is TlsMode.SSL,
-                start_tls=False,  # done below as its own step
-                tls_context=self._tls_context if server.tls is not TlsMode.PLAIN else None,
-                timeout=self._timeout,
-                local_hostname=self._local_hostname,
-            )
-            await client.connect()
-            if server.tls is TlsMode.STARTTLS:
-                step = "tls"
-                await client.starttls()
-            if server.username and password is not None:
-                step = "auth"
-                await client.login(server.username, password)
-            step = "send"
-            refused, reply = await client.send_message(
-                message, sender=envelope.mail_from, recipients=list(envelope.recipients)
-            )
-        except PipelineError:
-            raise
-        except Exception as exc:
-            raise map_smtp_error(exc, step=step, where=self.where) from exc
+            async with self.pool.admitted():
+                intent.start()  # travels to Kafka while a session is found and the envelope
+                return await self._send(email, intent)  # is sent; DATA waits for it
         finally:
-            if client is not None:
-                await _quit(client)
-        log.debug("smtp accepted", server=self.where, tls=server.tls.value, refused=len(refused))
+            await intent.settle()
+
+    async def _send(self, email: ComposedEmail, intent: _Intent) -> SendResult:
+        for tries_left in (1, 0):
+            async with self.pool.session() as session:
+                try:
+                    refused, reply = await _transaction(session, email, intent)
+                except _StaleSession as stale:
+                    session.discard()
+                    if tries_left:
+                        log.debug("pooled smtp session went stale; reconnecting", error=str(stale))
+                        continue
+                    raise map_smtp_error(stale.cause, step="send", where=self.where) from stale
+                except _DataLost as lost:
+                    session.discard()
+                    raise DeliveryUncertain(
+                        f"{self.where}: connection lost during DATA before the server answered "
+                        f"({lost.cause!r}); the message may have been delivered"
+                    ) from lost.cause
+                except PipelineError:
+                    session.discard()
+                    raise
+                except Exception as exc:
+                    session.needs_reset()
+                    if isinstance(exc, OSError | TimeoutError):
+                        session.discard()
+                    raise map_smtp_error(exc, step="send", where=self.where) from exc
+            break
+        log.debug("smtp accepted", server=self.where, refused=len(refused))
         return SendResult(
             transport="smtp",
-            message_id=str(message["Message-ID"]),
-            response=f"250 {reply}",
-            code=250,
+            message_id=email.message_id,
+            response=f"{reply.code} {reply.message}",
+            code=reply.code,
             refused={address: f"{r.code} {r.message}" for address, r in refused.items()},
         )
 
-    def _password(self) -> str | None:
-        server = self._server
-        if not server.username:
-            return None
-        if server.password is None:
-            raise ChannelMisconfigured(
-                f"SMTP user {server.username!r} is set but no password", step="auth"
-            )
-        if self._secrets is None:
-            raise ChannelMisconfigured(
-                "the SMTP password cannot be decrypted: the sender has no "
-                "EMAIL_CHANNELS_SECRET_KEYS",
-                step="auth",
-            )
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+class _Intent:
+    """The ``before_data`` callback, started at most once, awaited before DATA."""
+
+    def __init__(self, before_data: BeforeData | None) -> None:
+        self._before_data = before_data
+        self._task: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        if self._before_data is not None and self._task is None:
+            self._task = asyncio.ensure_future(self._before_data())
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def settle(self) -> None:
+        """Never leave the publish running (or its error unobserved) after the send ended."""
+        if self._task is not None and not self._task.done():
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class _StaleSession(Exception):
+    """A reused session failed before DATA: safe to try again on a fresh one."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _DataLost(Exception):
+    """The connection broke after DATA started and before the server's reply."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _transaction(
+    session: Session, email: ComposedEmail, intent: _Intent
+) -> tuple[dict[str, aiosmtplib.SMTPResponse], aiosmtplib.SMTPResponse]:
+    """MAIL, RCPT..., the intent acknowledged, DATA on one session; see the module docstring."""
+    refused = await _envelope(session, email)
+    try:
+        await intent.wait()
+    except BaseException:
+        session.needs_reset()
+        raise
+    try:
+        reply = await session.client.data(email.data)
+    except aiosmtplib.SMTPResponseException:
+        session.needs_reset()
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise _DataLost(exc) from exc
+    return refused, reply
+
+
+async def _envelope(session: Session, email: ComposedEmail) -> dict[str, aiosmtplib.SMTPResponse]:
+    """MAIL FROM and RCPT TO; returns the refused recipients (raises when all are refused)."""
+    client = session.client
+    envelope = email.envelope
+    encoding = "utf-8" if email.utf8 else "ascii"
+    options = ["SMTPUTF8"] if email.utf8 else []
+    if client.supports_extension("size"):
+        options.insert(0, f"SIZE={len(email.data)}")
+    try:
+        await session.reset_if_needed()
+        await client.mail(envelope.mail_from, options=options, encoding=encoding)
+    except (OSError, TimeoutError) as exc:
+        if session.reused:
+            raise _StaleSession(exc) from exc
+        raise
+    except aiosmtplib.SMTPResponseException as exc:
+        if exc.code == 421 and session.reused:  # noqa: PLR2004 - "closing channel"
+            raise _StaleSession(exc) from exc
+        session.needs_reset()
+        raise
+    refused: dict[str, aiosmtplib.SMTPResponse] = {}
+    for address in envelope.recipients:
         try:
-            return self._secrets.decrypt(server.password)
-        except SecretDecryptError as exc:
-            raise ChannelMisconfigured(
-                f"the SMTP password cannot be decrypted: {exc}", step="auth"
-            ) from exc
+            await client.rcpt(address, encoding=encoding)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused[address] = aiosmtplib.SMTPResponse(exc.code, exc.message)
+    if len(refused) == len(envelope.recipients):
+        session.needs_reset()
+        raise aiosmtplib.SMTPRecipientsRefused(
+            [
+                aiosmtplib.SMTPRecipientRefused(r.code, r.message, address)
+                for address, r in refused.items()
+            ]
+        )
+    return refused
 
 
-async def _quit(client: aiosmtplib.SMTP) -> None:
+async def open_session(
+    server: SmtpOutbound,
+    *,
+    host_policy: HostPolicy,
+    secrets: SecretBox | None,
+    tls_context: ssl.SSLContext,
+    timeout: float,
+    local_hostname: str | None = None,
+) -> aiosmtplib.SMTP:
+    """One connected, TLS-upgraded (per the channel) and authenticated SMTP session.
+
+    Steps ``dns`` (host policy), ``tcp`` (connect, greeting, EHLO), ``tls`` (STARTTLS),
+    ``auth``; any failure is mapped by :func:`map_smtp_error` with its step and the connection
+    closed. The caller owns the returned client (close it with :func:`close_session`).
+    """
+    where = f"{server.host}:{server.port}"
+    step: Step = "dns"
+    client: aiosmtplib.SMTP | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            await host_policy.check(server.host, server.port)
+        password = _password(server, secrets)
+        step = "tcp"
+        client = aiosmtplib.SMTP(
+            hostname=server.host,
+            port=server.port,
+            use_tls=server.tls is TlsMode.SSL,
+            start_tls=False,  # done below as its own step
+            tls_context=tls_context if server.tls is not TlsMode.PLAIN else None,
+            timeout=timeout,
+            local_hostname=local_hostname,
+        )
+        await client.connect()
+        if server.tls is TlsMode.STARTTLS:
+            step = "tls"
+            await client.starttls()
+        if server.username and password is not None:
+            step = "auth"
+            await client.login(server.username, password)
+    except PipelineError:
+        if client is not None:
+            await close_session(client)
+        raise
+    except Exception as exc:
+        if client is not None:
+            await close_session(client)
+        raise map_smtp_error(exc, step=step, where=where) from exc
+    return client
+
+
+def _password(server: SmtpOutbound, secrets: SecretBox | None) -> str | None:
+    if not server.username:
+        return None
+    if server.password is None:
+        raise ChannelMisconfigured(
+            f"SMTP user {server.username!r} is set but no password", step="auth"
+        )
+    if secrets is None:
+        raise ChannelMisconfigured(
+            "the SMTP password cannot be decrypted: the sender has no EMAIL_CHANNELS_SECRET_KEYS",
+            step="auth",
+        )
+    try:
+        return secrets.decrypt(server.password)
+    except SecretDecryptError as exc:
+        raise ChannelMisconfigured(
+            f"the SMTP password cannot be decrypted: {exc}", step="auth"
+        ) from exc
+
+
+async def close_session(client: aiosmtplib.SMTP) -> None:
     """Say goodbye; a failure here never turns an accepted message into a failed send."""
     try:
         if client.is_connected:

@@ -1,0 +1,1 @@
+"""Reference campaign service: answers each customer mail routed to one campaign exactly once."""

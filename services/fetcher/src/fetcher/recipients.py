@@ -1,0 +1,43 @@
+"""Is a message addressed to the channel? Decided from its header block alone (pure).
+
+A Bcc copy carries no Bcc header, so the delivery headers servers add are read too:
+Delivered-To (Postfix, Dovecot, Exim), X-Original-To (Postfix), Envelope-To (Exim).
+Addresses are compared without case; display names and encoded words are never decoded
+(an address is ASCII or raw UTF-8 in the header bytes, RFC 6532).
+"""
+
+from __future__ import annotations
+
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import Final
+
+RECIPIENT_HEADERS: Final = (
+    "To",
+    "Cc",
+    "Bcc",
+    "Resent-To",
+    "Resent-Cc",
+    "Delivered-To",
+    "X-Original-To",
+    "Envelope-To",
+)
+"""The headers looked at (also the IMAP ``HEADER.FIELDS`` list asked for)."""
+
+
+def recipients_of(header_block: bytes) -> set[str]:
+    """Every address named in :data:`RECIPIENT_HEADERS`, lower-cased."""
+    try:
+        headers = BytesHeaderParser(policy=compat32).parsebytes(header_block)
+    except Exception:  # malformed headers: nothing can be read from them
+        return set()
+    values: list[str] = []
+    for name in RECIPIENT_HEADERS:
+        values.extend(str(value) for value in headers.get_all(name, []))
+    return {address.strip().lower() for _, address in getaddresses(values) if "@" in address}
+
+
+def addressed_to(header_block: bytes, address: str) -> bool:
+    """Does the header block name ``address`` as a recipient?"""
+    return address.strip().lower() in recipients_of(header_block)

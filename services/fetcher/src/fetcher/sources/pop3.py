@@ -1,0 +1,558 @@
+"""POP3 source (over SSL, STLS or plain): a small asyncio client behind the MailSource protocol.
+
+Why not ``poplib`` in a thread: every command would hold a worker thread for a network round
+trip, so a few hundred channels polling at once would queue behind the default executor's
+threads, and ``poplib`` cannot pipeline. POP3 is a handful of line commands; the client below
+speaks them on an asyncio Protocol, pipelines (RFC 2449 PIPELINING) the RETR / TOP / DELE of a
+batch when the server offers it, and shares the IMAP source's lean TLS.
+
+What the cursor means: ``FetchCursor.uidls`` holds the UIDLs taken (published or passed) that
+were still on the server at the last sync. A message is new when its UIDL is not in it.
+
+Order and deletes: a POP3 server applies DELE only when the session ends with QUIT. So
+:meth:`Pop3Source.settle` sends DELE for the batch (after Kafka acknowledged it) and then QUIT,
+which commits them; the next step logs in again. A crash before QUIT loses nothing: the
+messages are still there and not yet in the cursor, so they are fetched and published again
+under the same ``email_id`` (a duplicate consumers drop), then deleted. "Leave on server"
+(``after_fetch: mark_seen``) sends no DELE; the cursor alone keeps mail from being taken twice.
+
+Recipient-only channels read ``TOP n 0`` (the header block) before any ``RETR``; mail that is
+not for the channel is neither downloaded nor deleted. Sizes come from ``LIST`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Final, Literal
+
+import structlog
+from pydantic import SecretStr
+
+from email_channels.errors import ChannelMisconfigured, PipelineError
+from email_channels.events import AfterFetch, FetchCursor, Pop3Inbound, SourceIdentity, TlsMode
+from email_channels.tls import client_contexts
+from fetcher.recipients import addressed_to
+from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable
+from fetcher.sources.connection_errors import map_connection_error
+from fetcher.sources.tls import connect, start_tls
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+    from email_channels.events import ChannelConfig
+    from email_channels.hostpolicy import HostPolicy
+    from email_channels.secretbox import SecretBox
+
+log = structlog.get_logger(__name__)
+
+Step = Literal["dns", "tcp", "tls", "auth", "folder", "fetch", "settle"]
+_SERVER_TEXT_MAX: Final = 300
+_TRANSIENT_CODES: Final = frozenset({"IN-USE", "SYS/TEMP", "LOGIN-DELAY"})
+_UIDL_CHARS: Final = re.compile(r"^[\x21-\x7e]{1,70}$")  # RFC 1939 §7
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class Pop3Refused(Exception):
+    """The server answered ``-ERR`` (before mapping)."""
+
+    def __init__(self, command: str, text: str) -> None:
+        super().__init__(f"{command} answered -ERR {text}")
+        self.command = command
+        self.text = text
+
+    @property
+    def code(self) -> str | None:
+        """The RFC 2449 response code, e.g. ``AUTH`` from ``[AUTH] Authentication failed.``."""
+        match = re.match(r"\[([A-Z/-]+)", self.text)
+        return match.group(1) if match else None
+
+
+class Pop3ProtocolError(Exception):
+    """The server's answer made no sense (not +OK / -ERR, a bad UIDL line)."""
+
+
+def map_pop3_error(exc: BaseException, *, step: Step) -> PipelineError | None:
+    """The one place POP3 answers and connection failures become pipeline errors."""
+    if isinstance(exc, PipelineError):
+        return exc
+    if isinstance(exc, Pop3Refused):
+        text = exc.text[:_SERVER_TEXT_MAX]
+        message = f"the POP3 server refused {exc.command}: {text}".strip()
+        if exc.code in _TRANSIENT_CODES:
+            return SourceUnavailable(message, step=step)
+        if exc.code == "AUTH" or step in {"auth", "tls"}:
+            return ChannelMisconfigured(message, step=step if step == "tls" else "auth")
+        return SourceUnavailable(message, step=step)
+    if isinstance(exc, Pop3ProtocolError):
+        return SourceUnavailable(f"POP3 protocol error: {exc}", step=step)
+    return map_connection_error(exc, step=step, server="POP3")
+
+
+class _Mapped:
+    """``with _Mapped(step):`` re-raises library exceptions as pipeline errors."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        error = map_pop3_error(exc, step=self.step)
+        if error is not None and error is not exc:
+            raise error from exc
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class _Pending:
+    __slots__ = ("future", "multiline")
+
+    def __init__(self, future: asyncio.Future[tuple[str, bytes]], *, multiline: bool) -> None:
+        self.future = future
+        self.multiline = multiline
+
+
+class Pop3Protocol(asyncio.Protocol):
+    """Line protocol: commands go out in order, answers come back in the same order.
+
+    An answer is the status line (``+OK ...`` / ``-ERR ...``) and, for a multi-line command
+    answered ``+OK``, the dot-terminated block after it (dot-unstuffed).
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._queue: list[_Pending] = []
+        self.lost = asyncio.Event()
+        self._greeting: asyncio.Future[tuple[str, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+        error = exc or ConnectionResetError("the POP3 server closed the connection")
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._queue.clear()
+
+    def expect(self, *, multiline: bool) -> asyncio.Future[tuple[str, bytes]]:
+        future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(future, multiline=multiline))
+        self._drain()
+        return future
+
+    def send(self, line: str, *, multiline: bool = False) -> asyncio.Future[tuple[str, bytes]]:
+        if any(c in line for c in "\r\n\0"):
+            raise ValueError("a POP3 command may not contain CR, LF or NUL")
+        assert self.transport is not None
+        future = self.expect(multiline=multiline)
+        self.transport.write(line.encode() + b"\r\n")
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._queue:
+            head = self._queue[0]
+            end = self._buffer.find(b"\r\n")
+            if end < 0:
+                return
+            status = bytes(self._buffer[:end]).decode("utf-8", "replace")
+            if not status.startswith(("+OK", "-ERR")):
+                self._fail(head, Pop3ProtocolError(f"unexpected answer {status[:80]!r}"))
+                return
+            block = b""
+            if head.multiline and status.startswith("+OK"):
+                start = end + 2
+                # The block ends with CRLF "." CRLF; an empty block is just "." CRLF.
+                if self._buffer[start : start + 3] == b".\r\n":
+                    stop, after = start, start + 3
+                else:
+                    found = self._buffer.find(b"\r\n.\r\n", max(start, self._scanned - 4))
+                    if found < 0:
+                        self._scanned = len(self._buffer)
+                        return
+                    stop, after = found + 2, found + 5
+                block = _unstuff(bytes(self._buffer[start:stop]))
+            else:
+                after = end + 2
+            del self._buffer[:after]
+            self._scanned = 0
+            self._queue.pop(0)
+            if not head.future.done():
+                head.future.set_result((status, block))
+
+    def _fail(self, head: _Pending, error: Exception) -> None:
+        if not head.future.done():
+            head.future.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _unstuff(block: bytes) -> bytes:
+    """Undo RFC 1939 byte-stuffing: a line starting with "." was sent with one more."""
+    if block.startswith(b".."):
+        block = block[1:]
+    return block.replace(b"\r\n..", b"\r\n.")
+
+
+def parse_uidl(block: bytes) -> dict[int, str]:
+    """``UIDL`` lines ``n uid`` -> {n: uid} (pure)."""
+    out: dict[int, str] = {}
+    for line in block.decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit() or not _UIDL_CHARS.match(parts[1]):  # noqa: PLR2004
+            raise Pop3ProtocolError(f"bad UIDL line {line[:80]!r}")
+        out[int(parts[0])] = parts[1]
+    return out
+
+
+def parse_list(block: bytes) -> dict[int, int]:
+    """``LIST`` lines ``n size`` -> {n: size} (pure)."""
+    out: dict[int, int] = {}
+    for line in block.decode("ascii", "replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():  # noqa: PLR2004
+            out[int(parts[0])] = int(parts[1])
+    return out
+
+
+def advance_uidls(cursor: FetchCursor, messages: Sequence[SourceIdentity]) -> FetchCursor:
+    """``cursor`` with the messages' UIDLs added (pure)."""
+    seen = list(cursor.uidls or [])
+    known = set(seen)
+    for message in messages:
+        if message.uidl is not None and message.uidl not in known:
+            seen.append(message.uidl)
+            known.add(message.uidl)
+    return cursor.model_copy(update={"uidls": seen})
+
+
+# --- the source --------------------------------------------------------------------------------
+
+
+class Pop3Options:
+    """Timings, limits and trust shared by every POP3 channel of this fetcher."""
+
+    def __init__(
+        self,
+        *,
+        command_timeout: float = 30.0,
+        fetch_timeout: float = 300.0,
+        poll_interval: float = 60.0,
+        ca_file: Path | None = None,
+        max_message_bytes: int = 50 * 1024 * 1024,
+        batch_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.command_timeout = command_timeout
+        self.fetch_timeout = fetch_timeout
+        self.poll_interval = poll_interval
+        self.ca_file = ca_file
+        self.max_message_bytes = max_message_bytes
+        self.batch_bytes = batch_bytes
+
+
+class Pop3Source:
+    """One POP3 maildrop for one channel (a :class:`~fetcher.sources.MailSource`)."""
+
+    def __init__(
+        self,
+        inbound: Pop3Inbound,
+        *,
+        password: str,
+        host_policy: HostPolicy,
+        options: Pop3Options,
+        tls_context: ssl.SSLContext,
+        recipient: str | None = None,
+    ) -> None:
+        self._inbound = inbound
+        self._password = SecretStr(password)
+        self._policy = host_policy
+        self._options = options
+        self._tls_context = tls_context
+        self._recipient = recipient
+        self._protocol: Pop3Protocol | None = None
+        self._numbers: dict[str, int] = {}  # UIDL -> message number in this session
+        self._sizes: dict[str, int] = {}
+        self._pipelining = False
+
+    def __repr__(self) -> str:
+        inbound = self._inbound
+        return f"Pop3Source({inbound.username}@{inbound.host}:{inbound.port}, tls={inbound.tls})"
+
+    # --- connection ---
+
+    async def open(self) -> None:
+        """Connect, log in and read the maildrop's UIDLs and sizes."""
+        inbound = self._inbound
+        if any(
+            c in value
+            for value in (inbound.username, self._password.get_secret_value())
+            for c in "\r\n\0"
+        ):
+            raise ChannelMisconfigured(
+                "the user name or password contains a line break or NUL", step="auth"
+            )
+        await self._policy.check(inbound.host, inbound.port)
+        loop = asyncio.get_running_loop()
+        protocol = Pop3Protocol()
+        greeting = protocol.expect(multiline=False)
+        context = self._tls_context if inbound.tls is TlsMode.SSL else None
+        timeout = self._options.command_timeout
+        with _Mapped("tcp"):
+            await asyncio.wait_for(
+                connect(loop, protocol, inbound.host, inbound.port, context), timeout
+            )
+        self._protocol = protocol
+        await self._ok(greeting, "greeting", "tcp")
+        capabilities = await self._capabilities()
+        if inbound.tls is TlsMode.STARTTLS:
+            if "STLS" not in capabilities:
+                raise ChannelMisconfigured(
+                    "the server does not offer STLS on this port", step="tls"
+                )
+            await self._ok(protocol.send("STLS"), "STLS", "tls")
+            assert protocol.transport is not None
+            with _Mapped("tls"):
+                protocol.transport = await asyncio.wait_for(
+                    start_tls(loop, protocol.transport, protocol, self._tls_context, inbound.host),
+                    timeout,
+                )
+            capabilities = await self._capabilities()  # RFC 2595: forget what came before TLS
+        self._pipelining = "PIPELINING" in capabilities
+        await self._ok(protocol.send(f"USER {inbound.username}"), "USER", "auth")
+        await self._ok(protocol.send(f"PASS {self._password.get_secret_value()}"), "PASS", "auth")
+        await self._read_maildrop()
+        log.debug("pop3 logged in", host=inbound.host, messages=len(self._numbers))
+
+    async def close(self) -> None:
+        """QUIT (which commits DELEs sent) and drop the connection; never raises."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is None or protocol.transport is None:
+            return
+        try:
+            if not protocol.lost.is_set():
+                await asyncio.wait_for(protocol.send("QUIT"), 5.0)
+        except Exception as exc:
+            log.debug("pop3 quit failed", error=str(exc))
+        finally:
+            protocol.transport.close()
+
+    # --- MailSource ---
+
+    async def pending(self, cursor: FetchCursor) -> Pending:
+        await self._connected()
+        on_server = set(self._numbers)
+        seen = [uidl for uidl in cursor.uidls or [] if uidl in on_server]
+        if seen != (cursor.uidls or []) or cursor.uidls is None:
+            cursor = cursor.model_copy(update={"uidls": seen})  # forget what left the server
+        known = set(seen)
+        messages = [
+            SourceIdentity(protocol="pop3", uidl=uidl)
+            for uidl, _ in sorted(self._numbers.items(), key=lambda item: item[1])
+            if uidl not in known
+        ]
+        return Pending(cursor=cursor, messages=messages)
+
+    async def fetch(self, messages: Sequence[SourceIdentity]) -> list[Fetched]:
+        await self._connected()
+        out = await self._not_for_channel(messages)
+        wanted: list[SourceIdentity] = []
+        for message in messages:
+            uidl = _uidl(message)
+            if uidl in out:
+                continue
+            if uidl not in self._numbers:
+                out[uidl] = Fetched(message, Outcome.VANISHED)
+            elif self._sizes.get(uidl, 0) > self._options.max_message_bytes:
+                [head] = await self._many([f"TOP {self._numbers[uidl]} 0"])
+                out[uidl] = Fetched(
+                    message, Outcome.OVERSIZE, size=self._sizes.get(uidl), headers=head
+                )
+            else:
+                wanted.append(message)
+        for chunk in self._chunks(wanted):
+            bodies = await self._many([f"RETR {self._numbers[_uidl(m)]}" for m in chunk])
+            for message, body in zip(chunk, bodies, strict=True):
+                if body is None:  # -ERR for a listed message: the server could not read it
+                    out[_uidl(message)] = Fetched(message, Outcome.UNREADABLE)
+                else:
+                    out[_uidl(message)] = Fetched(
+                        message, Outcome.FETCHED, raw=body, size=len(body)
+                    )
+        return [out[_uidl(m)] for m in messages]
+
+    async def _not_for_channel(self, messages: Sequence[SourceIdentity]) -> dict[str, Fetched]:
+        """Recipient-only: the messages whose header block (TOP n 0) does not name the channel."""
+        out: dict[str, Fetched] = {}
+        if self._recipient is None:
+            return out
+        present = [m for m in messages if _uidl(m) in self._numbers]
+        heads = await self._many([f"TOP {self._numbers[_uidl(m)]} 0" for m in present])
+        for message, head in zip(present, heads, strict=True):
+            if head is None:  # the server could not read it: counted, then dead-lettered
+                out[_uidl(message)] = Fetched(message, Outcome.UNREADABLE)
+            elif not addressed_to(head, self._recipient):
+                size = self._sizes.get(_uidl(message))
+                out[_uidl(message)] = Fetched(message, Outcome.NOT_FOR_CHANNEL, size=size)
+        return out
+
+    async def settle(self, messages: Sequence[SourceIdentity]) -> None:
+        if self._inbound.after_fetch is not AfterFetch.DELETE:
+            return  # leave on server: the cursor keeps them from being taken again
+        await self._connected()
+        numbers = [self._numbers[_uidl(m)] for m in messages if _uidl(m) in self._numbers]
+        if not numbers:
+            return
+        protocol = self._protocol_or_fail()
+        futures = [protocol.send(f"DELE {n}") for n in numbers]
+        for future in futures:
+            await self._ok(future, "DELE", "settle")
+        # QUIT commits the deletes (RFC 1939 §6); the next step logs in again.
+        await self._ok(protocol.send("QUIT"), "QUIT", "settle")
+        self._protocol = None
+        if protocol.transport is not None:
+            protocol.transport.close()
+
+    def advance(self, cursor: FetchCursor, messages: Sequence[SourceIdentity]) -> FetchCursor:
+        return advance_uidls(cursor, messages)
+
+    async def wait_for_news(self) -> None:
+        """POP3 has no push, and a session sees only the maildrop as it was at login:
+        log out, wait a poll interval, and let the next step log in again."""
+        await self.close()
+        await asyncio.sleep(self._options.poll_interval)
+
+    # --- internals ---
+
+    async def _connected(self) -> None:
+        if self._protocol is None or self._protocol.lost.is_set():
+            self._protocol = None
+            await self.open()
+
+    def _protocol_or_fail(self) -> Pop3Protocol:
+        if self._protocol is None:
+            raise SourceUnavailable("the POP3 connection is not open", step="tcp")
+        return self._protocol
+
+    async def _capabilities(self) -> set[str]:
+        protocol = self._protocol_or_fail()
+        try:
+            _, block = await asyncio.wait_for(
+                protocol.send("CAPA", multiline=True), self._options.command_timeout
+            )
+        except Pop3Refused:
+            return set()
+        except Exception as exc:
+            error = map_pop3_error(exc, step="tcp")
+            raise (error or exc) from exc
+        return {line.split()[0].upper() for line in block.decode().splitlines() if line.strip()}
+
+    async def _read_maildrop(self) -> None:
+        protocol = self._protocol_or_fail()
+        uidl_future = protocol.send("UIDL", multiline=True)
+        list_future = protocol.send("LIST", multiline=True)
+        _, uidls = await self._ok(uidl_future, "UIDL", "fetch")
+        _, sizes = await self._ok(list_future, "LIST", "fetch")
+        with _Mapped("fetch"):
+            numbered = parse_uidl(uidls)
+        sized = parse_list(sizes)
+        self._numbers = {uidl: n for n, uidl in numbered.items()}
+        self._sizes = {uidl: sized.get(n, 0) for n, uidl in numbered.items()}
+
+    async def _many(self, commands: list[str]) -> list[bytes | None]:
+        """Multi-line commands (RETR / TOP), pipelined when offered; None for an -ERR."""
+        protocol = self._protocol_or_fail()
+        results: list[bytes | None] = []
+        batches = [commands] if self._pipelining else [[c] for c in commands]
+        for batch in batches:
+            futures = [protocol.send(command, multiline=True) for command in batch]
+            for command, future in zip(batch, futures, strict=True):
+                try:
+                    _, block = await self._ok(future, command.split()[0], "fetch")
+                except SourceUnavailable as exc:
+                    if isinstance(exc.__cause__, Pop3Refused):
+                        results.append(None)
+                        continue
+                    raise
+                results.append(block)
+        return results
+
+    def _chunks(self, wanted: list[SourceIdentity]) -> Iterator[list[SourceIdentity]]:
+        chunk: list[SourceIdentity] = []
+        used = 0
+        for message in wanted:
+            size = self._sizes.get(_uidl(message), 0)
+            if chunk and used + size > self._options.batch_bytes:
+                yield chunk
+                chunk, used = [], 0
+            chunk.append(message)
+            used += size
+        if chunk:
+            yield chunk
+
+    async def _ok(
+        self, future: asyncio.Future[tuple[str, bytes]], command: str, step: Step
+    ) -> tuple[str, bytes]:
+        """The answer of ``command``, bounded in time; ``-ERR`` and failures come out mapped."""
+        timeout = (
+            self._options.fetch_timeout
+            if command in {"RETR", "TOP"}
+            else self._options.command_timeout
+        )
+        with _Mapped(step):
+            status, block = await asyncio.wait_for(future, timeout)
+            if not status.startswith("+OK"):
+                raise Pop3Refused(command, status.removeprefix("-ERR").strip())
+            return status, block
+
+
+def _uidl(message: SourceIdentity) -> str:
+    if message.uidl is None:
+        raise ValueError("a POP3 message identity needs its UIDL")
+    return message.uidl
+
+
+class Pop3SourceFactory:
+    """Builds a :class:`Pop3Source` from a channel (a :data:`~fetcher.sources.SourceFactory`)."""
+
+    def __init__(
+        self, *, secret_box: SecretBox, host_policy: HostPolicy, options: Pop3Options
+    ) -> None:
+        self._secret_box = secret_box
+        self._host_policy = host_policy
+        self._options = options
+        self._tls = client_contexts(extra_ca_file=options.ca_file)
+
+    def __call__(self, channel: ChannelConfig) -> Pop3Source:
+        inbound = channel.inbound
+        if not isinstance(inbound, Pop3Inbound):
+            raise ChannelMisconfigured("the channel has no POP3 inbound settings", step="config")
+        recipient = channel.email_address if channel.sync_recipient_only else None
+        if channel.sync_recipient_only and not recipient:
+            raise ChannelMisconfigured(
+                "sync_recipient_only is on but the channel has no email_address", step="config"
+            )
+        return Pop3Source(
+            inbound,
+            password=self._secret_box.decrypt(inbound.password),
+            host_policy=self._host_policy,
+            options=self._options,
+            tls_context=self._tls[inbound.verify_tls],
+            recipient=str(recipient) if recipient else None,
+        )

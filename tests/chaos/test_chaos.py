@@ -1,0 +1,349 @@
+"""Kill, restart and partition every part of the pipeline under load, and count every mail.
+
+Pass figure for every scenario: 0 lost; 0 duplicates visible to consumers on email.routed
+(read_committed) and at the SMTP server; every outbound id exactly one final status. The ledger
+of each scenario is printed (``make chaos`` shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from devstack.chaos import (
+    Ledger,
+    Pipeline,
+    TopicCounter,
+    final_outbound_id,
+    kill_at_progress,
+    kill_repeatedly,
+    raw_source_key,
+    routed_message_id,
+    take_ledger,
+    wait_for,
+)
+from devstack.kafka import KafkaBroker
+from devstack.ports import free_ports
+from email_channels.admin import ensure_topics
+from email_channels.events import AfterFetch
+from email_channels.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from devstack.certs import TestPki
+    from devstack.dovecot import Dovecot
+    from devstack.pytest_plugin import MailUser
+    from devstack.smtp import SmtpServer
+    from email_channels.secretbox import SecretBox
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def assert_no_loss_no_duplicates(ledger: Ledger) -> None:
+    print("\n" + ledger.table())  # noqa: T201 - the ledger is the scenario's report
+    assert ledger.lost_inbound == 0, "mail lost"
+    assert ledger.raw_duplicates_other_id == 0, "a re-fetch got another email id"
+    assert ledger.routed_duplicates == 0, "duplicates visible on email.routed"
+    if ledger.left_in_mailbox is not None:
+        assert ledger.left_in_mailbox == 0, "mail left on the server in delete mode"
+    assert ledger.smtp_duplicates == 0, "a reply reached the SMTP server twice"
+    assert ledger.no_final_status == 0, "an outbound id has no final status"
+    assert ledger.conflicting_final_status == 0, "an outbound id has two final statuses"
+
+
+@pytest.fixture
+def pipeline(
+    kafka_settings: KafkaSettings,
+    dovecot: Dovecot,
+    smtp_server: SmtpServer,
+    pki: TestPki,
+    secret_box: SecretBox,
+    secret_keys: str,
+    mail_user: MailUser,
+    tmp_path: Path,
+) -> Pipeline:
+    return Pipeline(
+        kafka=kafka_settings,
+        dovecot=dovecot,
+        smtp=smtp_server,
+        pki=pki,
+        secret_box=secret_box,
+        secret_keys=secret_keys,
+        work_dir=tmp_path,
+        mail_user=mail_user.user,
+        mail_password=mail_user.password,
+        after_fetch=AfterFetch.DELETE,
+    )
+
+
+async def run_scenario(
+    name: str,
+    pipeline: Pipeline,
+    *,
+    mails: int,
+    outbound: int,
+    kills: dict[str, int],
+    seed: int,
+    gap_s: tuple[float, float],
+    timeout_s: float,
+    mail_size: int = 2_000,
+) -> Ledger:
+    """Deliver ``mails`` and publish ``outbound`` replies, run the pipeline, SIGKILL each service
+    in ``kills`` that many times at seeded random gaps, wait until everything is through."""
+    started = time.monotonic()
+    message_ids = await asyncio.to_thread(pipeline.deliver, range(mails), size=mail_size)
+    await pipeline.configure()
+    outbound_ids = await pipeline.publish_outbound(outbound, run=f"s{seed}")
+    pipeline.start()
+    topics = pipeline.kafka.topics
+    try:
+        async with (
+            TopicCounter(pipeline.kafka, topics.routed, routed_message_id) as routed,
+            TopicCounter(pipeline.kafka, topics.delivery, final_outbound_id) as finals,
+        ):
+
+            def done() -> bool:
+                return len(routed.seen) >= mails and len(finals.seen) >= outbound
+
+            faults = [
+                kill_repeatedly(
+                    pipeline,
+                    service,
+                    times=times,
+                    seed=seed + index,
+                    min_gap_s=gap_s[0],
+                    max_gap_s=gap_s[1],
+                    until=done,
+                )
+                for index, (service, times) in enumerate(kills.items())
+            ]
+            await asyncio.gather(*faults)
+            await wait_for(done, timeout_s=timeout_s, pipeline=pipeline)
+            await asyncio.sleep(2.0)  # let stragglers (duplicates, if any) arrive
+    finally:
+        pipeline.stop()
+    return await take_ledger(
+        name,
+        pipeline,
+        message_ids=message_ids,
+        outbound_ids=outbound_ids,
+        seconds=time.monotonic() - started,
+    )
+
+
+# --- the short version: in make test ---------------------------------------------------------
+
+
+async def test_short_pipeline_kills_lose_and_duplicate_nothing(pipeline: Pipeline) -> None:
+    """300 mails in and 300 replies out; the fetcher, router and sender are each killed twice
+    (SIGKILL) at progress points (mostly with work in flight): 0 lost, 0 visible duplicates,
+    one final status per reply."""
+    mails = outbound = 300
+    started = time.monotonic()
+    message_ids = await asyncio.to_thread(pipeline.deliver, range(mails))
+    await pipeline.configure()
+    outbound_ids = await pipeline.publish_outbound(outbound, run="short")
+    topics = pipeline.kafka.topics
+    pipeline.start()
+    try:
+        async with (
+            TopicCounter(pipeline.kafka, topics.raw, raw_source_key) as raw,
+            TopicCounter(pipeline.kafka, topics.routed, routed_message_id) as routed,
+            TopicCounter(pipeline.kafka, topics.delivery, final_outbound_id) as finals,
+        ):
+            kills = await asyncio.gather(
+                kill_at_progress(
+                    pipeline,
+                    "fetcher",
+                    thresholds=(0.01, 0.5),
+                    progress=lambda: len(raw.seen) / mails,
+                    timeout_s=120,
+                ),
+                kill_at_progress(
+                    pipeline,
+                    "router",
+                    thresholds=(0.01, 0.5),
+                    progress=lambda: len(routed.seen) / mails,
+                    timeout_s=120,
+                ),
+                kill_at_progress(
+                    pipeline,
+                    "sender",
+                    thresholds=(0.3, 0.7),
+                    progress=lambda: len(finals.seen) / outbound,
+                    timeout_s=120,
+                ),
+            )
+            await wait_for(
+                lambda: len(routed.seen) >= mails and len(finals.seen) >= outbound,
+                timeout_s=120,
+                pipeline=pipeline,
+            )
+            await asyncio.sleep(2.0)  # let stragglers (duplicates, if any) arrive
+    finally:
+        pipeline.stop()
+    ledger = await take_ledger(
+        "short: fetcher, router, sender kill -9 x2 each, mid-stream",
+        pipeline,
+        message_ids=message_ids,
+        outbound_ids=outbound_ids,
+        seconds=time.monotonic() - started,
+    )
+    names = ("fetcher", "router", "sender")
+    print(f"kills (all, mid-stream): {dict(zip(names, kills, strict=True))}")  # noqa: T201
+    assert sum(k for k, _ in kills) == 6, f"not every kill happened: {ledger.faults}"
+    assert sum(m for _, m in kills) >= 3, f"too few kills landed mid-stream: {kills}"
+    assert_no_loss_no_duplicates(ledger)
+
+
+# --- the full versions: make chaos ----------------------------------------------------------
+
+
+@pytest.mark.chaos
+async def test_fetcher_killed_20_times_during_a_3000_mail_backlog(pipeline: Pipeline) -> None:
+    """Scenario 1: fetcher kill -9 at random points, 20 times, 3,000 mails, delete mode."""
+    ledger = await run_scenario(
+        "1: fetcher kill -9 x20, 3000 mails, delete mode",
+        pipeline,
+        mails=3000,
+        outbound=0,
+        kills={"fetcher": 20},
+        seed=11,
+        gap_s=(0.5, 3.0),
+        timeout_s=600,
+    )
+    assert_no_loss_no_duplicates(ledger)
+
+
+@pytest.mark.chaos
+async def test_router_killed_10_times(pipeline: Pipeline) -> None:
+    """Scenario 2: router kill -9, 10 times, 3,000 mails."""
+    ledger = await run_scenario(
+        "2: router kill -9 x10, 3000 mails",
+        pipeline,
+        mails=3000,
+        outbound=0,
+        kills={"router": 10},
+        seed=22,
+        gap_s=(1.0, 4.0),
+        timeout_s=600,
+    )
+    assert_no_loss_no_duplicates(ledger)
+
+
+@pytest.mark.chaos
+async def test_sender_killed_20_times_with_3000_outbound(pipeline: Pipeline) -> None:
+    """Scenario 3: sender kill -9, 20 times, 3,000 outbound."""
+    ledger = await run_scenario(
+        "3: sender kill -9 x20, 3000 outbound",
+        pipeline,
+        mails=0,
+        outbound=3000,
+        kills={"sender": 20},
+        seed=33,
+        gap_s=(0.5, 3.0),
+        timeout_s=600,
+    )
+    assert_no_loss_no_duplicates(ledger)
+
+
+@pytest.mark.chaos
+async def test_dovecot_restarted_mid_fetch(pipeline: Pipeline) -> None:
+    """Scenario 5: Dovecot killed and restarted 5 times while 1,000 mails of 100 KB are fetched
+    (connections reset during large FETCH responses): no truncated or lost message."""
+    started = time.monotonic()
+    message_ids = await asyncio.to_thread(pipeline.deliver, range(1000), size=100_000)
+    await pipeline.configure()
+    pipeline.start("router", "fetcher")
+    try:
+        async with TopicCounter(
+            pipeline.kafka, pipeline.kafka.topics.routed, routed_message_id
+        ) as routed:
+            for _ in range(5):
+                await asyncio.sleep(2.0)
+                await asyncio.to_thread(pipeline.dovecot.restart, kill=True)
+            await wait_for(lambda: len(routed.seen) >= 1000, timeout_s=600, pipeline=pipeline)
+    finally:
+        pipeline.stop()
+    ledger = await take_ledger(
+        "5: dovecot kill -9 + restart x5 mid-FETCH, 1000 x 100 KB",
+        pipeline,
+        message_ids=message_ids,
+        outbound_ids=[],
+        seconds=time.monotonic() - started,
+    )
+    ledger.faults["dovecot"] = 5
+    assert_no_loss_no_duplicates(ledger)
+
+
+@pytest.mark.chaos
+async def test_kafka_broker_killed_and_restarted_under_load(
+    dovecot: Dovecot,
+    smtp_server: SmtpServer,
+    pki: TestPki,
+    secret_box: SecretBox,
+    secret_keys: str,
+    mail_user: MailUser,
+    tmp_path: Path,
+) -> None:
+    """Scenario 4: the broker kill -9 and restart 5 times under load, then down for 60 s:
+    nothing is deleted from the mailbox while Kafka is down, and all mail arrives afterwards."""
+    port, controller = free_ports(2)
+    broker = KafkaBroker(data_dir=tmp_path / "kafka", port=port, controller_port=controller)
+    broker.start()
+    try:
+        kafka = KafkaSettings(
+            bootstrap_servers=broker.bootstrap_servers, topic_prefix="chaos.", partitions=3
+        )
+        await ensure_topics(kafka)
+        pipeline = Pipeline(
+            kafka=kafka,
+            dovecot=dovecot,
+            smtp=smtp_server,
+            pki=pki,
+            secret_box=secret_box,
+            secret_keys=secret_keys,
+            work_dir=tmp_path,
+            mail_user=mail_user.user,
+            mail_password=mail_user.password,
+        )
+        started = time.monotonic()
+        message_ids = await asyncio.to_thread(pipeline.deliver, range(2000))
+        await pipeline.configure()
+        pipeline.start("router", "fetcher")
+        try:
+            for _ in range(5):
+                await asyncio.sleep(4.0)
+                broker.kill()
+                await asyncio.sleep(2.0)
+                await asyncio.to_thread(broker.start)
+            await asyncio.sleep(4.0)
+            broker.kill()
+            left_before = await asyncio.to_thread(pipeline.mailbox_count)
+            await asyncio.sleep(60.0)
+            left_after = await asyncio.to_thread(pipeline.mailbox_count)
+            assert left_after == left_before, "mail was deleted while Kafka was down"
+            await asyncio.to_thread(broker.start)
+            back = time.monotonic()
+            async with TopicCounter(kafka, kafka.topics.routed, routed_message_id) as routed:
+                await wait_for(lambda: len(routed.seen) >= 2000, timeout_s=600, pipeline=pipeline)
+            print(f"\ncaught up {time.monotonic() - back:.1f} s after Kafka returned")  # noqa: T201
+        finally:
+            pipeline.stop()
+        ledger = await take_ledger(
+            "4: kafka kill -9 + restart x5, then down 60 s, 2000 mails",
+            pipeline,
+            message_ids=message_ids,
+            outbound_ids=[],
+            seconds=time.monotonic() - started,
+        )
+        ledger.faults["kafka"] = 6
+        assert_no_loss_no_duplicates(ledger)
+    finally:
+        with contextlib.suppress(Exception):
+            broker.stop()
