@@ -248,7 +248,6 @@ async def test_sender_service_sends_through_graph_and_reports_sent(
             secret_keys=secret_keys,  # type: ignore[arg-type]
             blob_store_url=f"file://{tmp_path}/blobs",
         ),
-        ensure_topics=False,
         retry_attempts=2,
         retry_first_backoff=0.05,
         retry_max_backoff=0.2,
