@@ -91,7 +91,7 @@ async def fetch_and_send(channel: ChannelConfig, secret_box, pki: TestPki) -> li
     await source.open()
     try:
         pending = await source.pending(FetchCursor(channel_id=channel.id))
-        fetched = [await source.fetch(message) for message in pending.messages]
+        fetched = [item.raw for item in await source.fetch(pending.messages)]
     finally:
         await source.close()
     transports = ChannelTransports(
@@ -109,7 +109,7 @@ async def fetch_and_send(channel: ChannelConfig, secret_box, pki: TestPki) -> li
     )
     composed = compose(email, channel)
     try:
-        await transports(channel).send(composed.message, composed.envelope)
+        await transports(channel).send(composed)
     finally:
         await transports.aclose()
     return fetched
