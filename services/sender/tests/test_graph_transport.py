@@ -15,7 +15,7 @@ import pytest
 
 from devstack.graph import AppRegistration, read_form_post
 from email_channels.codec import decode
-from email_channels.errors import ChannelMisconfigured
+from email_channels.errors import ChannelMisconfigured, TransientError
 from email_channels.events import (
     ChannelConfig,
     DeliveryEvent,
@@ -32,7 +32,7 @@ from email_channels.settings import CommonSettings
 from email_channels.tls import client_context
 from sender.app import SenderApp
 from sender.compose import compose
-from sender.errors import MessageRejected
+from sender.errors import DeliveryUncertain, MessageRejected
 from sender.settings import SenderSettings
 from sender.transports import ChannelTransports
 
@@ -201,6 +201,47 @@ async def test_throttled_mailbox_is_deferred_at_once_and_nothing_is_sent(
     with pytest.raises(GraphThrottled):
         await send(transports, channel, outbound(channel))
     assert len(local_graph.graph_requests("/sendMail")) == 1
+
+
+async def test_lost_answer_to_sendmail_is_an_unknown_outcome_after_the_intent(
+    local_graph: LocalGraph, channel, transports
+):
+    """sendMail carried out but its answer lost (connection closed): DeliveryUncertain - the
+    message may be delivered, never resent - and the intent was recorded before it."""
+    intents: list[str] = []
+
+    async def record_intent() -> None:
+        intents.append("sending")
+
+    local_graph.lose_answers("/sendMail")
+    with pytest.raises(DeliveryUncertain):
+        await send(transports, channel, outbound(channel), before_data=record_intent)
+
+    assert intents == ["sending"]
+    assert len(local_graph.sent) == 1  # Graph did send it
+
+
+async def test_lost_answer_to_a_draft_request_is_retriable_and_leaves_no_draft(
+    local_graph: LocalGraph, channel, transports
+):
+    """A lost answer while the draft is built (before the send) is retriable: nothing was sent,
+    no intent was recorded, and the draft is deleted."""
+    intents: list[str] = []
+
+    async def record_intent() -> None:
+        intents.append("sending")
+
+    local_graph.lose_answers("/attachments")
+    with pytest.raises(TransientError) as lost:
+        await send(
+            transports, channel, outbound(channel, b"\1" * (4 * MiB)), before_data=record_intent
+        )
+
+    assert not isinstance(lost.value, DeliveryUncertain)
+    assert lost.value.retriable
+    assert intents == []
+    assert local_graph.sent == []
+    assert local_graph.messages(MAILBOX, "drafts") == []
 
 
 async def test_revoked_sign_in_fails_the_send_at_step_token_with_nothing_sent(

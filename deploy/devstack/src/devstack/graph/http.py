@@ -80,6 +80,7 @@ _PERMISSION = {"send_mail": "Mail.Send", "send": "Mail.Send"}
 class Handler(BaseHTTPRequestHandler):
     graph: ClassVar[LocalGraph]
     protocol_version = "HTTP/1.1"
+    _lose_answer = False
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         """Quiet: the request list on :class:`LocalGraph` is the log."""
@@ -106,6 +107,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         with self.graph._lock:  # noqa: SLF001 - the handler is part of the server
             self.graph.requests.append((method, url.path))
+        self._lose_answer = self.graph.answer_lost(url.path)
         route = next(
             (
                 (name, match.groupdict())
@@ -231,6 +233,9 @@ class Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, body: bytes, content_type: str, *, headers: dict[str, str] | None = None
     ) -> None:
+        if self._lose_answer:  # carried out; the answer never arrives
+            self.close_connection = True
+            return
         self.send_response(status, HTTPStatus(status).phrase)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -39,6 +39,7 @@ class ExchangeMail(StandIn):
     _groups: set[str]
     _uploads: dict[str, Upload]
     _throttled: dict[str, list[tuple[int, float]]]
+    _lost_answers: list[str]
     page_size: int
     sent: list[SentMail]
     requests: list[tuple[str, str]]
@@ -107,6 +108,21 @@ class ExchangeMail(StandIn):
             self._throttled.setdefault(address.casefold(), []).extend(
                 [(status, retry_after_s)] * times
             )
+
+    def lose_answers(self, fragment: str, *, times: int = 1) -> None:
+        """The next ``times`` requests whose path contains ``fragment`` are carried out, but the
+        connection is closed instead of answering (the client cannot know what happened)."""
+        with self._lock:
+            self._lost_answers.extend([fragment] * times)
+
+    def answer_lost(self, path: str) -> bool:
+        """Whether this request's answer is to be lost (used up when it is)."""
+        with self._lock:
+            for index, fragment in enumerate(self._lost_answers):
+                if fragment in path:
+                    del self._lost_answers[index]
+                    return True
+            return False
 
     def graph_requests(self, fragment: str) -> list[tuple[str, str]]:
         with self._lock:

@@ -59,6 +59,7 @@ class LocalGraph(IdentityPlatform, ExchangeMail):
         self._codes: dict[str, AuthCode] = {}
         self._uploads: dict[str, Upload] = {}
         self._throttled: dict[str, list[tuple[int, float]]] = {}
+        self._lost_answers: list[str] = []
         self.sent: list[SentMail] = []
         self.requests: list[tuple[str, str]] = []
         """(method, path) of every request, in order (queries left out)."""
