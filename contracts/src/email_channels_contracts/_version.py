@@ -6,5 +6,5 @@ optional field, major for a new ``schema_version``) and paste the fingerprint th
 (also printed by ``python -m email_channels_contracts.fingerprint``).
 """
 
-__version__ = "1.1.0"
-SCHEMA_FINGERPRINT = "1e87933633cc8189f827985456ffd1793f40c324355c656987ce8b60b8f7534f"
+__version__ = "1.2.0"
+SCHEMA_FINGERPRINT = "c13f5ab22c94468d50ed8d62d97cc4d3b954342e67667ce78631e59f08983a81"

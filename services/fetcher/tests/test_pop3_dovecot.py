@@ -11,6 +11,8 @@ import pytest
 from email_channels.errors import ChannelMisconfigured
 from email_channels.events import AfterFetch, ChannelConfig, FetchCursor, TlsMode
 from email_channels.hostpolicy import HostPolicy
+from email_channels.validation import StepRecorder
+from fetcher.probe import probe_inbound
 from fetcher.sources import Outcome
 from fetcher.sources.pop3 import Pop3Options, Pop3Source, Pop3SourceFactory
 
@@ -190,3 +192,45 @@ async def test_a_pipelined_batch_of_many_messages_arrives_whole(
     source = await opened(pop3_channel(mail_user))
     _, bodies = await take_all(source, FetchCursor(channel_id="c"))
     assert bodies == raws
+
+
+async def test_validate_probe_logs_in_and_lists_the_maildrop_without_touching_it(
+    dovecot, mail_user, pop3_channel, factory, secret_box
+):
+    """config-api's Validate for POP3 settings: dns, login, maildrop all pass, and the mail is
+    still on the server afterwards (the probe retrieves and deletes nothing)."""
+    dovecot.deliver(mail_user.user, mime("kept"))
+    channel = pop3_channel(mail_user, tls=TlsMode.STARTTLS, after_fetch=AfterFetch.DELETE)
+    recorder = StepRecorder("inbound", "pop3")
+    await probe_inbound(
+        channel,
+        recorder,
+        secret_box=secret_box,
+        host_policy=HostPolicy.parse("127.0.0.1"),
+        ca_file=dovecot.ca_file,
+        command_timeout_s=10,
+    )
+    report = recorder.report()
+    assert [(s.name, s.ok) for s in report.steps] == [
+        ("dns", True),
+        ("login", True),
+        ("maildrop", True),
+    ]
+    assert await on_server(factory, channel) == 1
+
+
+async def test_validate_probe_names_the_auth_step_for_a_wrong_password(
+    mail_user, pop3_channel, secret_box, dovecot
+):
+    """A refused PASS fails the probe at step auth (the fetcher's own error mapping)."""
+    recorder = StepRecorder("inbound", "pop3")
+    with pytest.raises(ChannelMisconfigured):
+        await probe_inbound(
+            pop3_channel(mail_user, password="wrong"),
+            recorder,
+            secret_box=secret_box,
+            host_policy=HostPolicy.parse("127.0.0.1"),
+            ca_file=dovecot.ca_file,
+            command_timeout_s=10,
+        )
+    assert [(s.name, s.ok) for s in recorder.report().steps] == [("dns", True), ("auth", False)]

@@ -223,7 +223,7 @@ async def test_a_channel_created_a_moment_ago_is_looked_up_again(
     assert event.status is DeliveryStatus.SENT
 
 
-async def test_graph_channel_fails_until_graph_is_supported(
+async def test_graph_channel_without_a_secret_keyring_fails_at_step_token(
     publisher, make_channel, make_outbound, unit_secret_box
 ):
     graph = GraphOutbound(
@@ -233,16 +233,19 @@ async def test_graph_channel_fails_until_graph_is_supported(
         mailbox="support@shop.example",
     )
     harness = Harness(publisher, [make_channel(outbound=graph)])
-    harness.handler._transports = ChannelTransports(
+    transports = ChannelTransports(
         host_policy=HostPolicy(), secrets=None, ca_file=None, smtp_timeout=1
     )
+    harness.handler._transports = transports
 
     await harness.feed(make_outbound())
+    await transports.aclose()
 
     (event,) = harness.deliveries()
     assert event.status is DeliveryStatus.FAILED
     assert event.transport == "graph"
-    assert "Exchange Online" in event.reason
+    assert "step token" in event.reason
+    assert "EMAIL_CHANNELS_SECRET_KEYS" in event.reason
 
 
 async def test_5xx_is_rejected_with_code_and_text(harness, make_outbound):

@@ -128,6 +128,15 @@ class Pop3Inbound(MailServer):
     after_fetch: Literal[AfterFetch.DELETE, AfterFetch.MARK_SEEN] = AfterFetch.DELETE
 
 
+class GraphAuth(StrEnum):
+    """How the app gets its Graph token."""
+
+    APP_ONLY = "app_only"
+    """Client credentials: the app's own permissions (Mail.ReadWrite, Mail.Send application)."""
+    DELEGATED = "delegated"
+    """Authorisation code with PKCE ("Save and authorise"): a signed-in user's permissions."""
+
+
 class GraphApp(Contract):
     """An Exchange Online (Microsoft Graph) app registration and mailbox."""
 
@@ -135,7 +144,28 @@ class GraphApp(Contract):
     client_id: Annotated[str, Field(min_length=1)]
     client_secret: EncryptedSecret
     mailbox: EmailAddress
-    authority_host: str | None = None
+    authority_host: str | None = Field(
+        default=None, description="identity platform host; default login.microsoftonline.com"
+    )
+    auth: GraphAuth = GraphAuth.APP_ONLY
+    graph_url: str | None = Field(
+        default=None, description="Graph API base URL; default https://graph.microsoft.com/v1.0"
+    )
+    redirect_uri: str | None = Field(
+        default=None, description="delegated: the redirect URI registered for the app in Azure"
+    )
+    token_cache: EncryptedSecret | None = Field(
+        default=None, description="delegated: the msal token cache (refresh token), encrypted"
+    )
+    authorised_at: datetime | None = Field(
+        default=None, description="delegated: when an administrator last signed in"
+    )
+    authorised_by: str | None = Field(
+        default=None, description="delegated: the administrator who signed in"
+    )
+    pending_authorisation: EncryptedSecret | None = Field(
+        default=None, description="delegated: the sign-in in progress (PKCE verifier), encrypted"
+    )
 
 
 class GraphInbound(GraphApp):
@@ -332,6 +362,20 @@ class FetchCursor(Contract):
     schema_version: Literal[1] = 1
     channel_id: Id
     folders: dict[str, FolderCursor] = Field(default_factory=dict)
+    delta_links: dict[str, str] = Field(
+        default_factory=dict, description="Graph: folder id -> delta link to continue from"
+    )
+    settled: list[str] = Field(
+        default_factory=list,
+        description="Graph: short hashes of messages marked read in the last round (their "
+        "change comes back in the next delta and is not new mail)",
+    )
+    token_cache: EncryptedSecret | None = Field(
+        default=None, description="Graph delegated: the token cache after a refresh (rotated)"
+    )
+    token_cache_authorised_at: datetime | None = Field(
+        default=None, description="Graph delegated: the sign-in the rotated cache descends from"
+    )
     uidls: list[str] | None = Field(
         default=None,
         description="POP3: the UIDLs taken that were still on the server at the last sync",

@@ -14,7 +14,16 @@ import structlog
 
 from email_channels.redaction import redact_secrets
 
-NOISY_LIBRARIES = ("aiokafka", "faust", "mode", "uvicorn.access", "aioimaplib", "aiosmtplib")
+NOISY_LIBRARIES = (
+    "aiokafka",
+    "faust",
+    "mode",
+    "uvicorn.access",
+    "aioimaplib",
+    "aiosmtplib",
+    "httpx",  # logs every URL at INFO: Graph upload URLs carry their own access token
+    "msal",
+)
 
 
 def configure_logging(

@@ -69,6 +69,12 @@ _NON_ALNUM: Final = re.compile(r"[^a-z0-9]")
 _URL_PASSWORD: Final = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)(?P<password>[^@/?#\s]+)@"
 )
+_URL_TOKEN: Final = re.compile(
+    r"(?P<head>[?&](?:authtoken|access_token|refresh_token|client_secret|code|code_verifier)=)"
+    r"[^&#\s\"']+",
+    re.IGNORECASE,
+)
+"""Credentials carried in a URL's query (a Graph upload URL's ``authtoken``, an OAuth code)."""
 
 
 def is_secret_key(name: object) -> bool:
@@ -101,7 +107,10 @@ def _redact_entry(key: object, value: Any, depth: int) -> Any:
 
 def _redact(value: Any, depth: int) -> Any:  # noqa: PLR0911 - one return per kind of value
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(rf"\g<head>{REDACTED}@", value) if "://" in value else value
+        if "://" not in value:
+            return value
+        value = _URL_PASSWORD.sub(rf"\g<head>{REDACTED}@", value)
+        return _URL_TOKEN.sub(rf"\g<head>{REDACTED}", value)
     if isinstance(value, (SecretStr, SecretBytes)):
         return REDACTED
     if depth >= MAX_DEPTH:

@@ -38,6 +38,12 @@ log = structlog.get_logger("devstack")
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-password"  # noqa: S105 - a throwaway local demo mailbox
+DEMO_EXCHANGE_MAILBOX = "exchange@demo.example"
+DEMO_EXCHANGE_APP = {
+    "tenant_id": "local-demo-tenant",
+    "client_id": "00000000-0000-4000-8000-00000000d3m0",
+    "client_secret": "local-demo-secret",  # a throwaway app of the local stand-in
+}
 
 
 def secret_keys(var: Path) -> str:
@@ -147,16 +153,42 @@ def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
     for number in range(1, 4):
         dovecot.deliver(DEMO_USER, _demo_message(number))
     smtp = stack.enter_context(SmtpServer(pki, credentials=("demo", DEMO_PASSWORD)))
+    graph = _start_demo_exchange(stack, pki)
     return {
         "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
         "DEMO_IMAPS_PORT": str(dovecot.imaps_port),
         "DEMO_SMTP_PORT": str(smtp.port),
+        "DEMO_GRAPH_AUTHORITY_HOST": graph.authority_host,
+        "DEMO_GRAPH_URL": graph.graph_url,
     }
 
 
+def _start_demo_exchange(stack: contextlib.ExitStack, pki: Any) -> Any:
+    """The LOCAL stand-in of Microsoft's identity platform and Graph (not Microsoft): an app
+    registration and a mailbox with two messages, for an Exchange Online demo channel."""
+    from devstack.graph import AppRegistration, LocalGraph  # noqa: PLC0415
+
+    graph = stack.enter_context(LocalGraph(pki))
+    graph.register_app(
+        AppRegistration(
+            tenant_id=DEMO_EXCHANGE_APP["tenant_id"],
+            client_id=DEMO_EXCHANGE_APP["client_id"],
+            client_secret=DEMO_EXCHANGE_APP["client_secret"],
+        )
+    )
+    graph.add_mailbox(DEMO_EXCHANGE_MAILBOX)
+    for number in range(1, 3):
+        graph.deliver(
+            DEMO_EXCHANGE_MAILBOX,
+            _demo_message(number).replace(b"support@demo.example", DEMO_EXCHANGE_MAILBOX.encode()),
+        )
+    return graph
+
+
 def _create_demo_channel(base: str, env: dict[str, str]) -> str:
-    """Create the demo campaign and channel (validated once); return the campaign id."""
+    """Create the demo campaign, its IMAP/SMTP channel and its Exchange channel (each validated
+    once); return the campaign id."""
     token = env["CONFIG_API_ADMIN_TOKEN"]
     campaign = _post(f"{base}/api/v1/campaigns", {"name": "Support"}, token=token)
     channel = _post(
@@ -194,6 +226,32 @@ def _create_demo_channel(base: str, env: dict[str, str]) -> str:
         validated=report["ok"],
         failing_step=report["failing_step"],
     )
+    exchange = {
+        "kind": "graph",
+        **DEMO_EXCHANGE_APP,
+        "mailbox": DEMO_EXCHANGE_MAILBOX,
+        "authority_host": env["DEMO_GRAPH_AUTHORITY_HOST"],
+        "graph_url": env["DEMO_GRAPH_URL"],
+    }
+    channel = _post(
+        f"{base}/api/v1/channels",
+        {
+            "name": "Demo Exchange Online mailbox (LOCAL stand-in, not Microsoft)",
+            "email_address": DEMO_EXCHANGE_MAILBOX,
+            "default_campaign_id": campaign["id"],
+            "enabled": True,
+            "inbound": exchange,
+            "outbound": exchange,
+        },
+        token=token,
+    )
+    report = _post(f"{base}/api/v1/channels/{channel['id']}/validate", {}, token=token)
+    log.info(
+        "demo exchange channel created (local stand-in)",
+        channel_id=channel["id"],
+        validated=report["ok"],
+        failing_step=report["failing_step"],
+    )
     return str(campaign["id"])
 
 
@@ -220,6 +278,8 @@ def _banner(
         lines.append("                 the reference campaign service (campaign-autoreply)")
         lines.append("                 answers each one; its log shows 'answered' and the")
         lines.append("                 'delivery outcome' from the local SMTP server")
+        lines.append("  demo exchange  2 mails from an Exchange Online channel served by a LOCAL")
+        lines.append("                 stand-in of Microsoft Graph (devstack.graph), not Microsoft")
     lines += ["Press Ctrl-C to stop.", ""]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()

@@ -17,6 +17,7 @@ import pytest
 
 from devstack.certs import TestPki, make_test_pki
 from devstack.dovecot import Dovecot
+from devstack.graph import LocalGraph
 from devstack.kafka import running_kafka
 from devstack.smtp import SmtpServer
 from email_channels.admin import ensure_topics
@@ -119,6 +120,13 @@ def mail_user(dovecot: Dovecot) -> MailUser:
 def smtp_server(pki: TestPki) -> Iterator[SmtpServer]:
     with SmtpServer(pki, credentials=("sender", "sender-secret")) as server:
         yield server
+
+
+@pytest.fixture
+def local_graph(pki: TestPki) -> Iterator[LocalGraph]:
+    """A fresh local HTTPS stand-in for Microsoft's identity platform and Graph (this test's)."""
+    with LocalGraph(pki) as graph:
+        yield graph
 
 
 @pytest.fixture

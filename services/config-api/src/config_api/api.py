@@ -32,6 +32,7 @@ from config_api.errors import (
 )
 from config_api.problems import error_response
 from config_api.schemas import (
+    SETTINGS_KINDS,
     BulkAction,
     BulkItem,
     BulkResult,
@@ -568,6 +569,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _safe_error(error: Any) -> dict[str, Any]:
     loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
+    # inbound/outbound are unions told apart by ``kind``: pydantic puts the kind into the loc
+    # ("outbound", "smtp", "password"); the field is named without it.
+    loc = [
+        part
+        for i, part in enumerate(loc)
+        if not (i > 0 and loc[i - 1] in {"inbound", "outbound"} and part in SETTINGS_KINDS)
+    ]
     msg = str(error.get("msg", "invalid"))
     return {
         "type": str(error.get("type", "value_error")),

@@ -15,7 +15,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
-from config_api import admin_page
+from config_api import admin_page, oauth
 from config_api.api import Runtime, api, health, install_error_handlers
 from config_api.auth import Authenticator, SignInMiddleware, protected_paths
 from config_api.bodylimit import BodySizeLimit
@@ -98,6 +98,7 @@ def create_app(settings: ConfigApiSettings) -> FastAPI:
         allowed_hosts=[h.strip() for h in settings.trusted_hosts.split(",") if h.strip()],
     )
     app.include_router(api)
+    app.include_router(oauth.router)  # Exchange "Save and authorise"
     app.include_router(health)
     admin_page.install(app)
     return app

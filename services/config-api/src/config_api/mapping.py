@@ -11,6 +11,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from config_api.errors import InvalidInput, Problem
+from config_api.graph_mapping import graph_inbound, graph_out, graph_outbound
 from config_api.rules import LOGIN_FIELDS
 from config_api.schemas import (
     CampaignOut,
@@ -19,6 +20,10 @@ from config_api.schemas import (
     FilterIn,
     FilterListOut,
     FilterOut,
+    GraphInboundIn,
+    GraphInboundOut,
+    GraphOutboundIn,
+    GraphOutboundOut,
     HeaderConditionOut,
     ImapInboundIn,
     ImapInboundOut,
@@ -30,6 +35,7 @@ from email_channels.events import (
     Campaign,
     ChannelConfig,
     Filter,
+    GraphApp,
     HeaderCondition,
     ImapInbound,
     SmtpOutbound,
@@ -68,15 +74,22 @@ def channel_config(
     now: datetime | None = None,
 ) -> ChannelConfig:
     """The event for a create (``current`` None) or a full update of ``current``."""
-    inbound = (
-        _imap(body.inbound, current.inbound if current else None, box) if body.inbound else None
-    )
-    outbound = (
-        _smtp(body.outbound, current.outbound if current else None, box) if body.outbound else None
-    )
+    stored_in, stored_out = (current.inbound, current.outbound) if current else (None, None)
+    inbound: Inbound | None = None
+    if isinstance(body.inbound, GraphInboundIn):
+        inbound = graph_inbound(body.inbound, stored_in, box)
+    elif body.inbound is not None:
+        inbound = _imap(body.inbound, stored_in, box)
+    outbound: Outbound | None = None
+    if isinstance(body.outbound, GraphOutboundIn):
+        outbound = graph_outbound(body.outbound, stored_out, box)
+    elif body.outbound is not None:
+        outbound = _smtp(body.outbound, stored_out, box)
     now = now or utcnow()
     new_password = any(
-        side is not None and side.password is not None for side in (body.inbound, body.outbound)
+        side is not None
+        and (getattr(side, "password", None) or getattr(side, "client_secret", None)) is not None
+        for side in (body.inbound, body.outbound)
     )
     changed = (
         current is None
@@ -236,9 +249,12 @@ def channel_out(
     )
 
 
-def _inbound_out(inbound: Inbound | None) -> ImapInboundOut | None:
-    # Only IMAP is offered by this API version; other kinds written by a newer release are
-    # left out of the response rather than misreported.
+def _inbound_out(inbound: Inbound | None) -> ImapInboundOut | GraphInboundOut | None:
+    # IMAP and Exchange are offered by this API version; other kinds written by a newer release
+    # are left out of the response rather than misreported.
+    if isinstance(inbound, GraphApp):
+        out = graph_out(inbound)
+        return out if isinstance(out, GraphInboundOut) else None
     if not isinstance(inbound, ImapInbound):
         return None
     return ImapInboundOut(
@@ -255,7 +271,10 @@ def _inbound_out(inbound: Inbound | None) -> ImapInboundOut | None:
     )
 
 
-def _outbound_out(outbound: Outbound | None) -> SmtpOutboundOut | None:
+def _outbound_out(outbound: Outbound | None) -> SmtpOutboundOut | GraphOutboundOut | None:
+    if isinstance(outbound, GraphApp):
+        out = graph_out(outbound)
+        return out if isinstance(out, GraphOutboundOut) else None
     if not isinstance(outbound, SmtpOutbound):
         return None
     return SmtpOutboundOut(

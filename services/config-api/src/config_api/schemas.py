@@ -15,19 +15,32 @@ import ipaddress
 import re
 import unicodedata
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
     StringConstraints,
+    Tag,
 )
 
-from email_channels.events import AfterFetch, ChannelState, EmailAddress, Id, TlsMode
+from email_channels.events import (
+    AfterFetch,
+    ChannelState,
+    EmailAddress,
+    GraphAuth,
+    Id,
+    TlsMode,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # --- field types --------------------------------------------------------------------------------
 
@@ -191,6 +204,143 @@ class SmtpOutboundIn(RequestModel):
     )
 
 
+# --- channels: Exchange Online (Microsoft Graph) ------------------------------------------------
+#
+# Tenant id, client id and client secret are refused - never trimmed - when they start or end
+# with a space or line break: a pasted space is the classic cause of Microsoft's "can not
+# retrieve token", and the error names the field instead. Responses carry no secret or token.
+
+
+def _no_padding(value: str) -> str:
+    if value != value.strip():
+        raise ValueError(
+            "starts or ends with a space or line break (pasted with it?); Microsoft cannot "
+            "issue a token for it - enter it without them"
+        )
+    if any(ord(char) < 32 for char in value):  # noqa: PLR2004 - control characters
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _https_url(value: str) -> str:
+    parts = urlsplit(value)
+    local = parts.scheme == "http" and parts.hostname in {"localhost", "127.0.0.1"}
+    if (parts.scheme != "https" and not local) or not parts.hostname or parts.fragment:
+        raise ValueError(
+            "must be an https URL without a fragment (http only for localhost), exactly as "
+            "registered for the app in Azure"
+        )
+    return value
+
+
+def _host_port(value: str) -> str:
+    parts = urlsplit(f"https://{value}")
+    if not parts.hostname or parts.path or parts.query or "@" in value:
+        raise ValueError(
+            "expected a host name with an optional port, e.g. login.microsoftonline.com"
+        )
+    return value.lower()
+
+
+AppId = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_padding)]
+HttpsUrl = Annotated[
+    str, Field(max_length=2000), BeforeValidator(_blank_to_none), AfterValidator(_https_url)
+]
+HostPort = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=260),
+    BeforeValidator(_blank_to_none),
+    AfterValidator(_host_port),
+]
+
+
+class GraphAppIn(RequestModel):
+    tenant_id: AppId = Field(description="Directory (tenant) id or domain; no spaces")
+    client_id: AppId = Field(description="Application (client) id; no spaces")
+    client_secret: Password | None = Field(
+        default=None, description="write-only; omit it on update to keep the stored one"
+    )
+    mailbox: EmailAddress
+    auth: GraphAuth = Field(
+        default=GraphAuth.APP_ONLY,
+        description="app_only (client credentials) or delegated (Save and authorise)",
+    )
+    redirect_uri: HttpsUrl | None = Field(
+        default=None,
+        description="delegated: the redirect URI registered in Azure; default: this API's "
+        "/oauth/callback",
+    )
+    authority_host: HostPort | None = Field(
+        default=None, description="identity platform host; default login.microsoftonline.com"
+    )
+    graph_url: HttpsUrl | None = Field(
+        default=None, description="Graph base URL; default https://graph.microsoft.com/v1.0"
+    )
+
+
+class GraphInboundIn(GraphAppIn):
+    """Read an Exchange Online mailbox through Microsoft Graph."""
+
+    kind: Literal["graph"]
+    sync_all_folders: bool = False
+    after_fetch: AfterFetch = AfterFetch.MARK_SEEN
+    move_to_folder: OptionalFolder = None
+
+
+class GraphOutboundIn(GraphAppIn):
+    """Send through Exchange Online (Graph sendMail)."""
+
+    kind: Literal["graph"]
+
+
+class GraphAppOut(ResponseModel):
+    kind: Literal["graph"] = "graph"
+    tenant_id: str
+    client_id: str
+    client_secret_set: bool
+    mailbox: str
+    auth: GraphAuth
+    redirect_uri: str | None
+    authority_host: str | None
+    graph_url: str | None
+    authorised: bool = Field(description="delegated: an administrator has signed in")
+    authorised_at: datetime | None
+    authorised_by: str | None
+
+
+class GraphInboundOut(GraphAppOut):
+    sync_all_folders: bool
+    after_fetch: AfterFetch
+    move_to_folder: str | None
+
+
+class GraphOutboundOut(GraphAppOut):
+    pass
+
+
+def _kind_or(default: str) -> Callable[[Any], str]:
+    """The ``kind`` of a settings object; bodies without one keep meaning ``default``."""
+
+    def kind(value: Any) -> str:
+        found = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+        return str(found or default)
+
+    return kind
+
+
+SETTINGS_KINDS = frozenset({"imap", "smtp", "graph"})
+"""The ``kind`` tags of inbound/outbound settings (pydantic names them in error locations)."""
+
+InboundIn = Annotated[
+    Annotated[ImapInboundIn, Tag("imap")] | Annotated[GraphInboundIn, Tag("graph")],
+    Discriminator(_kind_or("imap")),
+]
+OutboundIn = Annotated[
+    Annotated[SmtpOutboundIn, Tag("smtp")] | Annotated[GraphOutboundIn, Tag("graph")],
+    Discriminator(_kind_or("smtp")),
+]
+
+
 class ChannelIn(RequestModel):
     """Body of ``POST /channels``."""
 
@@ -202,8 +352,8 @@ class ChannelIn(RequestModel):
         default=False,
         description="take only mail addressed to email_address (To, Cc, Bcc/Delivered-To)",
     )
-    inbound: ImapInboundIn | None = None
-    outbound: SmtpOutboundIn | None = None
+    inbound: InboundIn | None = None
+    outbound: OutboundIn | None = None
 
 
 class ChannelUpdate(ChannelIn):
@@ -260,8 +410,8 @@ class ChannelOut(ResponseModel):
     default_campaign_name: str | None
     enabled: bool
     sync_recipient_only: bool
-    inbound: ImapInboundOut | None
-    outbound: SmtpOutboundOut | None
+    inbound: ImapInboundOut | GraphInboundOut | None
+    outbound: SmtpOutboundOut | GraphOutboundOut | None
     filter_count: int
     status: StatusOut
     revision: int
@@ -476,5 +626,5 @@ class ValidateSettings(RequestModel):
 
     channel_id: OptionalId = None
     email_address: OptionalEmail = Field(default=None, description="used as MAIL FROM")
-    inbound: ImapInboundIn | None = None
-    outbound: SmtpOutboundIn | None = None
+    inbound: InboundIn | None = None
+    outbound: OutboundIn | None = None

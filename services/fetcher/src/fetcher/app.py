@@ -19,6 +19,7 @@ from fetcher.ownership import Ownership
 from fetcher.published import KafkaPublished
 from fetcher.sink import KafkaSink
 from fetcher.sources import SourceRegistry
+from fetcher.sources.graph import GraphOptions, GraphSourceFactory
 from fetcher.sources.imap import ImapOptions, ImapSourceFactory
 from fetcher.sources.pop3 import Pop3Options, Pop3SourceFactory
 from fetcher.supervisor import Supervisor
@@ -117,6 +118,16 @@ class FetcherApp:
                         ca_file=common.ca_file,
                         max_message_bytes=settings.max_message_bytes,
                         batch_bytes=settings.batch_bytes,
+                    ),
+                ),
+                "graph": GraphSourceFactory(
+                    secret_box=self._secret_box,
+                    host_policy=common.host_policy(),
+                    options=GraphOptions(
+                        poll_interval=settings.poll_interval_s,
+                        timeout=settings.fetch_timeout_s,
+                        ca_file=common.ca_file,
+                        max_message_bytes=settings.max_message_bytes,
                     ),
                 ),
             }

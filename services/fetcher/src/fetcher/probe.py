@@ -8,15 +8,29 @@ folder and the move-target folder with the source's own select. It changes nothi
 server (SELECT reads; no message is fetched, flagged, moved or deleted).
 
 Steps: ``dns`` (resolve + host policy), ``login`` (TCP, TLS, LOGIN; a failure is named by
-the fetcher's error: ``tcp``, ``tls`` or ``auth``), ``folder:<name>`` per folder.
+the fetcher's error: ``tcp``, ``tls`` or ``auth``), ``folder:<name>`` per folder. POP3
+settings, through the fetcher's :class:`~fetcher.sources.pop3.Pop3Source` the same way:
+``dns``, ``login`` (TCP, TLS or STLS, USER/PASS, then UIDL and LIST of the maildrop),
+``maildrop`` (what the fetcher would take; nothing is retrieved or deleted). Exchange Online
+settings: ``token``, ``mailbox`` (:func:`email_channels.graph_probe.probe_graph`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from email_channels.events import ChannelConfig, ImapInbound, TlsMode
+from email_channels.events import (
+    ChannelConfig,
+    FetchCursor,
+    GraphInbound,
+    ImapInbound,
+    MailServer,
+    Pop3Inbound,
+    TlsMode,
+)
+from email_channels.graph_probe import probe_graph
 from fetcher.sources.imap import ImapOptions, ImapSourceFactory
+from fetcher.sources.pop3 import Pop3Options, Pop3SourceFactory
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,6 +55,28 @@ async def probe_inbound(
     closed here whatever happens.
     """
     inbound = channel.inbound
+    if isinstance(inbound, GraphInbound):  # Exchange Online: token, mailbox
+        await probe_graph(
+            inbound,
+            direction="inbound",
+            secrets=secret_box,
+            ca_file=ca_file,
+            host_policy=host_policy,
+            timeout_s=command_timeout_s,
+            recorder=recorder,
+        )
+        return
+    if isinstance(inbound, Pop3Inbound):
+        await _probe_pop3(
+            channel,
+            inbound,
+            recorder,
+            secret_box=secret_box,
+            host_policy=host_policy,
+            ca_file=ca_file,
+            command_timeout_s=command_timeout_s,
+        )
+        return
     if not isinstance(inbound, ImapInbound):
         kind = inbound.kind if inbound is not None else "none"
         msg = f"validating {kind!r} inbound settings is not supported by this fetcher release"
@@ -54,12 +90,7 @@ async def probe_inbound(
         await host_policy.check(inbound.host, inbound.port)
     source = factory(channel)
     try:
-        tls = (
-            "no TLS"
-            if inbound.tls is TlsMode.PLAIN
-            else f"TLS ({inbound.tls.value}, certificate "
-            f"{'verified' if inbound.verify_tls else 'NOT verified'})"
-        )
+        tls = _tls_words(inbound)
         with recorder.step(
             "login",
             f"connected to {inbound.host}:{inbound.port} with {tls}, logged in as "
@@ -75,3 +106,42 @@ async def probe_inbound(
                 await source._select(folder)  # noqa: SLF001 - the fetcher's own SELECT path
     finally:
         await source.close()
+
+
+async def _probe_pop3(
+    channel: ChannelConfig,
+    inbound: Pop3Inbound,
+    recorder: StepRecorder,
+    *,
+    secret_box: SecretBox,
+    host_policy: HostPolicy,
+    ca_file: Path | None,
+    command_timeout_s: float,
+) -> None:
+    """dns, login, maildrop through the fetcher's own POP3 source (nothing retrieved/deleted)."""
+    factory = Pop3SourceFactory(
+        secret_box=secret_box,
+        host_policy=host_policy,
+        options=Pop3Options(command_timeout=command_timeout_s, ca_file=ca_file),
+    )
+    with recorder.step("dns", f"{inbound.host} resolves to an allowed address"):
+        await host_policy.check(inbound.host, inbound.port)
+    source = factory(channel)
+    try:
+        with recorder.step(
+            "login",
+            f"connected to {inbound.host}:{inbound.port} with {_tls_words(inbound)}, logged in "
+            f"as {inbound.username}",
+        ):
+            await source.open()
+        with recorder.step("maildrop", "the maildrop lists its messages (UIDL, LIST)"):
+            await source.pending(FetchCursor(channel_id=channel.id))
+    finally:
+        await source.close()
+
+
+def _tls_words(server: MailServer) -> str:
+    if server.tls is TlsMode.PLAIN:
+        return "no TLS"
+    verified = "verified" if server.verify_tls else "NOT verified"
+    return f"TLS ({server.tls.value}, certificate {verified})"

@@ -9,7 +9,8 @@ from this sender, and nothing is sent.
 
 Steps: ``dns`` (resolve + host policy), ``tcp`` (connect, greeting, EHLO; with ``ssl`` the TLS
 handshake too), ``tls`` (STARTTLS), ``auth`` (AUTH, when the channel has a user),
-``mail_from`` (MAIL FROM + RSET).
+``mail_from`` (MAIL FROM + RSET). Exchange Online settings: ``token``, ``mailbox``,
+``send_permission`` (:func:`email_channels.graph_probe.probe_graph`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 
 from email_channels.errors import PipelineError
-from email_channels.events import ChannelConfig, SmtpOutbound, TlsMode
+from email_channels.events import ChannelConfig, GraphOutbound, SmtpOutbound, TlsMode
+from email_channels.graph_probe import probe_graph
 from email_channels.tls import client_contexts
 from sender.transports.smtp import SmtpTransport, _password, close_session, map_smtp_error
 
@@ -46,6 +48,17 @@ async def probe_outbound(
 ) -> None:
     """Run the steps into ``recorder``; the first failure raises (and is recorded)."""
     server = channel.outbound
+    if isinstance(server, GraphOutbound):  # Exchange Online: token, mailbox, Mail.Send
+        await probe_graph(
+            server,
+            direction="outbound",
+            secrets=secret_box,
+            ca_file=ca_file,
+            host_policy=host_policy,
+            timeout_s=timeout_s,
+            recorder=recorder,
+        )
+        return
     if not isinstance(server, SmtpOutbound):
         kind = server.kind if server is not None else "none"
         msg = f"validating {kind!r} outbound settings is not supported by this sender release"

@@ -101,6 +101,8 @@ function fill(channel) {
   for (const direction of ["inbound", "outbound"]) {
     const server = channel?.[direction];
     setValue(`${direction}.kind`, server?.kind ?? "");
+    // Kept-as-saved settings (hidden inputs) are not reset by form.reset(): start from defaults.
+    for (const kept of $$(`input[type=hidden][name^='${direction}.']`, form)) kept.value = kept.dataset.default ?? "";
     for (const [key, value] of Object.entries(server ?? {})) {
       if (key === "kind" || key.endsWith("_set")) continue;
       setValue(`${direction}.${key}`, value);

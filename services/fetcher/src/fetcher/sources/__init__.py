@@ -14,8 +14,8 @@ Messages are named by :class:`~email_channels.events.SourceIdentity` (IMAP folde
 handle type of its own. Errors leave a source only as the pipeline taxonomy
 (:mod:`email_channels.errors`): each adapter maps its library's exceptions in one function.
 
-Adapters: :mod:`fetcher.sources.imap`, :mod:`fetcher.sources.pop3` (Graph later, behind the
-same Protocol); :mod:`fetcher.sources.fake` is an in-memory one for unit tests.
+Adapters: :mod:`fetcher.sources.imap`, :mod:`fetcher.sources.pop3`, :mod:`fetcher.sources.graph`
+(Exchange Online); :mod:`fetcher.sources.fake` is an in-memory one for unit tests.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class SourceUnavailable(TransientError):
 
 
 class SourceRegistry:
-    """Picks the source factory for a channel by its inbound kind (imap, pop3; graph later)."""
+    """Picks the source factory for a channel by its inbound kind (imap, pop3, graph)."""
 
     def __init__(self, factories: Mapping[str, SourceFactory]) -> None:
         self._factories = dict(factories)

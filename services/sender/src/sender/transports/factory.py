@@ -1,7 +1,9 @@
 """Which transport sends for a channel: chosen by the channel's outbound settings.
 
-Transports are kept per channel (each SMTP transport owns its channel's session pool) and
-rebuilt when the channel's outbound settings change; the old one's sessions are closed.
+Transports are kept per channel (each SMTP transport owns its channel's session pool; each
+Graph transport its msal token cache and HTTP connections) and rebuilt when the channel's
+outbound settings change; the old SMTP transport's sessions are closed, the old Graph
+transport's connections at shutdown (a send may still be using them).
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from email_channels.events import GraphOutbound, SmtpOutbound
+from email_channels.graph_auth import GraphTokens
+from email_channels.graph_client import GraphClient, MailboxThrottle
 from email_channels.tls import client_contexts
 from sender.errors import ChannelUnavailable
+from sender.transports.graph import GraphTransport
 from sender.transports.pool import PoolLimits
 from sender.transports.smtp import SmtpTransport
 
@@ -39,7 +44,7 @@ class TransportFactory(Protocol):
 
 
 class ChannelTransports:
-    """The production factory: SMTP today; Exchange Online (Graph sendMail) slots in here."""
+    """The production factory: SMTP (pooled sessions) and Exchange Online (Graph sendMail)."""
 
     def __init__(
         self,
@@ -59,6 +64,10 @@ class ChannelTransports:
         self._limits = limits or PoolLimits()
         self._smtp: dict[str, tuple[SmtpOutbound, SmtpTransport]] = {}
         self._retired: set[asyncio.Task[None]] = set()
+        self._ca_file = ca_file
+        self._graph: dict[str, tuple[GraphOutbound, GraphTransport]] = {}
+        self._graph_throttle = MailboxThrottle()
+        self._retired_graph: list[GraphTransport] = []
 
     def __call__(self, channel: ChannelConfig) -> Transport:
         match channel.outbound:
@@ -81,15 +90,36 @@ class ChannelTransports:
                 )
                 self._smtp[channel.id] = (smtp, transport)
                 return transport
-            case GraphOutbound():
-                raise ChannelUnavailable(
-                    f"channel {channel.id} sends through Exchange Online, which this sender "
-                    "release does not support yet"
-                )
+            case GraphOutbound() as graph:
+                return self._graph_transport(channel, graph)
             case None:
                 raise ChannelUnavailable(f"channel {channel.id} has no outbound settings")
 
+    def _graph_transport(self, channel: ChannelConfig, graph: GraphOutbound) -> Transport:
+        """One per channel's settings: msal's token cache (and a rotated refresh token) and the
+        HTTP connections live as long as the channel's Exchange settings do."""
+        known = self._graph.get(channel.id)
+        if known is not None and known[0] == graph:
+            return known[1]
+        if known is not None:  # settings changed: the old connections close at shutdown
+            self._retired_graph.append(known[1])
+        tokens = GraphTokens(
+            graph, secrets=self._secrets, ca_file=self._ca_file, timeout_s=self._smtp_timeout
+        )
+        client = GraphClient(
+            graph,
+            tokens,
+            tls=self._tls[True],
+            throttle=self._graph_throttle,
+            timeout_s=self._smtp_timeout,
+            host_policy=self._host_policy,
+        )
+        transport = GraphTransport(client, tokens)
+        self._graph[channel.id] = (graph, transport)
+        return transport
+
     def reap(self) -> None:
+        """Close idle SMTP sessions (httpx closes Graph's idle connections itself)."""
         for _settings, transport in self._smtp.values():
             transport.pool.reap()
 
@@ -97,5 +127,9 @@ class ChannelTransports:
         transports, self._smtp = list(self._smtp.values()), {}
         for _settings, transport in transports:
             await transport.aclose()
+        graphs = [t for _, t in self._graph.values()] + self._retired_graph
+        self._graph, self._retired_graph = {}, []
+        for graph in graphs:
+            await graph.aclose()
         if self._retired:
             await asyncio.wait(set(self._retired), timeout=10)
