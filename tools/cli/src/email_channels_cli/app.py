@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from importlib import metadata
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -49,6 +50,15 @@ app.add_typer(secrets_app, name="secrets")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _terminal_width() -> None:
+    """Honour COLUMNS as it is when a command runs (the consoles above are built at import)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit():
+        out.width = err.width = int(columns)
+
 
 EXIT_PROBLEM = 1
 EXIT_CANNOT = 2
