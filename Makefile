@@ -4,6 +4,9 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 # uv from PATH, else the copy bootstrap installed into this Python (python3 -m uv).
 UV := $(shell command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 PYTEST_ARGS ?=
+# make test runs test files in parallel processes (pytest-xdist), each with its own Kafka broker,
+# Dovecot and SMTP server: most tests wait on I/O, so three workers fit two cores.
+TEST_WORKERS ?= 3
 
 .PHONY: bootstrap run demo test test-unit lint format schemas tail kafka clean bench chaos image-test
 
@@ -24,7 +27,7 @@ demo: bootstrap
 ## test: the whole suite (unit, integration, end to end) against real Kafka, Dovecot, SMTP
 test: WITH_MAIL_SERVERS=1
 test: bootstrap
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## test-unit: only what needs no servers (seconds)
 test-unit: WITH_MAIL_SERVERS=0
