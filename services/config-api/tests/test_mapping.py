@@ -17,6 +17,7 @@ from email_channels.events import (
     ChannelConfig,
     ChannelState,
     ImapInbound,
+    Pop3Inbound,
     SmtpOutbound,
     TlsMode,
 )
@@ -375,3 +376,67 @@ def test_any_valid_password_round_trips_and_is_never_shown(
     assert out["inbound"]["password_set"] is True
     assert "password" not in out["inbound"]
     assert "password" not in out["outbound"]
+
+
+def pop3_body(**changes: Any) -> dict[str, Any]:
+    inbound = {
+        "kind": "pop3",
+        "host": "pop.example.com",
+        "tls": "ssl",
+        "username": "support",
+        "password": IMAP_PASSWORD,
+    }
+    inbound.update(changes)
+    return channel_body(inbound=inbound)
+
+
+def test_pop3_settings_map_to_the_pop3_event_with_its_default_port(box: SecretBox) -> None:
+    """A POP3 body becomes a Pop3Inbound (port 995 with ssl, 110 otherwise, delete by default),
+    encrypted, and comes back in the response as POP3 with only "password set"."""
+    config = mapping.channel_config(ChannelIn.model_validate(pop3_body()), channel_id="c1", box=box)
+    assert isinstance(config.inbound, Pop3Inbound)
+    assert config.inbound.port == 995
+    assert config.inbound.after_fetch is AfterFetch.DELETE
+    assert box.decrypt(config.inbound.password) == IMAP_PASSWORD
+    plain = mapping.channel_config(
+        ChannelIn.model_validate(pop3_body(tls="starttls", after_fetch="mark_seen")),
+        channel_id="c1",
+        box=box,
+    )
+    assert isinstance(plain.inbound, Pop3Inbound)
+    assert plain.inbound.port == 110
+    assert plain.inbound.after_fetch is AfterFetch.MARK_SEEN
+
+    out = mapping.channel_out(config, campaign=None, filters=None, status=UNKNOWN)
+    assert out.inbound is not None
+    assert out.inbound.kind == "pop3"
+    assert out.inbound.password_set
+    assert IMAP_PASSWORD not in out.model_dump_json()
+
+
+def test_pop3_refuses_folder_actions_and_needs_its_password(box: SecretBox) -> None:
+    """POP3 has no folders: `move` is refused by name; new POP3 settings need a password, and a
+    changed port needs it again."""
+    with pytest.raises(ValidationError) as refused:
+        ChannelIn.model_validate(pop3_body(after_fetch="move"))
+    assert "after_fetch" in str(refused.value)
+
+    body = pop3_body()
+    del body["inbound"]["password"]
+    with pytest.raises(InvalidInput) as caught:
+        mapping.channel_config(ChannelIn.model_validate(body), channel_id="c1", box=box)
+    assert [p.loc for p in caught.value.problems] == [("body", "inbound", "password")]
+
+    current = mapping.channel_config(
+        ChannelIn.model_validate(pop3_body()), channel_id="c1", box=box
+    )
+    moved = pop3_body(port=1995)
+    del moved["inbound"]["password"]
+    with pytest.raises(InvalidInput) as again:
+        mapping.channel_config(
+            ChannelUpdate.model_validate({**moved, "revision": 1}),
+            channel_id="c1",
+            box=box,
+            current=current,
+        )
+    assert "port changed" in again.value.problems[0].message

@@ -27,6 +27,8 @@ from config_api.schemas import (
     HeaderConditionOut,
     ImapInboundIn,
     ImapInboundOut,
+    Pop3InboundIn,
+    Pop3InboundOut,
     SmtpOutboundIn,
     SmtpOutboundOut,
     StatusOut,
@@ -38,6 +40,7 @@ from email_channels.events import (
     GraphApp,
     HeaderCondition,
     ImapInbound,
+    Pop3Inbound,
     SmtpOutbound,
     TlsMode,
     utcnow,
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     from email_channels.secretbox import EncryptedSecret, SecretBox
 
 IMAP_PORTS = {TlsMode.SSL: 993, TlsMode.STARTTLS: 143, TlsMode.PLAIN: 143}
+POP3_PORTS = {TlsMode.SSL: 995, TlsMode.STARTTLS: 110, TlsMode.PLAIN: 110}
 SMTP_PORTS = {TlsMode.SSL: 465, TlsMode.STARTTLS: 587, TlsMode.PLAIN: 25}
 
 
@@ -78,6 +82,8 @@ def channel_config(
     inbound: Inbound | None = None
     if isinstance(body.inbound, GraphInboundIn):
         inbound = graph_inbound(body.inbound, stored_in, box)
+    elif isinstance(body.inbound, Pop3InboundIn):
+        inbound = _pop3(body.inbound, stored_in, box)
     elif body.inbound is not None:
         inbound = _imap(body.inbound, stored_in, box)
     outbound: Outbound | None = None
@@ -152,8 +158,36 @@ def _imap(body: ImapInboundIn, stored: Inbound | None, box: SecretBox) -> ImapIn
     )
 
 
+def _pop3(body: Pop3InboundIn, stored: Inbound | None, box: SecretBox) -> Pop3Inbound:
+    loc = ("body", "inbound", "password")
+    port = body.port or POP3_PORTS[body.tls]
+    kept = stored.password if isinstance(stored, Pop3Inbound) else None
+    if body.password is None and isinstance(stored, Pop3Inbound):
+        _refuse_moved_password(
+            stored, host=body.host, port=port, username=body.username, tls=body.tls, loc=loc
+        )
+    password = _secret(body.password, kept, box, loc)
+    if password is None:
+        raise InvalidInput(
+            Problem(
+                loc,
+                "required: POP3 needs the account's password (omit it only to keep "
+                "the one already stored)",
+            )
+        )
+    return Pop3Inbound(
+        host=body.host,
+        port=port,
+        tls=body.tls,
+        verify_tls=body.verify_tls,
+        username=body.username,
+        password=password,
+        after_fetch=body.after_fetch,
+    )
+
+
 def _refuse_moved_password(
-    stored: ImapInbound | SmtpOutbound,
+    stored: ImapInbound | Pop3Inbound | SmtpOutbound,
     *,
     host: str,
     port: int,
@@ -249,12 +283,24 @@ def channel_out(
     )
 
 
-def _inbound_out(inbound: Inbound | None) -> ImapInboundOut | GraphInboundOut | None:
+def _inbound_out(
+    inbound: Inbound | None,
+) -> ImapInboundOut | Pop3InboundOut | GraphInboundOut | None:
     # IMAP and Exchange are offered by this API version; other kinds written by a newer release
     # are left out of the response rather than misreported.
     if isinstance(inbound, GraphApp):
         out = graph_out(inbound)
         return out if isinstance(out, GraphInboundOut) else None
+    if isinstance(inbound, Pop3Inbound):
+        return Pop3InboundOut(
+            host=inbound.host,
+            port=inbound.port,
+            tls=inbound.tls,
+            verify_tls=inbound.verify_tls,
+            username=inbound.username,
+            password_set=True,
+            after_fetch=inbound.after_fetch,
+        )
     if not isinstance(inbound, ImapInbound):
         return None
     return ImapInboundOut(

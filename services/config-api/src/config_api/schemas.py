@@ -188,6 +188,29 @@ class ImapInboundIn(RequestModel):
     )
 
 
+class Pop3InboundIn(RequestModel):
+    """Read the mailbox over POP3 (no folders: the maildrop is the inbox)."""
+
+    kind: Literal["pop3"]
+    host: HostName
+    port: Port | None = Field(default=None, description="default: 995 with ssl, else 110")
+    tls: TlsMode = TlsMode.SSL
+    verify_tls: bool = Field(
+        default=True, description="verify the server certificate; turn off only knowingly"
+    )
+    username: UserName
+    password: Password | None = Field(
+        default=None, description="write-only; omit it on update to keep the stored one"
+    )
+    after_fetch: Literal[AfterFetch.DELETE, AfterFetch.MARK_SEEN] = Field(
+        default=AfterFetch.DELETE,
+        description=(
+            "`delete` (DELE once Kafka has the message) or `mark_seen`: leave it on the server "
+            "(taken once, remembered by its UIDL)"
+        ),
+    )
+
+
 class SmtpOutboundIn(RequestModel):
     """Send over SMTP."""
 
@@ -328,11 +351,13 @@ def _kind_or(default: str) -> Callable[[Any], str]:
     return kind
 
 
-SETTINGS_KINDS = frozenset({"imap", "smtp", "graph"})
+SETTINGS_KINDS = frozenset({"imap", "pop3", "smtp", "graph"})
 """The ``kind`` tags of inbound/outbound settings (pydantic names them in error locations)."""
 
 InboundIn = Annotated[
-    Annotated[ImapInboundIn, Tag("imap")] | Annotated[GraphInboundIn, Tag("graph")],
+    Annotated[ImapInboundIn, Tag("imap")]
+    | Annotated[Pop3InboundIn, Tag("pop3")]
+    | Annotated[GraphInboundIn, Tag("graph")],
     Discriminator(_kind_or("imap")),
 ]
 OutboundIn = Annotated[
@@ -381,6 +406,17 @@ class ImapInboundOut(ResponseModel):
     move_to_folder: str | None
 
 
+class Pop3InboundOut(ResponseModel):
+    kind: Literal["pop3"] = "pop3"
+    host: str
+    port: int
+    tls: TlsMode
+    verify_tls: bool
+    username: str
+    password_set: bool
+    after_fetch: AfterFetch
+
+
 class SmtpOutboundOut(ResponseModel):
     kind: Literal["smtp"] = "smtp"
     host: str
@@ -410,7 +446,7 @@ class ChannelOut(ResponseModel):
     default_campaign_name: str | None
     enabled: bool
     sync_recipient_only: bool
-    inbound: ImapInboundOut | GraphInboundOut | None
+    inbound: ImapInboundOut | Pop3InboundOut | GraphInboundOut | None
     outbound: SmtpOutboundOut | GraphOutboundOut | None
     filter_count: int
     status: StatusOut
