@@ -311,3 +311,28 @@ async def test_canary_password_never_leaves_the_secret_box(
     assert all(CANARY.encode() not in (value or b"") for _, value in records)
     assert events
     assert CANARY not in repr(events)
+
+
+async def test_pop3_settings_validate_through_the_api(
+    api: httpx.AsyncClient, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    """A POP3 inbound (Dovecot's POP3S) validates with the fetcher's POP3 code: logged in and
+    the maildrop listed; a wrong password fails at auth, naming the step."""
+    pop3 = {
+        "kind": "pop3",
+        "host": dovecot.host,
+        "port": dovecot.pop3s_port,
+        "tls": "ssl",
+        "username": mail_user.user,
+        "password": mail_user.password,
+    }
+    good = await api.post("/api/v1/channels/validate", json={"inbound": pop3})
+    bad = await api.post(
+        "/api/v1/channels/validate", json={"inbound": {**pop3, "password": "not-the-password"}}
+    )
+
+    assert good.status_code == 200, good.text
+    assert good.json()["ok"] is True, good.json()
+    assert bad.json()["ok"] is False
+    assert bad.json()["failing_step"] == "inbound.auth", bad.json()
+    assert "not-the-password" not in bad.text
