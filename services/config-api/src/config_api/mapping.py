@@ -128,22 +128,8 @@ def campaign_event(name: str, *, campaign_id: str, now: datetime | None = None) 
 
 
 def _imap(body: ImapInboundIn, stored: Inbound | None, box: SecretBox) -> ImapInbound:
-    loc = ("body", "inbound", "password")
     port = body.port or IMAP_PORTS[body.tls]
-    kept = stored.password if isinstance(stored, ImapInbound) else None
-    if body.password is None and isinstance(stored, ImapInbound):
-        _refuse_moved_password(
-            stored, host=body.host, port=port, username=body.username, tls=body.tls, loc=loc
-        )
-    password = _secret(body.password, kept, box, loc)
-    if password is None:
-        raise InvalidInput(
-            Problem(
-                loc,
-                "required: IMAP needs the account's password (omit it only to keep "
-                "the one already stored)",
-            )
-        )
+    password = _mailbox_password(body, port, stored, kind=ImapInbound, box=box, protocol="IMAP")
     return ImapInbound(
         host=body.host,
         port=port,
@@ -159,22 +145,8 @@ def _imap(body: ImapInboundIn, stored: Inbound | None, box: SecretBox) -> ImapIn
 
 
 def _pop3(body: Pop3InboundIn, stored: Inbound | None, box: SecretBox) -> Pop3Inbound:
-    loc = ("body", "inbound", "password")
     port = body.port or POP3_PORTS[body.tls]
-    kept = stored.password if isinstance(stored, Pop3Inbound) else None
-    if body.password is None and isinstance(stored, Pop3Inbound):
-        _refuse_moved_password(
-            stored, host=body.host, port=port, username=body.username, tls=body.tls, loc=loc
-        )
-    password = _secret(body.password, kept, box, loc)
-    if password is None:
-        raise InvalidInput(
-            Problem(
-                loc,
-                "required: POP3 needs the account's password (omit it only to keep "
-                "the one already stored)",
-            )
-        )
+    password = _mailbox_password(body, port, stored, kind=Pop3Inbound, box=box, protocol="POP3")
     return Pop3Inbound(
         host=body.host,
         port=port,
@@ -184,6 +156,35 @@ def _pop3(body: Pop3InboundIn, stored: Inbound | None, box: SecretBox) -> Pop3In
         password=password,
         after_fetch=body.after_fetch,
     )
+
+
+def _mailbox_password(
+    body: ImapInboundIn | Pop3InboundIn,
+    port: int,
+    stored: Inbound | None,
+    *,
+    kind: type[ImapInbound | Pop3Inbound],
+    box: SecretBox,
+    protocol: str,
+) -> EncryptedSecret:
+    """The password for an IMAP/POP3 login: the one typed, else the stored one for the same
+    kind, server and user (a changed login needs it again)."""
+    loc = ("body", "inbound", "password")
+    kept = stored.password if isinstance(stored, kind) else None
+    if body.password is None and isinstance(stored, kind):
+        _refuse_moved_password(
+            stored, host=body.host, port=port, username=body.username, tls=body.tls, loc=loc
+        )
+    password = _secret(body.password, kept, box, loc)
+    if password is None:
+        raise InvalidInput(
+            Problem(
+                loc,
+                f"required: {protocol} needs the account's password (omit it only to keep "
+                "the one already stored)",
+            )
+        )
+    return password
 
 
 def _refuse_moved_password(
