@@ -80,8 +80,11 @@ def customer_mail(number: int, to: str, *, size: int = 2_000) -> bytes:
 class Service:
     """One service as ``python -m <module>``; its output appended to a log file."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], log_dir: Path, *, module: str | None = None
+    ) -> None:
         self.name = name
+        self.module = module or SERVICES[name]
         self.env = env
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -91,7 +94,7 @@ class Service:
         handle: IO[bytes]
         with self.log_path.open("ab") as handle:
             self.process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-                [sys.executable, "-m", SERVICES[self.name]],
+                [sys.executable, "-m", self.module],
                 env={**os.environ, **self.env},
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -161,7 +164,7 @@ class Pipeline:
             "EMAIL_CHANNELS_LOG_FORMAT": "json",
             "CONFIG_API_HOST": "127.0.0.1",
             "CONFIG_API_PORT": str(free_port()),
-            "CONFIG_API_ADMIN_TOKEN": "chaos-admin-token",
+            "CONFIG_API_ADMIN_TOKEN": "chaos-admin-token-for-the-harness",
         }
 
     async def configure(self) -> None:
@@ -203,6 +206,21 @@ class Pipeline:
             service = self.services.get(name) or Service(name, env, self.work_dir / "logs")
             self.services[name] = service
             service.start()
+
+    def add_replica(self, service: str, number: int) -> str:
+        """Start one more instance of ``service`` as ``<service>-<number>`` (its own router
+        instance id, so it joins the group instead of fencing the first); returns its name."""
+        name = f"{service}-{number}"
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        env = {**self.env(), "ROUTER_INSTANCE_ID": f"chaos-{name}"}
+        replica = Service(name, env, self.work_dir / "logs", module=SERVICES[service])
+        self.services[name] = replica
+        replica.start()
+        return name
+
+    def remove_replica(self, name: str) -> None:
+        """Stop a replica the way a scale-down does (SIGTERM: it leaves its group cleanly)."""
+        self.services.pop(name).stop()
 
     def restart(self, name: str) -> None:
         self.services[name].kill()

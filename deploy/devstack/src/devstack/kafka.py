@@ -512,6 +512,8 @@ class KafkaBroker:
             return
         _signal_group(process.pid, signal.SIGKILL)
         process.wait()
+        if process.stdin is not None:  # the supervisor's pipe: ours to close
+            process.stdin.close()
         self._forget_process()
         _log.info("kafka.killed", pid=process.pid)
 
