@@ -11,7 +11,12 @@ from __future__ import annotations
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+from email_channels.errors import ChannelMisconfigured
+
+if TYPE_CHECKING:
+    from email_channels.events import ChannelConfig
 
 RECIPIENT_HEADERS: Final = (
     "To",
@@ -24,6 +29,20 @@ RECIPIENT_HEADERS: Final = (
     "Envelope-To",
 )
 """The headers looked at (also the IMAP ``HEADER.FIELDS`` list asked for)."""
+
+
+def channel_recipient(channel: ChannelConfig) -> str | None:
+    """The address mail must be for when the channel syncs "recipient only", else None.
+
+    A channel with the option on and no address is misconfigured (config-api refuses it; a
+    record written otherwise stops here with a status that says so)."""
+    if not channel.sync_recipient_only:
+        return None
+    if not channel.email_address:
+        raise ChannelMisconfigured(
+            "sync_recipient_only is on but the channel has no email_address", step="config"
+        )
+    return str(channel.email_address)
 
 
 def recipients_of(header_block: bytes) -> set[str]:

@@ -32,7 +32,7 @@ from pydantic import SecretStr
 from email_channels.errors import ChannelMisconfigured, PipelineError
 from email_channels.events import AfterFetch, FetchCursor, Pop3Inbound, SourceIdentity, TlsMode
 from email_channels.tls import client_contexts
-from fetcher.recipients import addressed_to
+from fetcher.recipients import addressed_to, channel_recipient
 from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable
 from fetcher.sources.connection_errors import map_connection_error
 from fetcher.sources.tls import connect, start_tls
@@ -543,16 +543,12 @@ class Pop3SourceFactory:
         inbound = channel.inbound
         if not isinstance(inbound, Pop3Inbound):
             raise ChannelMisconfigured("the channel has no POP3 inbound settings", step="config")
-        recipient = channel.email_address if channel.sync_recipient_only else None
-        if channel.sync_recipient_only and not recipient:
-            raise ChannelMisconfigured(
-                "sync_recipient_only is on but the channel has no email_address", step="config"
-            )
+        recipient = channel_recipient(channel)
         return Pop3Source(
             inbound,
             password=self._secret_box.decrypt(inbound.password),
             host_policy=self._host_policy,
             options=self._options,
             tls_context=self._tls[inbound.verify_tls],
-            recipient=str(recipient) if recipient else None,
+            recipient=recipient,
         )

@@ -42,7 +42,7 @@ from email_channels.events import (
 )
 from email_channels.tls import client_contexts
 from fetcher.metrics import UIDVALIDITY_RESETS
-from fetcher.recipients import RECIPIENT_HEADERS, addressed_to
+from fetcher.recipients import RECIPIENT_HEADERS, addressed_to, channel_recipient
 from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable
 from fetcher.sources.imap.client import ImapClient, uid_fetch
 from fetcher.sources.imap.errors import ImapRefused, Step, mapped
@@ -693,17 +693,13 @@ class ImapSourceFactory:
         inbound = channel.inbound
         if not isinstance(inbound, ImapInbound):
             raise ChannelMisconfigured("the channel has no IMAP inbound settings", step="config")
-        recipient = channel.email_address if channel.sync_recipient_only else None
-        if channel.sync_recipient_only and not recipient:
-            raise ChannelMisconfigured(
-                "sync_recipient_only is on but the channel has no email_address", step="config"
-            )
+        recipient = channel_recipient(channel)
         return ImapSource(
             inbound,
             password=self._secret_box.decrypt(inbound.password),
             host_policy=self._host_policy,
             options=self._options,
             tls_context=self._tls[inbound.verify_tls],
-            recipient=str(recipient) if recipient else None,
+            recipient=recipient,
             large_downloads=self._large,
         )
