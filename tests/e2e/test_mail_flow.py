@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from devstack.java_consumer import validate_topic
-from devstack.ports import free_port
-from devstack.processes import ServiceProcesses
+from devstack.pytest_plugin import E2E_ADMIN_TOKEN
 from email_channels.codec import decode, header
 from email_channels.compacted import CompactedView
 from email_channels.consume import make_consumer
@@ -32,46 +31,13 @@ from email_channels.events import (
 from email_channels.producer import EventProducer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
-    from devstack.certs import TestPki
     from devstack.dovecot import Dovecot
+    from devstack.processes import ServiceProcesses
     from devstack.pytest_plugin import MailUser
     from devstack.smtp import SmtpServer
     from email_channels.settings import KafkaSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
-
-
-@pytest.fixture
-def services(
-    kafka_settings: KafkaSettings, secret_keys: str, pki: TestPki, tmp_path: Path
-) -> Iterator[tuple[ServiceProcesses, str]]:
-    port = free_port()
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-        "KAFKA_PARTITIONS": str(kafka_settings.partitions),
-        "EMAIL_CHANNELS_SECRET_KEYS": secret_keys,
-        "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path / 'blobs'}",
-        "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1",
-        "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
-        "EMAIL_CHANNELS_LOG_FORMAT": "json",
-        "CONFIG_API_HOST": "127.0.0.1",
-        "CONFIG_API_PORT": str(port),
-        "CONFIG_API_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    processes = ServiceProcesses(env, log_dir=tmp_path / "logs")
-    processes.start()
-    try:
-        processes.wait_http_ready(f"http://127.0.0.1:{port}/readyz")
-        yield processes, f"http://127.0.0.1:{port}"
-    finally:
-        codes = processes.stop()
-    assert all(code == 0 for code in codes.values()), f"unclean stop: {codes}"
 
 
 def _customer_mail(to: str, subject: str) -> bytes:
@@ -137,16 +103,16 @@ async def _java_consumer_validates(kafka_settings: KafkaSettings, *, records: in
 
 
 async def test_mail_in_a_mailbox_comes_out_routed_and_a_reply_is_sent(
-    services: tuple[ServiceProcesses, str],
+    four_services: tuple[ServiceProcesses, str],
     kafka_settings: KafkaSettings,
     dovecot: Dovecot,
     mail_user: MailUser,
     smtp_server: SmtpServer,
     wait_until: Any,
 ) -> None:
-    processes, base = services
+    processes, base = four_services
     async with httpx.AsyncClient(
-        base_url=base, timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        base_url=base, timeout=30, headers={"Authorization": f"Bearer {E2E_ADMIN_TOKEN}"}
     ) as client:
         channel_id, campaign_id = await _create_channel(client, mail_user, dovecot, smtp_server)
 

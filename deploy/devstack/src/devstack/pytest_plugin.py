@@ -19,6 +19,8 @@ from devstack.certs import TestPki, make_test_pki
 from devstack.dovecot import Dovecot
 from devstack.graph import LocalGraph
 from devstack.kafka import running_kafka
+from devstack.ports import free_port
+from devstack.processes import ServiceProcesses
 from devstack.smtp import SmtpServer
 from email_channels.admin import ensure_topics
 from email_channels.secretbox import SecretBox
@@ -26,6 +28,7 @@ from email_channels.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from devstack.kafka import KafkaEndpoint
 
@@ -101,6 +104,40 @@ def dovecot(pki: TestPki) -> Iterator[Dovecot]:
         yield server
 
 
+E2E_ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"  # noqa: S105 - a local test token
+"""The config-api operator token of :func:`four_services` (send it as a Bearer token)."""
+
+
+@pytest.fixture
+def four_services(
+    kafka_settings: KafkaSettings, secret_keys: str, pki: TestPki, tmp_path: Path
+) -> Iterator[tuple[ServiceProcesses, str]]:
+    """The four services as processes on this test's topics; yields them and config-api's URL.
+    Signed in with :data:`E2E_ADMIN_TOKEN`; every service must stop cleanly at the end."""
+    port = free_port()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
+        "KAFKA_PARTITIONS": str(kafka_settings.partitions),
+        "EMAIL_CHANNELS_SECRET_KEYS": secret_keys,
+        "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path / 'blobs'}",
+        "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1",
+        "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
+        "EMAIL_CHANNELS_LOG_FORMAT": "json",
+        "CONFIG_API_HOST": "127.0.0.1",
+        "CONFIG_API_PORT": str(port),
+        "CONFIG_API_ADMIN_TOKEN": E2E_ADMIN_TOKEN,
+    }
+    processes = ServiceProcesses(env, log_dir=tmp_path / "logs")
+    processes.start()
+    try:
+        processes.wait_http_ready(f"http://127.0.0.1:{port}/readyz")
+        yield processes, f"http://127.0.0.1:{port}"
+    finally:
+        codes = processes.stop()
+    assert all(code == 0 for code in codes.values()), f"unclean stop: {codes}"
+
+
 class MailUser:
     def __init__(self, user: str, password: str) -> None:
         self.user = user
@@ -148,4 +185,4 @@ async def wait_until() -> Any:
     return _wait
 
 
-__all__ = ["MailUser"]
+__all__ = ["E2E_ADMIN_TOKEN", "MailUser"]

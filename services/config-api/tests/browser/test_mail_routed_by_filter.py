@@ -4,7 +4,6 @@ through the fetcher and router running as processes."""
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -13,55 +12,20 @@ from typing import TYPE_CHECKING
 import pytest
 from playwright.async_api import expect
 
-from devstack.ports import free_port
-from devstack.processes import ServiceProcesses
+from devstack.pytest_plugin import E2E_ADMIN_TOKEN
 from email_channels.codec import decode, header
 from email_channels.consume import make_consumer
 from email_channels.events import RoutedEmail
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
     from playwright.async_api import Page
 
-    from devstack.certs import TestPki
     from devstack.dovecot import Dovecot
+    from devstack.processes import ServiceProcesses
     from devstack.pytest_plugin import MailUser
     from email_channels.settings import KafkaSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-ADMIN_TOKEN = f"browser-e2e-{secrets.token_urlsafe(24)}"
-
-
-@pytest.fixture
-def services_url(
-    kafka_settings: KafkaSettings, secret_keys: str, pki: TestPki, tmp_path: Path
-) -> Iterator[tuple[ServiceProcesses, str]]:
-    """The four services as processes on this test's topics; yields config-api's URL."""
-    port = free_port()
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_settings.bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": kafka_settings.topic_prefix,
-        "KAFKA_PARTITIONS": str(kafka_settings.partitions),
-        "EMAIL_CHANNELS_SECRET_KEYS": secret_keys,
-        "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path / 'blobs'}",
-        "EMAIL_CHANNELS_ALLOWED_HOSTS": "127.0.0.1",
-        "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
-        "EMAIL_CHANNELS_LOG_FORMAT": "json",
-        "CONFIG_API_HOST": "127.0.0.1",
-        "CONFIG_API_PORT": str(port),
-        "CONFIG_API_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    processes = ServiceProcesses(env, log_dir=tmp_path / "logs")
-    processes.start()
-    try:
-        processes.wait_http_ready(f"http://127.0.0.1:{port}/readyz")
-        yield processes, f"http://127.0.0.1:{port}"
-    finally:
-        codes = processes.stop()
-    assert all(code == 0 for code in codes.values()), f"unclean stop: {codes}"
 
 
 def _customer_mail(to: str, subject: str) -> bytes:
@@ -76,7 +40,7 @@ def _customer_mail(to: str, subject: str) -> bytes:
 
 async def _sign_in(page: Page, url: str) -> None:
     await page.goto(url)
-    await page.get_by_label("Access token").fill(ADMIN_TOKEN)
+    await page.get_by_label("Access token").fill(E2E_ADMIN_TOKEN)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("heading", name="Channels", exact=True)).to_be_visible()
 
@@ -121,14 +85,14 @@ async def _create_channel_with_filter(page: Page, dovecot: Dovecot, mail_user: M
 
 async def test_mail_is_routed_by_a_filter_set_up_in_the_page(
     page: Page,
-    services_url: tuple[ServiceProcesses, str],
+    four_services: tuple[ServiceProcesses, str],
     kafka_settings: KafkaSettings,
     dovecot: Dovecot,
     mail_user: MailUser,
 ) -> None:
     """Campaigns, an activated IMAP channel and an "invoice" filter made in the page route a
     delivered invoice question to the filter's campaign, not the default one."""
-    processes, url = services_url
+    processes, url = four_services
     run = uuid.uuid4().hex[:8]
     await _sign_in(page, url)
 
