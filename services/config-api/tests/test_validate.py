@@ -30,13 +30,7 @@ if TYPE_CHECKING:
     RunApi = Callable[[ConfigApiSettings], AbstractAsyncContextManager[httpx.AsyncClient]]
     ReadTopic = Callable[[KafkaSettings, str], Awaitable[list[tuple[str, bytes | None]]]]
 
-pytestmark = [
-    pytest.mark.integration,
-    # Known leak (see the closing note of this change): when the seven failure cases run at
-    # once, one failed TLS path leaves an asyncio SSL transport to the garbage collector. Each
-    # case alone closes cleanly; the warning surfaces in whichever test the GC runs in.
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = pytest.mark.integration
 
 BOUND_S = 20.0
 """Generous for the shared test machine (Dovecot delays a failed login by 2 s on purpose)."""

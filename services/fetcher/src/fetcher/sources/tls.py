@@ -43,11 +43,16 @@ async def connect(
         return
     waiter: asyncio.Future[None] = loop.create_future()
     tls = LeanSSLProtocol(loop, protocol, context, waiter, server_hostname=host)
-    transport, _ = await loop.create_connection(lambda: tls, host, port)
+    try:
+        transport, _ = await loop.create_connection(lambda: tls, host, port)
+    except BaseException:
+        _discard(tls)  # no TCP connection: the TLS layer was never used
+        raise
     try:
         await waiter  # the handshake: a certificate error is raised here
     except BaseException:
         transport.close()
+        _discard(tls)
         raise
 
 
@@ -73,6 +78,21 @@ async def start_tls(
         transport.close()
         made.cancel()
         resumed.cancel()
+        _discard(tls)
         raise
     app: asyncio.Transport = tls._app_transport  # noqa: SLF001 - what start_tls returns too
     return app
+
+
+def _discard(tls: LeanSSLProtocol) -> None:
+    """Mark the app-side transport of a TLS layer that failed to come up as closed.
+
+    ``SSLProtocol`` creates its app transport up front. When TCP or the handshake fails, the
+    protocol only marks it closed in ``connection_lost``, which never runs if TCP failed and
+    runs one loop turn later after a failed handshake; a caller that finishes first (a bounded
+    validate, a test) leaves it to the garbage collector, which warns about an unclosed
+    transport. CPython's own ``connection_lost`` does exactly this (``_closed = True``).
+    """
+    app = tls._app_transport  # noqa: SLF001 - see the docstring
+    if app is not None:
+        app._closed = True  # noqa: SLF001
