@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import imaplib
 import os
-import random
 import signal
 import ssl
 import subprocess
@@ -436,29 +435,6 @@ def _outbound_id_of(message: EmailMessage) -> str | None:
 
 
 # --- driving faults -------------------------------------------------------------------------
-
-
-async def kill_repeatedly(
-    pipeline: Pipeline,
-    name: str,
-    *,
-    times: int,
-    seed: int,
-    min_gap_s: float,
-    max_gap_s: float,
-    until: Callable[[], bool],
-) -> int:
-    """SIGKILL ``name`` and start it again, ``times`` times at random gaps (fixed seed), while
-    ``until()`` is false. Returns how many kills happened."""
-    rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not cryptography
-    done = 0
-    while done < times and not until():
-        await asyncio.sleep(rng.uniform(min_gap_s, max_gap_s))
-        if until():
-            break
-        pipeline.restart(name)
-        done += 1
-    return done
 
 
 async def kill_at_progress(
