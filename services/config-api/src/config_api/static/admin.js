@@ -2,7 +2,7 @@
 // Every screen only calls the config API (relative URLs, so the page works behind a prefix).
 "use strict";
 
-import { Api } from "./api.js";
+import { Api, seg } from "./api.js";
 import { loadCampaigns, onCampaignsChanged, setUpCampaigns } from "./campaigns.js";
 import { openChannel, setUpChannelForm } from "./channel-form.js";
 import { loadChannels, refreshCampaignChoices, setUpChannels } from "./channels.js";
@@ -15,6 +15,7 @@ const VIEWS = ["channels", "campaigns"];
 const EXPIRED = "Your sign-in has expired or was revoked: please sign in again.";
 let signInOptions = { methods: ["token"], oidc: null };
 let expiryTimer;
+let authoriseOutcome = null; // the Exchange sign-in's outcome the API's callback brought back
 
 function showView(name) {
   for (const view of ["sign-in", ...VIEWS]) $(`#${view}-view`).hidden = view !== name;
@@ -148,6 +149,26 @@ async function start() {
   watchExpiry();
   route();
   await loadChannels().catch((error) => say(error.message));
+  if (authoriseOutcome) await showAuthoriseOutcome(authoriseOutcome);
+}
+
+// "Save and authorise" ends here: the API's callback sends the browser back with
+// ?authorised=<id> or ?authorise_error=<message>&channel=<id>. Say how it went and reopen the
+// channel, which shows whether it is authorised.
+function takeAuthoriseOutcome() {
+  const query = new URLSearchParams(location.search);
+  if (!query.has("authorised") && !query.has("authorise_error")) return null;
+  history.replaceState(null, "", `${location.pathname}${location.hash}`);
+  return { channelId: query.get("authorised") ?? query.get("channel"), error: query.get("authorise_error") };
+}
+
+async function showAuthoriseOutcome(outcome) {
+  authoriseOutcome = null;
+  const channel = outcome.channelId ? await api.get(`/channels/${seg(outcome.channelId)}`).catch(() => null) : null;
+  const name = channel ? `"${channel.name}"` : "the channel";
+  if (outcome.error) say(`The Microsoft sign-in for ${name} did not complete: ${outcome.error}`);
+  else say(`Exchange Online access for ${name} is authorised.`, "info");
+  if (channel && !document.body.classList.contains("viewer")) await openChannel(channel).catch((e) => say(e.message));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -177,6 +198,7 @@ document.addEventListener("DOMContentLoaded", () => {
 // Learn how this API signs in, take an OIDC answer in the address if there is one, then start.
 async function boot() {
   signInOptions = await loadSignInOptions();
+  authoriseOutcome = takeAuthoriseOutcome();
   try {
     const session = await finishSignIn();
     if (session) api.signIn(session.token, { method: "oidc", expiresAt: session.expiresAt, user: session.user });
