@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.integration]
 API_AUDIENCE = "api://email-channels-test"
 ADMIN_USER = "ada@contoso.test"
 VIEWER_USER = "victor@contoso.test"
+NO_ROLE_USER = "nora@contoso.test"
 
 
 class Tenant:
@@ -52,6 +53,7 @@ class Tenant:
         )
         self.graph.add_user(ADMIN_USER, roles=("EmailChannels.Admin",))
         self.graph.add_user(VIEWER_USER, roles=("EmailChannels.Viewer",))
+        self.graph.add_user(NO_ROLE_USER)
 
 
 @pytest.fixture
@@ -78,12 +80,13 @@ async def oidc_url(browser_settings: ConfigApiSettings, tenant: Tenant) -> Async
         yield url
 
 
-async def _sign_in(page: Page, url: str, user: str) -> None:
+async def _sign_in(page: Page, url: str, user: str, *, lands: bool = True) -> None:
     await page.goto(url)
     await page.get_by_role("button", name="Sign in with your organisation").click()
     await page.get_by_label("Email or username").fill(user)
     await page.get_by_role("button", name="Sign in", exact=True).click()
-    await expect(page.get_by_role("heading", name="Channels", exact=True)).to_be_visible()
+    if lands:
+        await expect(page.get_by_role("heading", name="Channels", exact=True)).to_be_visible()
 
 
 async def test_oidc_sign_in_as_admin_can_write(
@@ -133,8 +136,9 @@ async def test_oidc_viewer_sees_no_write_controls_and_an_expired_sign_in_asks_ag
     screen: Callable[[Page, str], Awaitable[None]],
 ) -> None:
     """Signed in through the provider as a viewer: role viewer shown, no New channel, no bulk
-    bar, no Create campaign; when the access token's lifetime ends the page returns to the
-    sign-in screen saying the sign-in expired."""
+    bar, no Create campaign; a user with neither role is back at sign-in with the API's 403
+    reason; when the access token's lifetime ends the page returns to the sign-in screen saying
+    the sign-in expired."""
     page = await new_page(ignore_https_errors=True)
     await _sign_in(page, oidc_url, VIEWER_USER)
     await expect(page.locator("#whoami")).to_have_text(f"{VIEWER_USER} (viewer)")
@@ -144,6 +148,12 @@ async def test_oidc_viewer_sees_no_write_controls_and_an_expired_sign_in_asks_ag
     await expect(page.get_by_role("button", name="Create campaign")).to_be_hidden()
     await screen(page, "signed-in-oidc-viewer")
     await page.get_by_role("button", name="Sign out").click()
+
+    await _sign_in(page, oidc_url, NO_ROLE_USER, lands=False)
+    await expect(page.locator("#sign-in-message")).to_contain_text(
+        "holds neither an admin nor a viewer role"
+    )
+    await expect(page.locator("#whoami")).to_be_hidden()
 
     tenant.graph.access_token_lifetime_s = 3
     await _sign_in(page, oidc_url, VIEWER_USER)
