@@ -29,7 +29,8 @@ Graph (``https://127.0.0.1:<port>/v1.0/users/<mailbox>/...``)
     an unknown mailbox or a distribution group.
 
 Not reproduced: JSON (non-MIME) sendMail bodies, change notifications (webhooks), $batch,
-consent screens and multi-factor prompts, single sign-on sessions, conditional access, and Graph's eventual consistency (a change shows in the very next delta).
+consent screens and multi-factor prompts, single sign-on sessions, conditional access, and
+Graph's eventual consistency (a change shows in the very next delta).
 """
 
 from devstack.graph.http import form_post_page, read_form_post
