@@ -38,7 +38,8 @@ async def test_save_and_authorise_round_trip_shows_the_error_then_authorised(
     """An app-only Exchange channel is switched to delegated in the edit window: the redirect
     URI to register is shown; Save and authorise with a wrong client secret comes back from the
     Microsoft sign-in with the error naming the secret; with the right one it comes back
-    authorised (shown in the window and stored on the channel)."""
+    authorised (shown in the window and stored on the channel). A crafted link carrying an
+    outcome shows nothing."""
     local_graph.add_mailbox(MAILBOX)
     callback = f"{admin_url}/oauth/callback"
     app = local_graph.register_app(
@@ -113,3 +114,10 @@ async def test_save_and_authorise_round_trip_shows_the_error_then_authorised(
     assert shown["inbound"]["authorised"] is True
     assert shown["inbound"]["authorised_by"] == "admin-token"
     assert ("GET", f"/{app.tenant_id}/oauth2/v2.0/authorize") in local_graph.requests
+
+    # A crafted link with an outcome is not shown: only a sign-in started in this tab is.
+    await page.goto(f"{admin_url}/?authorise_error=Call+0800&channel={channel_id}")
+    await expect(page.locator("#channel-rows")).to_contain_text("Exchange support")
+    await expect(page.locator("#message")).not_to_contain_text("0800")
+    await expect(dialog).to_be_hidden()
+    assert "authorise_error" not in page.url

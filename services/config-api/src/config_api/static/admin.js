@@ -4,7 +4,7 @@
 
 import { Api, seg } from "./api.js";
 import { loadCampaigns, onCampaignsChanged, setUpCampaigns } from "./campaigns.js";
-import { openChannel, setUpChannelForm } from "./channel-form.js";
+import { AUTHORISING_KEY, openChannel, setUpChannelForm } from "./channel-form.js";
 import { loadChannels, refreshCampaignChoices, setUpChannels } from "./channels.js";
 import { $, clearErrors, say, showErrors } from "./dom.js";
 import { openFilters, setUpFilters } from "./filters.js";
@@ -159,7 +159,12 @@ function takeAuthoriseOutcome() {
   const query = new URLSearchParams(location.search);
   if (!query.has("authorised") && !query.has("authorise_error")) return null;
   history.replaceState(null, "", `${location.pathname}${location.hash}`);
-  return { channelId: query.get("authorised") ?? query.get("channel"), error: query.get("authorise_error") };
+  const started = sessionStorage.getItem(AUTHORISING_KEY);
+  sessionStorage.removeItem(AUTHORISING_KEY);
+  const channelId = query.get("authorised") ?? query.get("channel");
+  // Only for a sign-in started in this tab: a crafted link cannot put its text on the page.
+  if (!started || started !== channelId) return null;
+  return { channelId, error: query.get("authorise_error") };
 }
 
 async function showAuthoriseOutcome(outcome) {

@@ -7,6 +7,7 @@ import { fillCampaignSelect } from "./campaigns.js";
 import { $, $$, clearErrors, confirmAction, el, formatTime, say, showErrors, wireDialog } from "./dom.js";
 
 const VALIDATE_BOUND_S = 60;
+export const AUTHORISING_KEY = "email-channels-authorising"; // channel id of a started sign-in
 const SECRET_FIELDS = { inbound: ["password", "client_secret"], outbound: ["password", "client_secret"] };
 
 let api;
@@ -154,6 +155,8 @@ async function saveAndAuthorise() {
     current = await persist();
     dirty = false;
     const started = await api.post(`/channels/${seg(current.id)}/authorise`);
+    // The page shows an outcome coming back only for a sign-in started in this tab.
+    sessionStorage.setItem(AUTHORISING_KEY, current.id);
     say("Opening the Microsoft sign-in…", "info");
     location.assign(started.authorization_url); // back through the API's callback to this page
   } catch (error) {
