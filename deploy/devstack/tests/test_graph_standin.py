@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt  # config-api's dependency: what verifies these tokens in production
 import pytest
 
 from devstack.graph import AppRegistration, LocalGraph, read_form_post
@@ -161,3 +162,86 @@ async def test_graph_answers_have_the_documented_shapes_and_limits(local_graph, 
     )
     assert too_big.status_code == 413
     assert local_graph.sent == []
+
+
+async def test_browser_client_signs_in_with_pkce_and_gets_a_verifiable_api_token(local_graph, http):
+    """A public client (no secret): the sign-in form takes a directory user, the code is
+    redeemed only with the right PKCE verifier, the token endpoint answers the app's origin
+    with CORS (and not another origin), and the API access token verifies against the JWKS
+    with the user's app roles, the API audience and the v2 issuer."""
+
+    page_origin = "http://127.0.0.1:8080"
+    local_graph.register_app(
+        AppRegistration(
+            "tenant-2",
+            "page-client",
+            "",
+            redirect_uris=(f"{page_origin}/",),
+            public_client=True,
+            api_audience="api://email-channels",
+        )
+    )
+    local_graph.add_user("ada@contoso.test", roles=("admin",))
+    verifier = "v" * 64
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    authorize = f"{local_graph.base_url}/tenant-2/oauth2/v2.0/authorize"
+    query = {
+        "client_id": "page-client",
+        "response_type": "code",
+        "redirect_uri": f"{page_origin}/",
+        "scope": "openid api://email-channels/access_as_user",
+        "state": "s-1",
+        "nonce": "n-1",
+        "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+    }
+    form = await http.get(authorize, params=query)
+    assert form.status_code == 200
+    assert 'name="login"' in form.text
+    unknown = await http.post(authorize, params=query, data={"login": "eve@contoso.test"})
+    assert "is not a user of this directory" in unknown.text
+    signed_in = await http.post(authorize, params=query, data={"login": "ada@contoso.test"})
+    assert signed_in.status_code == 303
+    answer = dict(httpx.URL(signed_in.headers["Location"]).params)
+    assert answer["state"] == "s-1"
+
+    token_url = f"{local_graph.base_url}/tenant-2/oauth2/v2.0/token"
+    redeem = {
+        "grant_type": "authorization_code",
+        "client_id": "page-client",
+        "code": answer["code"],
+        "redirect_uri": f"{page_origin}/",
+    }
+    wrong = await http.post(
+        token_url, data={**redeem, "code_verifier": "w" * 64}, headers={"Origin": page_origin}
+    )
+    assert wrong.status_code == 400
+    assert wrong.json()["error_codes"] == [501481]
+    assert wrong.headers["Access-Control-Allow-Origin"] == page_origin
+
+    tokens = await http.post(
+        token_url, data={**redeem, "code_verifier": verifier}, headers={"Origin": page_origin}
+    )
+    assert tokens.status_code == 200, tokens.text
+    assert tokens.headers["Access-Control-Allow-Origin"] == page_origin
+    other = await http.get(
+        f"{local_graph.base_url}/tenant-2/v2.0/.well-known/openid-configuration",
+        headers={"Origin": "http://evil.example.test"},
+    )
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+    keys = (await http.get(f"{local_graph.base_url}/tenant-2/discovery/v2.0/keys")).json()
+    key = jwt.PyJWK(keys["keys"][0]).key
+    claims = jwt.decode(
+        tokens.json()["access_token"],
+        key,
+        algorithms=["RS256"],
+        audience="api://email-channels",
+        issuer=f"{local_graph.base_url}/tenant-2/v2.0",
+    )
+    assert claims["roles"] == ["admin"]
+    assert claims["preferred_username"] == "ada@contoso.test"
+    identity = jwt.decode(
+        tokens.json()["id_token"], key, algorithms=["RS256"], audience="page-client"
+    )
+    assert identity["nonce"] == "n-1"

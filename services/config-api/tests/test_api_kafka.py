@@ -6,6 +6,7 @@ fixtures; nothing here stands in for Kafka.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -332,3 +333,46 @@ async def test_creates_missing_topics_when_asked(
         created = await api.post("/api/v1/campaigns", json={"name": "First"})
 
     assert created.status_code == 201
+
+
+async def test_channel_list_pages_on_the_server_with_the_search_and_a_total(
+    api: httpx.AsyncClient,
+) -> None:
+    """150 channels: limit/offset give consecutive pages by name with the total of all matches;
+    the search filters apply before paging; the default page is 100 and 1001 is refused."""
+    campaign = (await api.post("/api/v1/campaigns", json={"name": "Support"})).json()["id"]
+
+    async def create(number: int) -> None:
+        body = {"name": f"Shop {number:03}", "email_address": f"shop{number:03}@example.test"}
+        if number % 3 == 0:
+            body["default_campaign_id"] = campaign
+        response = await api.post("/api/v1/channels", json=body)
+        assert response.status_code == 201, response.text
+
+    for start in range(0, 150, 50):  # writes are serialised by the store; ~40 ms each
+        await asyncio.gather(*(create(n) for n in range(start, start + 50)))
+
+    page = (await api.get("/api/v1/channels", params={"limit": 25, "offset": 100})).json()
+    assert page["total"] == 150
+    assert (page["limit"], page["offset"]) == (25, 100)
+    assert [c["name"] for c in page["items"]] == [f"Shop {n:03}" for n in range(100, 125)]
+    last = (await api.get("/api/v1/channels", params={"limit": 25, "offset": 140})).json()
+    assert [c["name"] for c in last["items"]] == [f"Shop {n:03}" for n in range(140, 150)]
+    default = (await api.get("/api/v1/channels")).json()
+    assert (len(default["items"]), default["total"]) == (100, 150)
+
+    searched = (
+        await api.get(
+            "/api/v1/channels",
+            params={"default_campaign_id": campaign, "q": "shop 1", "limit": 10, "offset": 10},
+        )
+    ).json()
+    # Shop 100..149 using the campaign: every third one, 16 in all; the second page of 10.
+    assert searched["total"] == 16
+    assert [c["name"] for c in searched["items"]] == [f"Shop {n:03}" for n in range(132, 150, 3)]
+    beyond = (await api.get("/api/v1/channels", params={"offset": 1000})).json()
+    assert (beyond["items"], beyond["total"]) == ([], 150)
+
+    too_big = await api.get("/api/v1/channels", params={"limit": 1001})
+    assert too_big.status_code == 422
+    assert too_big.json()["detail"][0]["field"] == "limit"

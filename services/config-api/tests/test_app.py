@@ -105,3 +105,47 @@ def test_settings_read_their_own_prefixes(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.kafka.bootstrap_servers == "kafka:9092"
     assert settings.common.log_level == "debug"
     assert settings.transactional_id == "dev.config-api"
+
+
+async def test_sign_in_options_are_open_and_the_csp_allows_the_issuer() -> None:
+    """Without OIDC the page is told to take a token and may connect only to its own origin;
+    with an issuer and a client id, GET /auth/config (no credentials) names them, the scopes
+    and the redirect path, and connect-src allows the issuer's origin."""
+    plain = create_app(settings_without_kafka())
+    oidc = create_app(
+        settings_without_kafka().model_copy(
+            update={
+                "oidc_issuer": "https://login.example.test/tenant-1/v2.0",
+                "oidc_audience": "api://email-channels",
+                "oidc_jwks_url": "https://login.example.test/tenant-1/discovery/v2.0/keys",
+                "oidc_client_id": "page-client",
+                "oidc_connect_origins": "https://tokens.example.test/",
+            }
+        )
+    )
+    for app, expected in ((plain, None), (oidc, "page-client")):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api"
+        ) as anonymous:
+            options = await anonymous.get("/auth/config")
+            page = await anonymous.get("/")
+        assert options.status_code == 200, options.text
+        body = options.json()
+        csp = page.headers["Content-Security-Policy"]
+        if expected is None:
+            assert body == {"methods": ["token"], "oidc": None}
+            assert "connect-src" not in csp  # default-src 'self' only
+        else:
+            assert body == {
+                "methods": ["oidc", "token"],
+                "oidc": {
+                    "issuer": "https://login.example.test/tenant-1/v2.0",
+                    "client_id": "page-client",
+                    "scopes": "openid profile email",
+                    "redirect_path": "/",
+                },
+            }
+            assert (
+                "connect-src 'self' https://login.example.test https://tokens.example.test" in csp
+            )
+            assert "script-src" not in csp  # still only this origin's files (default-src)

@@ -110,6 +110,8 @@ StoreDep = Annotated[ConfigStore, Depends(get_store)]
 BoxDep = Annotated[SecretBox, Depends(get_box)]
 ChannelId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")]
 CampaignId = ChannelId
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -217,7 +219,12 @@ async def list_channels(
         str | None, Query(max_length=200, description="only channels using it as default")
     ] = None,
     status: StatusFilter = "all",
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE, description="channels per page (at most 1000)")
+    ] = DEFAULT_PAGE,
+    offset: Annotated[int, Query(ge=0, description="matches to skip (the page's start)")] = 0,
 ) -> ChannelList:
+    """One page of the matching channels, by name; ``total`` counts every match."""
     query = ChannelQuery(
         q=q,
         name=name,
@@ -228,7 +235,13 @@ async def list_channels(
     channels = select_channels(
         store.channels.values(), query, lambda channel: store.status_of(channel).state
     )
-    return ChannelList(items=[_channel_out(store, c) for c in channels], total=len(channels))
+    page = channels[offset : offset + limit]
+    return ChannelList(
+        items=[_channel_out(store, c) for c in page],
+        total=len(channels),
+        limit=limit,
+        offset=offset,
+    )
 
 
 @api.get("/channels/{channel_id}", tags=["channels"])

@@ -15,7 +15,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 
-from config_api import admin_page, oauth
+from config_api import admin_page, oauth, sign_in_options
 from config_api.api import Runtime, api, health, install_error_handlers
 from config_api.auth import Authenticator, SignInMiddleware, protected_paths
 from config_api.bodylimit import BodySizeLimit
@@ -100,7 +100,8 @@ def create_app(settings: ConfigApiSettings) -> FastAPI:
     app.include_router(api)
     app.include_router(oauth.router)  # Exchange "Save and authorise"
     app.include_router(health)
-    admin_page.install(app)
+    app.include_router(sign_in_options.router)  # open: what the page's sign-in needs
+    admin_page.install(app, connect_origins=sign_in_options.connect_origins(settings))
     return app
 
 

@@ -36,6 +36,7 @@ from starlette.datastructures import Headers
 
 from config_api.errors import ConfigApiError, Forbidden, NotAuthenticated, Unavailable
 from config_api.problems import error_response
+from email_channels.tls import client_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -102,11 +103,14 @@ class OidcVerifier:
         self._roles_claim = settings.oidc_roles_claim
         self._admin_roles = set(_csv(settings.oidc_admin_roles))
         self._viewer_roles = set(_csv(settings.oidc_viewer_roles))
+        ca_file = settings.common.ca_file
         self._jwks = jwt.PyJWKClient(
             settings.oidc_jwks_url,
             cache_keys=True,
             lifespan=300,
             timeout=int(max(1, settings.oidc_jwks_timeout_s)),
+            # A provider behind a private CA: trust EMAIL_CHANNELS_CA_FILE too.
+            ssl_context=client_context(extra_ca_file=ca_file) if ca_file else None,
         )
 
     async def verify(self, token: str) -> Principal:

@@ -14,6 +14,9 @@
    box and stored on the channel's delegated Graph settings (inbound and outbound when both use
    the app), with who authorised and when. It is never returned by the API. The fetcher and the
    sender pick the new channel revision up; an Inactive channel recovers.
+4. The administrator's browser (it asks for HTML) is then sent back to the admin page (303)
+   with ``?authorised=<channel id>`` or ``?authorise_error=<message>&channel=<id>``; the page
+   shows the outcome. Other clients get the JSON answer (or the problem) as before.
 
 Errors name what to fix: the redirect URI (not this API's callback, or not registered in Azure:
 AADSTS50011), the client secret, the tenant, or a sign-in that expired or was refused.
@@ -29,12 +32,21 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import structlog
-from fastapi import APIRouter, Request, Security
+from fastapi import APIRouter, Request, Response, Security
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel
 
-from config_api.api import BoxDep, ChannelId, RuntimeDep, StoreDep, bearer
+from config_api.api import BoxDep, ChannelId, Runtime, RuntimeDep, StoreDep, bearer
 from config_api.auth import AdminRequired, Principal
-from config_api.errors import Conflict, InvalidInput, NotFound, Problem, Unavailable
+from config_api.errors import (
+    ConfigApiError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Problem,
+    Unavailable,
+)
+from config_api.store import ConfigStore
 from email_channels.errors import PipelineError
 from email_channels.events import ChannelConfig, GraphApp, GraphAuth, utcnow
 from email_channels.graph_auth import (
@@ -139,12 +151,38 @@ async def authorise(
     )
 
 
-@router.post(CALLBACK_PATH, name="oauth_callback")
+@router.post(
+    CALLBACK_PATH,
+    name="oauth_callback",
+    response_model=AuthorisedOut,
+    responses={303: {"description": "a browser (Accept: text/html) goes back to the admin page"}},
+)
 async def oauth_callback(
     request: Request, store: StoreDep, box: BoxDep, runtime: RuntimeDep
-) -> AuthorisedOut:
-    """Microsoft's answer (form_post): redeem the code, keep the encrypted token cache."""
+) -> AuthorisedOut | Response:
+    """Microsoft's answer (form_post): redeem the code, keep the encrypted token cache.
+
+    An administrator's browser (it asks for HTML) is sent back to the admin page with the
+    outcome in the query (``authorised=<channel id>`` or ``authorise_error=<message>``);
+    other clients get the JSON answer or the error."""
     answer = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+    if "text/html" not in request.headers.get("accept", ""):
+        return await _finish(answer, store, box, runtime)
+    channel_id = answer.get("state", "").split(_STATE_SEPARATOR, 1)[0]
+    try:
+        done = await _finish(answer, store, box, runtime)
+    except ConfigApiError as exc:
+        outcome = {"authorise_error": str(exc), "channel": channel_id}
+    else:
+        outcome = {"authorised": done.channel_id}
+    page = request.url_for("admin_page").include_query_params(**outcome)
+    return RedirectResponse(str(page), status_code=303)
+
+
+async def _finish(
+    answer: dict[str, str], store: ConfigStore, box: SecretBox, runtime: Runtime
+) -> AuthorisedOut:
+    """Check the answer against the pending sign-in, redeem the code, store the token cache."""
     state = answer.get("state", "")
     channel_id = state.split(_STATE_SEPARATOR, 1)[0]
     try:

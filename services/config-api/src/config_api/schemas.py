@@ -457,6 +457,9 @@ class ChannelOut(ResponseModel):
 class ChannelList(ResponseModel):
     items: list[ChannelOut]
     total: int
+    """How many channels match the search (all pages)."""
+    limit: int | None = None
+    offset: int = 0
 
 
 StatusFilter = Literal["all", "active", "inactive"]

@@ -58,6 +58,28 @@ class ConfigApiSettings(BaseSettings):
     oidc_issuer: str | None = Field(default=None, description="OIDC issuer (`iss`) to accept")
     oidc_audience: str | None = Field(default=None, description="audience (`aud`) to require")
     oidc_jwks_url: str | None = Field(default=None, description="the issuer's JWKS document URL")
+    oidc_client_id: str | None = Field(
+        default=None,
+        description="client id of the admin page at the identity provider (a public client: "
+        "authorization code + PKCE, no secret); with it the page offers OIDC sign-in",
+    )
+    oidc_scopes: str = Field(
+        default="openid profile email",
+        description="scopes the admin page asks for (space-separated); add the API's own scope "
+        "where the provider needs one for an access token with `aud` = the audience "
+        "(Entra: api://<app>/access_as_user)",
+    )
+    oidc_redirect_path: str = Field(
+        default="/",
+        pattern=r"^/[^?#]*$",
+        description="where the provider sends the browser back (behind `root_path`): the page "
+        "itself; register <page origin><root_path><this> as the client's redirect URI",
+    )
+    oidc_connect_origins: str = Field(
+        default="",
+        description="comma-separated extra origins the page may call besides the issuer's "
+        "(a token endpoint on another host); added to the page's CSP connect-src",
+    )
     oidc_roles_claim: str = Field(
         default="roles",
         description="claim holding the user's roles; a dotted path reaches nested claims "
@@ -90,6 +112,11 @@ class ConfigApiSettings(BaseSettings):
     @property
     def oidc_enabled(self) -> bool:
         return bool(self.oidc_issuer and self.oidc_jwks_url and self.oidc_audience)
+
+    @property
+    def oidc_page_enabled(self) -> bool:
+        """The admin page can sign in through the provider (it needs a client id too)."""
+        return self.oidc_enabled and bool(self.oidc_client_id)
 
     @property
     def transactional_id(self) -> str:

@@ -63,8 +63,9 @@ async def test_search_paging_and_bulk_disable(
     sign_in: Callable[[Page], Awaitable[None]],
     screen: Callable[[Page, str], Awaitable[None]],
 ) -> None:
-    """27 channels page by 25; quick and advanced search narrow the list; selecting a page of
-    results and pressing Disable turns exactly those channels off."""
+    """27 channels page by 25, each page fetched from the API (limit/offset, total); quick and
+    advanced search narrow the list; selecting a page of results and pressing Disable turns
+    exactly those channels off."""
     await _seed_shops(seed)
     await sign_in(page)
 
@@ -74,7 +75,14 @@ async def test_search_paging_and_bulk_disable(
     await expect(_rows(page).first).to_contain_text("Inactive")
     await expect(_rows(page).first).to_contain_text("Sales")
     await screen(page, "channel-list")
-    await page.get_by_role("button", name="Next").click()
+    # The page asks the API for one page at a time: the second page is two channels of 27.
+    async with page.expect_response(lambda r: "/api/v1/channels?" in r.url) as listed:
+        await page.get_by_role("button", name="Next").click()
+    response = await listed.value
+    assert "limit=25" in response.url
+    assert "offset=25" in response.url
+    second = await response.json()
+    assert (len(second["items"]), second["total"]) == (2, 27)
     await expect(page.locator("#page-info")).to_have_text("26-27 of 27 · page 2 of 2")
     await expect(_rows(page)).to_have_count(2)
 

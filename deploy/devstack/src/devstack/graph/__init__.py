@@ -12,7 +12,11 @@ identity platform (``https://127.0.0.1:<port>/<tenant>/...``)
     an unregistered redirect URI gets Microsoft's AADSTS50011 page), ``/oauth2/v2.0/token``
     with the client_credentials, authorization_code (PKCE S256 checked) and refresh_token grants;
     refresh tokens rotate on every use (``strict_rotation`` also invalidates the old one);
-    errors as ``{"error", "error_description": "AADSTSnnnn: ...", "error_codes"}``.
+    errors as ``{"error", "error_description": "AADSTSnnnn: ...", "error_codes"}``. For a
+    browser OIDC client (``AppRegistration.public_client``): no secret, CORS for the app's
+    redirect origins, a small sign-in form for users of :meth:`add_user`, and access tokens for
+    an API the app exposes (``api_audience``) carrying the user's app roles. Tokens are signed
+    RS256 with the key published at ``/<tenant>/discovery/v2.0/keys``.
 
 Graph (``https://127.0.0.1:<port>/v1.0/users/<mailbox>/...``)
     ``mailFolders`` (+ ``childFolders``, well-known names), ``messages/delta`` per folder with
@@ -25,8 +29,8 @@ Graph (``https://127.0.0.1:<port>/v1.0/users/<mailbox>/...``)
     an unknown mailbox or a distribution group.
 
 Not reproduced: JSON (non-MIME) sendMail bodies, change notifications (webhooks), $batch,
-consent screens and multi-factor prompts, token signatures (tokens are opaque to clients),
-conditional access, and Graph's eventual consistency (a change shows in the very next delta).
+consent screens and multi-factor prompts, single sign-on sessions, conditional access, and
+Graph's eventual consistency (a change shows in the very next delta).
 """
 
 from devstack.graph.http import form_post_page, read_form_post

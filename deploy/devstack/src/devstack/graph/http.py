@@ -52,6 +52,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"/common/discovery/instance", "instance"),
         ("GET", r"/(?P<tenant>[^/]+)/v2\.0/\.well-known/openid-configuration", "openid"),
         ("GET", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/authorize", "authorize"),
+        ("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/authorize", "sign_in"),
+        ("GET", r"/(?P<tenant>[^/]+)/discovery/v2\.0/keys", "keys"),
         ("POST", r"/(?P<tenant>[^/]+)/oauth2/v2\.0/token", "token"),
         ("PUT", r"/upload/(?P<session>[^/]+)", "upload"),
         ("GET", _USER, "user"),
@@ -100,6 +102,19 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_OPTIONS(self) -> None:
+        """CORS preflight: browser apps (public clients) may call discovery, keys and token."""
+        self._send(
+            204,
+            b"",
+            "text/plain",
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": "Content-Type",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
@@ -127,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._json(exc.status, exc.body(), headers=exc.headers)
 
-    def _route(  # noqa: C901, PLR0912, PLR0915 - one table of endpoints
+    def _route(  # noqa: C901, PLR0911, PLR0912, PLR0915 - one table of endpoints
         self, name: str, args: dict[str, str], query: dict[str, str], body: bytes
     ) -> None:
         graph = self.graph
@@ -141,7 +156,14 @@ class Handler(BaseHTTPRequestHandler):
         if name == "openid":
             self._json(200, graph.openid_configuration(args["tenant"]))
             return
+        if name in {"keys", "sign_in"}:
+            self._browser_sign_in(name, args, query, body)
+            return
         if name == "authorize":
+            form_page = graph.sign_in_page(args["tenant"], query)
+            if form_page is not None:
+                self._send(200, form_page.encode(), "text/html; charset=utf-8")
+                return
             redirect, params = graph.authorize(args["tenant"], query)
             if query.get("response_mode") == "form_post":  # the browser posts the answer
                 self._send(200, form_post_page(redirect, params).encode(), "text/html")
@@ -211,6 +233,25 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._json(201, graph.create_draft(user, mime))
 
+    def _browser_sign_in(
+        self, name: str, args: dict[str, str], query: dict[str, str], body: bytes
+    ) -> None:
+        """What a browser OIDC client adds: the JWKS and the sign-in form's answer."""
+        graph = self.graph
+        if name == "keys":
+            self._json(200, graph.jwks())
+            return
+        form = {k: v[-1] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
+        login = form.get("login", "").strip()
+        if not graph.has_user(login):
+            error = f"'{login}' is not a user of this directory." if login else "Enter a user."
+            again = graph.sign_in_page(args["tenant"], query, error=error) or ""
+            self._send(200, again.encode(), "text/html; charset=utf-8")
+            return
+        redirect, params = graph.authorize(args["tenant"], query, login=login)
+        location = f"{redirect}{'&' if '?' in redirect else '?'}{urlencode(params)}"
+        self._send(303, b"", "text/html", headers={"Location": location})
+
     def _mime_body(self, body: bytes) -> bytes:
         if not self.headers.get("Content-Type", "").startswith("text/plain"):
             raise GraphError(
@@ -240,6 +281,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("request-id", new_id(""))
+        allowed = self.graph.cors_origin(self.headers.get("Origin"))
+        if allowed:
+            self.send_header("Access-Control-Allow-Origin", allowed)
+            self.send_header("Vary", "Origin")
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()

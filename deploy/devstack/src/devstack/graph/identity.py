@@ -1,13 +1,19 @@
-"""The identity platform half: discovery, authorize, token (three grants), revocation."""
+"""The identity platform half: discovery, authorize, token (three grants), revocation, and
+what a browser OIDC client needs besides (a sign-in form, JWKS, CORS, API access tokens)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import html
 import json
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from devstack.graph.model import (
     GRAPH_RESOURCE,
@@ -20,6 +26,31 @@ from devstack.graph.model import (
     oauth_error,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+SIGNING_KID = "local"
+
+
+@functools.cache
+def _signing_key() -> rsa.RSAPrivateKey:
+    """The key every token is signed with (one per process; published at the JWKS URL)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _b64int(number: int) -> str:
+    return b64url(number.to_bytes((number.bit_length() + 7) // 8, "big"))
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _object_id(user: str) -> str:
+    digest = hashlib.sha256(user.encode()).hexdigest()[:32]
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+
 
 class IdentityPlatform(StandIn):
     """Tenants, app registrations, authorisation codes, access and refresh tokens."""
@@ -29,6 +60,7 @@ class IdentityPlatform(StandIn):
     _access: dict[str, Grant]
     _refresh: dict[str, Grant]
     _codes: dict[str, AuthCode]
+    _users: dict[str, frozenset[str]]
     access_token_lifetime_s: int
     strict_rotation: bool
 
@@ -37,6 +69,12 @@ class IdentityPlatform(StandIn):
             self._tenants.add(app.tenant_id)
             self._apps[app.client_id] = app
         return app
+
+    def add_user(self, address: str, roles: Iterable[str] = ()) -> None:
+        """A directory user who may sign in through the sign-in form, with the app roles
+        assigned to them (``roles`` of the API access tokens and id tokens they get)."""
+        with self._lock:
+            self._users[address.casefold()] = frozenset(roles)
 
     def revoke(self, client_id: str) -> None:
         """An admin revokes the app's sessions: every token it holds stops working."""
@@ -97,13 +135,79 @@ class IdentityPlatform(StandIn):
         return answer
 
     def _jwt(self, claims: dict[str, Any]) -> str:
-        header = b64url(json.dumps({"typ": "JWT", "alg": "RS256", "kid": "local"}).encode())
+        """A JWT signed RS256 with the key published at the JWKS URL."""
+        header = b64url(json.dumps({"typ": "JWT", "alg": "RS256", "kid": SIGNING_KID}).encode())
         body = b64url(json.dumps(claims).encode())
-        return f"{header}.{body}.{b64url(secrets.token_bytes(32))}"
+        signature = _signing_key().sign(
+            f"{header}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256()
+        )
+        return f"{header}.{body}.{b64url(signature)}"
+
+    def jwks(self) -> dict[str, Any]:
+        """The public signing keys (``jwks_uri`` of the discovery document)."""
+        numbers = _signing_key().public_key().public_numbers()
+        key = {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": SIGNING_KID}
+        return {"keys": [{**key, "n": _b64int(numbers.n), "e": _b64int(numbers.e)}]}
+
+    def cors_origin(self, origin: str | None) -> str | None:
+        """``origin`` when a browser app (public client) registered a redirect URI there."""
+        if not origin:
+            return None
+        with self._lock:
+            allowed = {
+                _origin(uri)
+                for app in self._apps.values()
+                if app.public_client
+                for uri in app.redirect_uris
+            }
+        return origin if origin in allowed else None
+
+    def _api_access_token(
+        self, app: AppRegistration, api: AppRegistration, user: str, scopes: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """A v2 access token for an API the tenant's app exposes, with the user's app roles."""
+        assert api.api_audience is not None
+        now = int(time.time())
+        oid = _object_id(user)
+        prefix = f"{api.api_audience}/"
+        claims: dict[str, Any] = {
+            "aud": api.api_audience,
+            "iss": f"{self.base_url}/{app.tenant_id}/v2.0",
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.access_token_lifetime_s,
+            "sub": oid,
+            "oid": oid,
+            "tid": app.tenant_id,
+            "azp": app.client_id,
+            "scp": " ".join(s.removeprefix(prefix) for s in scopes if s.startswith(prefix)),
+            "preferred_username": user,
+            "name": user.split("@", maxsplit=1)[0],
+            "ver": "2.0",
+        }
+        roles = sorted(self._users.get(user.casefold(), frozenset()))
+        if roles:
+            claims["roles"] = roles
+        return {
+            "token_type": "Bearer",
+            "expires_in": self.access_token_lifetime_s,
+            "ext_expires_in": self.access_token_lifetime_s,
+            "access_token": self._jwt(claims),
+            "scope": " ".join(scopes),
+        }
+
+    def _api_for(self, scopes: tuple[str, ...]) -> AppRegistration | None:
+        return next(
+            (
+                api
+                for api in self._apps.values()
+                if api.api_audience and any(s.startswith(f"{api.api_audience}/") for s in scopes)
+            ),
+            None,
+        )
 
     def _id_token(self, app: AppRegistration, user: str, nonce: str | None) -> dict[str, Any]:
-        oid = hashlib.sha256(user.encode()).hexdigest()[:32]
-        oid = f"{oid[:8]}-{oid[8:12]}-{oid[12:16]}-{oid[16:20]}-{oid[20:]}"
+        oid = _object_id(user)
         now = int(time.time())
         claims = {
             "aud": app.client_id,
@@ -120,35 +224,52 @@ class IdentityPlatform(StandIn):
         }
         if nonce:
             claims["nonce"] = nonce
+        roles = sorted(self._users.get(user.casefold(), frozenset()))
+        if roles:
+            claims["roles"] = roles
         return {
             "id_token": self._jwt(claims),
             "client_info": b64url(json.dumps({"uid": oid, "utid": app.tenant_id}).encode()),
         }
 
+    def _client(self, tenant: str, form: dict[str, str]) -> tuple[AppRegistration, bool]:
+        """The app calling the token endpoint, and whether it is a public client (no secret)."""
+        app = self._apps.get(form.get("client_id", ""))
+        if app is None or app.tenant_id != tenant:
+            raise oauth_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{form.get('client_id', '')}' was not found "
+                f"in the directory '{tenant}'.",
+            )
+        public = app.public_client and "client_secret" not in form
+        if not public and not secrets.compare_digest(
+            form.get("client_secret", "").encode(), app.client_secret.encode()
+        ):
+            raise oauth_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the "
+                "request is the client secret value, not the client secret ID.",
+            )
+        return app, public
+
     def token(self, tenant: str, form: dict[str, str]) -> dict[str, Any]:
         with self._lock:
             self._check_tenant(tenant)
-            app = self._apps.get(form.get("client_id", ""))
-            if app is None or app.tenant_id != tenant:
-                raise oauth_error(
-                    400,
-                    "unauthorized_client",
-                    700016,
-                    f"Application with identifier '{form.get('client_id', '')}' was not found "
-                    f"in the directory '{tenant}'.",
-                )
-            if not secrets.compare_digest(
-                form.get("client_secret", "").encode(), app.client_secret.encode()
-            ):
+            app, public = self._client(tenant, form)
+            grant_type = form.get("grant_type")
+            scopes = tuple(form.get("scope", "").split())
+            if grant_type == "client_credentials" and public:
                 raise oauth_error(
                     401,
                     "invalid_client",
-                    7000215,
-                    "Invalid client secret provided. Ensure the secret being sent in the "
-                    "request is the client secret value, not the client secret ID.",
+                    7000218,
+                    "The request body must contain the following parameter: 'client_assertion' "
+                    "or 'client_secret'.",
                 )
-            grant_type = form.get("grant_type")
-            scopes = tuple(form.get("scope", "").split())
             if grant_type == "client_credentials":
                 if not scopes or not all(s.endswith("/.default") for s in scopes):
                     raise oauth_error(
@@ -226,13 +347,59 @@ class IdentityPlatform(StandIn):
             )
         code.used = True
         granted = tuple(s for s in (scopes or tuple(code.scope.split())))
+        api = self._api_for(granted)
+        if api is not None:  # a token for the tenant's own API, not for Graph
+            answer = self._api_access_token(app, api, code.user, granted)
+            answer.update(self._id_token(app, code.user, code.nonce))
+            return answer
         grant = Grant(app.client_id, app.tenant_id, code.user, granted, 0.0, app.permissions)
         answer = self._issue(grant, refresh=True)
         answer.update(self._id_token(app, code.user, code.nonce))
         return answer
 
-    def authorize(self, tenant: str, query: dict[str, str]) -> tuple[str, dict[str, str]]:
-        """Where the browser goes after the user signed in and consented, and with what."""
+    def sign_in_page(self, tenant: str, query: dict[str, str], error: str = "") -> str | None:
+        """The tiny sign-in form of a browser app without a preset user (None: no form, the
+        preset user consents at once). It posts ``login`` back to the same URL."""
+        with self._lock:
+            app = self._authorizing_app(tenant, query)
+            if app.user is not None or not app.public_client:
+                return None
+        message = f'<p role="alert" class="error">{html.escape(error)}</p>' if error else ""
+        return (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            "<title>Sign in to your account</title><style>"
+            "body{font-family:sans-serif;max-width:24rem;margin:4rem auto;padding:0 1rem}"
+            "label,input,button{display:block;width:100%;margin:.5rem 0;font-size:1rem}"
+            "input{padding:.4rem}button{padding:.5rem;background:#0067b8;color:#fff;border:0}"
+            ".error{color:#a4262c}</style></head><body><main>"
+            "<h1>Sign in</h1><p>Local identity stand-in (devstack)</p>"
+            f'{message}<form method="post"><label for="login">Email or username</label>'
+            '<input id="login" name="login" type="email" autocomplete="username" required>'
+            '<button type="submit">Sign in</button></form></main></body></html>'
+        )
+
+    def has_user(self, address: str) -> bool:
+        with self._lock:
+            return address.casefold() in self._users
+
+    def _authorizing_app(self, tenant: str, query: dict[str, str]) -> AppRegistration:
+        self._check_tenant(tenant)
+        app = self._apps.get(query.get("client_id", ""))
+        if app is None or app.tenant_id != tenant:
+            raise oauth_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{query.get('client_id', '')}' was not found "
+                f"in the directory '{tenant}'.",
+            )
+        return app
+
+    def authorize(
+        self, tenant: str, query: dict[str, str], *, login: str | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """Where the browser goes after the user signed in and consented, and with what.
+        ``login``: who signed in through :meth:`sign_in_page` (a user of :meth:`add_user`)."""
         with self._lock:
             self._check_tenant(tenant)
             app = self._apps.get(query.get("client_id", ""))
@@ -260,7 +427,10 @@ class IdentityPlatform(StandIn):
                     900144,
                     "The request must use response_type=code with PKCE.",
                 )
-            if app.user is None:
+            user = app.user
+            if user is None and login is not None and login.casefold() in self._users:
+                user = login
+            if user is None:
                 raise oauth_error(400, "access_denied", 65004, "User declined to consent.")
             value = "0.AR" + b64url(secrets.token_bytes(32))
             self._codes[value] = AuthCode(
@@ -270,7 +440,7 @@ class IdentityPlatform(StandIn):
                 query.get("code_challenge_method", "plain"),
                 query.get("scope", ""),
                 query.get("nonce"),
-                app.user,
+                user,
                 time.time() + 600,
             )
             params = {"code": value, "state": query.get("state", ""), "session_state": new_id("")}

@@ -55,6 +55,13 @@ class AppRegistration:
     user: str | None = None
     """Who signs in when the authorise endpoint is visited (delegated flow)."""
     permissions: frozenset[str] = frozenset({"Mail.ReadWrite", "Mail.Send"})
+    public_client: bool = False
+    """A browser app (Entra's "single-page application" platform): no client secret, PKCE
+    required, and the token endpoint answers its redirect URIs' origins with CORS headers."""
+    api_audience: str | None = None
+    """The app exposes an API under this Application ID URI (e.g. ``api://email-channels``):
+    a scope ``<api_audience>/<name>`` gets an access token for it (v2, signed, checked against
+    the JWKS) carrying the signed-in user's app roles in ``roles``."""
 
 
 @dataclass

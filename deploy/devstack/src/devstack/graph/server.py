@@ -57,6 +57,7 @@ class LocalGraph(IdentityPlatform, ExchangeMail):
         self._access: dict[str, Grant] = {}
         self._refresh: dict[str, Grant] = {}
         self._codes: dict[str, AuthCode] = {}
+        self._users: dict[str, frozenset[str]] = {}
         self._uploads: dict[str, Upload] = {}
         self._throttled: dict[str, list[tuple[int, float]]] = {}
         self._lost_answers: list[str] = []

@@ -2,15 +2,20 @@
 // Every screen only calls the config API (relative URLs, so the page works behind a prefix).
 "use strict";
 
-import { Api } from "./api.js";
+import { Api, seg } from "./api.js";
 import { loadCampaigns, onCampaignsChanged, setUpCampaigns } from "./campaigns.js";
-import { openChannel, setUpChannelForm } from "./channel-form.js";
+import { AUTHORISING_KEY, openChannel, setUpChannelForm } from "./channel-form.js";
 import { loadChannels, refreshCampaignChoices, setUpChannels } from "./channels.js";
 import { $, clearErrors, say, showErrors } from "./dom.js";
 import { openFilters, setUpFilters } from "./filters.js";
+import { finishSignIn, loadSignInOptions, startSignIn } from "./oidc.js";
 
 const api = new Api("api/v1");
 const VIEWS = ["channels", "campaigns"];
+const EXPIRED = "Your sign-in has expired or was revoked: please sign in again.";
+let signInOptions = { methods: ["token"], oidc: null };
+let expiryTimer;
+let authoriseOutcome = null; // the Exchange sign-in's outcome the API's callback brought back
 
 function showView(name) {
   for (const view of ["sign-in", ...VIEWS]) $(`#${view}-view`).hidden = view !== name;
@@ -28,12 +33,40 @@ function route() {
   showView(VIEWS.includes(name) ? name : "channels");
 }
 
-function showSignIn(reason) {
+// The sign-in screen, with why it is shown (an expired session, a refused OIDC answer).
+function showSignIn(reason, kind = "error") {
+  clearTimeout(expiryTimer);
   showView("sign-in");
-  const error = $("#token-error");
-  error.textContent = reason ?? "";
-  error.hidden = !reason;
-  $("#token").focus();
+  const message = $("#sign-in-message");
+  message.textContent = reason ?? "";
+  message.className = kind;
+  message.hidden = !reason;
+  $("#oidc-sign-in").hidden = !signInOptions.oidc;
+  (signInOptions.oidc ? $("#oidc-button") : $("#token")).focus();
+}
+
+async function signInWithOidc() {
+  const button = $("#oidc-button");
+  button.disabled = true;
+  try {
+    await startSignIn(signInOptions.oidc, location.hash);
+  } catch (error) {
+    button.disabled = false;
+    showSignIn(error.message);
+  }
+}
+
+// An OIDC token ends at its expiry: back to the sign-in screen, saying so.
+function watchExpiry() {
+  clearTimeout(expiryTimer);
+  const at = api.session?.expiresAt;
+  if (!at) return;
+  expiryTimer = setTimeout(() => {
+    api.signOut();
+    for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+    $("#whoami").hidden = true;
+    showSignIn("Your sign-in has expired: please sign in again.");
+  }, Math.max(0, at - Date.now()));
 }
 
 async function signIn(event) {
@@ -45,7 +78,7 @@ async function signIn(event) {
     showErrors(form, { problems: [{ field: "token", message: "Enter a token." }] });
     return;
   }
-  api.signIn(token);
+  api.signIn(token, { method: "token" });
   try {
     await api.get("/me", { quietUnauthorised: true });
   } catch (error) {
@@ -60,6 +93,7 @@ async function signIn(event) {
 }
 
 function signOut() {
+  clearTimeout(expiryTimer);
   api.signOut();
   $("#whoami").hidden = true;
   say("");
@@ -83,7 +117,7 @@ async function loadWhoAmI() {
   const who = $("#whoami");
   try {
     const me = await api.get("/me");
-    who.textContent = `${me.subject} (${me.role})`;
+    who.textContent = `${api.session?.user || me.subject} (${me.role})`;
     who.hidden = false;
     document.body.classList.toggle("viewer", me.role !== "admin");
   } catch (error) {
@@ -103,11 +137,43 @@ async function start() {
     await loadCampaigns();
   } catch (error) {
     if (error.status === 401) return; // onUnauthorised shows the sign-in
+    if (error.status === 403 && api.signedIn) {
+      // Signed in, but with no role here (the token's role claim holds neither).
+      api.signOut();
+      showSignIn(error.message);
+      return;
+    }
     say(error.message);
     return;
   }
+  watchExpiry();
   route();
   await loadChannels().catch((error) => say(error.message));
+  if (authoriseOutcome) await showAuthoriseOutcome(authoriseOutcome);
+}
+
+// "Save and authorise" ends here: the API's callback sends the browser back with
+// ?authorised=<id> or ?authorise_error=<message>&channel=<id>. Say how it went and reopen the
+// channel, which shows whether it is authorised.
+function takeAuthoriseOutcome() {
+  const query = new URLSearchParams(location.search);
+  if (!query.has("authorised") && !query.has("authorise_error")) return null;
+  history.replaceState(null, "", `${location.pathname}${location.hash}`);
+  const started = sessionStorage.getItem(AUTHORISING_KEY);
+  sessionStorage.removeItem(AUTHORISING_KEY);
+  const channelId = query.get("authorised") ?? query.get("channel");
+  // Only for a sign-in started in this tab: a crafted link cannot put its text on the page.
+  if (!started || started !== channelId) return null;
+  return { channelId, error: query.get("authorise_error") };
+}
+
+async function showAuthoriseOutcome(outcome) {
+  authoriseOutcome = null;
+  const channel = outcome.channelId ? await api.get(`/channels/${seg(outcome.channelId)}`).catch(() => null) : null;
+  const name = channel ? `"${channel.name}"` : "the channel";
+  if (outcome.error) say(`The Microsoft sign-in for ${name} did not complete: ${outcome.error}`);
+  else say(`Exchange Online access for ${name} is authorised.`, "info");
+  if (channel && !document.body.classList.contains("viewer")) await openChannel(channel).catch((e) => say(e.message));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -115,7 +181,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const hadToken = api.signedIn;
     api.signOut();
     for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
-    showSignIn(hadToken ? "Your sign-in has expired or was revoked: please sign in again." : null);
+    showSignIn(hadToken ? EXPIRED : null);
   };
   setUpCampaigns(api);
   setUpChannels(api, { edit: (c) => openChannel(c).catch((e) => say(e.message)), filters: (c) => openFilters(c).catch((e) => say(e.message)) });
@@ -125,10 +191,31 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#new-channel").addEventListener("click", () => openChannel(null).catch((e) => say(e.message)));
   $("#sign-in-form").addEventListener("submit", signIn);
   $("#sign-out").addEventListener("click", signOut);
+  $("#oidc-button").addEventListener("click", signInWithOidc);
   window.addEventListener("hashchange", () => {
     if (!$("#sign-in-view").hidden) return;
     route();
     $("#main").focus();
   });
-  start();
+  boot();
 });
+
+// Learn how this API signs in, take an OIDC answer in the address if there is one, then start.
+async function boot() {
+  signInOptions = await loadSignInOptions();
+  authoriseOutcome = takeAuthoriseOutcome();
+  try {
+    const session = await finishSignIn();
+    if (session) api.signIn(session.token, { method: "oidc", expiresAt: session.expiresAt, user: session.user });
+  } catch (error) {
+    api.signOut();
+    showSignIn(error.message);
+    return;
+  }
+  if (api.session?.expiresAt && api.session.expiresAt <= Date.now()) {
+    api.signOut();
+    showSignIn("Your sign-in has expired: please sign in again.");
+    return;
+  }
+  start();
+}

@@ -3,6 +3,7 @@
 "use strict";
 
 const TOKEN_KEY = "email-channels-token";
+const SESSION_KEY = "email-channels-session"; // { method, expiresAt, user } of the token
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -36,6 +37,7 @@ export class Api {
   constructor(base) {
     this.base = base;
     this.token = sessionStorage.getItem(TOKEN_KEY);
+    this.session = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null") ?? { method: "token" };
     this.onUnauthorised = () => {};
   }
 
@@ -43,14 +45,20 @@ export class Api {
     return Boolean(this.token);
   }
 
-  signIn(token) {
+  // `session`: how the token was obtained ("token" typed in, or "oidc" with its expiry and
+  // the user's name from the identity token).
+  signIn(token, session = { method: "token" }) {
     this.token = token;
+    this.session = session;
     sessionStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
   }
 
   signOut() {
     this.token = null;
+    this.session = { method: "token" };
     sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(SESSION_KEY);
   }
 
   async call(method, path, body, { signal, quietUnauthorised = false } = {}) {

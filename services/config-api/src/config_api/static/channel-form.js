@@ -4,9 +4,10 @@
 
 import { seg } from "./api.js";
 import { fillCampaignSelect } from "./campaigns.js";
-import { $, $$, clearErrors, confirmAction, el, say, showErrors, wireDialog } from "./dom.js";
+import { $, $$, clearErrors, confirmAction, el, formatTime, say, showErrors, wireDialog } from "./dom.js";
 
 const VALIDATE_BOUND_S = 60;
+export const AUTHORISING_KEY = "email-channels-authorising"; // channel id of a started sign-in
 const SECRET_FIELDS = { inbound: ["password", "client_secret"], outbound: ["password", "client_secret"] };
 
 let api;
@@ -114,6 +115,54 @@ function fill(channel) {
     $(`#${direction}-section .validate-result`).replaceChildren();
   }
   syncActivation();
+  showAuthorisation();
+}
+
+// --- Exchange Online delegated sign-in ("Save and authorise") ---------------------------------
+
+const delegated = (direction) => kindOf(direction) === "graph" && form.elements[`${direction}.auth`].value === "delegated";
+
+// Whether each Exchange section is authorised, where Microsoft must send the answer, and the
+// "Save and authorise" button while a section signs in as a user.
+function showAuthorisation() {
+  for (const direction of ["inbound", "outbound"]) {
+    const section = $(`#${direction}-section`);
+    const state = $("[data-auth-state]", section);
+    const hint = $("[data-redirect-hint]", section);
+    if (!delegated(direction)) {
+      state.textContent = "";
+      hint.textContent = "";
+      continue;
+    }
+    const saved = current?.[direction];
+    const sameApp = saved?.kind === "graph" && saved.auth === "delegated";
+    state.textContent = sameApp && saved.authorised
+      ? `Authorised by ${saved.authorised_by ?? "an administrator"} on ${formatTime(saved.authorised_at)}.`
+      : "Not authorised yet: use Save and authorise to sign in with Microsoft.";
+    state.classList.toggle("ok", Boolean(sameApp && saved.authorised));
+    const redirect = form.elements[`${direction}.redirect_uri`].value || new URL("oauth/callback", document.baseURI).href;
+    hint.textContent = `Register this redirect URI for the app in Azure (Web platform): ${redirect}`;
+  }
+  $("#save-authorise").hidden = !(delegated("inbound") || delegated("outbound"));
+}
+
+async function saveAndAuthorise() {
+  const summary = $("#channel-form-error");
+  const button = $("#save-authorise");
+  clearErrors(form, summary);
+  button.disabled = true;
+  try {
+    current = await persist();
+    dirty = false;
+    const started = await api.post(`/channels/${seg(current.id)}/authorise`);
+    // The page shows an outcome coming back only for a sign-in started in this tab.
+    sessionStorage.setItem(AUTHORISING_KEY, current.id);
+    say("Opening the Microsoft sign-in…", "info");
+    location.assign(started.authorization_url); // back through the API's callback to this page
+  } catch (error) {
+    showErrors(form, error, summary);
+    button.disabled = false;
+  }
 }
 
 function readControl(control) {
@@ -159,6 +208,12 @@ function body() {
 
 // --- save -----------------------------------------------------------------------------------------
 
+function persist() {
+  return current
+    ? api.put(`/channels/${seg(current.id)}`, { ...body(), revision: current.revision })
+    : api.post("/channels", body());
+}
+
 async function save(event) {
   event.preventDefault();
   const summary = $("#channel-form-error");
@@ -166,9 +221,7 @@ async function save(event) {
   const submit = $("button[type=submit]", form);
   submit.disabled = true;
   try {
-    const saved = current
-      ? await api.put(`/channels/${seg(current.id)}`, { ...body(), revision: current.revision })
-      : await api.post("/channels", body());
+    const saved = await persist();
     current = saved;
     dialog.close();
     say(`Channel "${saved.name}" saved.`, "info");
@@ -347,6 +400,8 @@ export function setUpChannelForm(client, afterSave) {
     });
   }
   form.elements["inbound.after_fetch"].addEventListener("change", () => showKinds($("#inbound-section")));
+  form.addEventListener("change", showAuthorisation);
+  $("#save-authorise").addEventListener("click", saveAndAuthorise);
   for (const button of $$("[data-validate]", form)) {
     button.addEventListener("click", () => validate(button.dataset.validate, button));
   }

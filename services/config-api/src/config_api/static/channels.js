@@ -34,9 +34,9 @@ export async function loadChannels() {
   const mine = ++loading;
   const data = await api.get(`/channels?${query()}`);
   if (mine !== loading) return; // a newer search answered first
-  // An API without paging answers every match: page here instead.
-  const items = data.items.length > state.size ? data.items.slice(state.page * state.size, (state.page + 1) * state.size) : data.items;
-  state.total = data.total ?? data.items.length;
+  // The API pages (limit/offset) and counts every match (total).
+  const items = data.items;
+  state.total = data.total;
   if (items.length === 0 && state.page > 0 && state.total > 0) {
     state.page = Math.max(0, Math.ceil(state.total / state.size) - 1);
     await loadChannels();
