@@ -53,7 +53,7 @@ async def test_serves_logs_one_line_per_write_and_stops_cleanly_on_sigterm(
 ) -> None:
     """Ready once caught up; a write logs one canonical line with channel_id; neither the
     password nor the admin token appears in the log, even at debug level; SIGTERM ends the
-    process with status 0."""
+    process with status 0; ``CONFIG_API_ROOT_PATH`` reaches the app (the OpenAPI servers)."""
     port = free_port()
     env = service_env(
         CONFIG_API_PORT=str(port),
@@ -62,6 +62,7 @@ async def test_serves_logs_one_line_per_write_and_stops_cleanly_on_sigterm(
         EMAIL_CHANNELS_SECRET_KEYS=secret_keys,
         EMAIL_CHANNELS_LOG_LEVEL="debug",
         CONFIG_API_ADMIN_TOKEN=ADMIN_TOKEN,
+        CONFIG_API_ROOT_PATH="/config",
     )
     log_path = tmp_path / "config-api.log"
     with log_path.open("wb") as log_file:
@@ -80,6 +81,8 @@ async def test_serves_logs_one_line_per_write_and_stops_cleanly_on_sigterm(
             await _wait_ready(client, process)
             anonymous = await client.get("/api/v1/channels", headers={"Authorization": ""})
             assert anonymous.status_code == 401
+            openapi = await client.get("/openapi.json")
+            assert openapi.json()["servers"] == [{"url": "/config"}], openapi.text
             created = await client.post(
                 "/api/v1/channels",
                 json={

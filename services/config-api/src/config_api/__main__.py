@@ -46,6 +46,7 @@ def main() -> None:
             app,
             host=settings.host,
             port=settings.port,
+            root_path=settings.root_path,  # the server's setting (FastAPI's own is deprecated)
             log_config=None,  # keep our structlog set-up for uvicorn's loggers too
             access_log=settings.access_log,
             lifespan="on",

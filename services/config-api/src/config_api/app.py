@@ -80,7 +80,6 @@ def create_app(settings: ConfigApiSettings) -> FastAPI:
         title="Email Channels config API",
         summary="Channels, campaigns and their settings; the state lives in Kafka.",
         version="1",
-        root_path=settings.root_path,
         lifespan=lifespan,
     )
     app.state.runtime = runtime
