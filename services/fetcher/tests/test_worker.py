@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import TYPE_CHECKING
 
 import pytest
@@ -470,3 +471,15 @@ def test_backoff_grows_and_is_capped():
     assert 0.5 <= policy.backoff(1) <= 1
     assert 4 <= policy.backoff(4) <= 8
     assert 5 <= policy.backoff(30) <= 10
+
+
+def test_a_backlog_starts_with_a_small_batch_that_doubles_up_to_the_batch_size():
+    """The first batch (downloaded with nothing to overlap) is small; later ones reach the cap."""
+    policy = WorkerPolicy(batch_size=200, first_batch_size=25)
+    spans = policy.batches(1000)
+    assert [end - start for start, end in spans] == [25, 50, 100, 200, 200, 200, 200, 25]
+    assert spans[0][0] == 0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    assert spans[-1][1] == 1000
+    assert WorkerPolicy(batch_size=2, first_batch_size=25).batches(5) == [(0, 2), (2, 4), (4, 5)]
+    assert policy.batches(0) == []

@@ -62,6 +62,7 @@ class FetcherApp:
                 # idempotence only one request per partition is in flight, so every message
                 # would wait for its own acks=all round trip.
                 max_batch_size=settings.producer_batch_bytes,
+                linger_ms=round(settings.producer_linger_s * 1000),
                 compression_type=settings.producer_compression.kafka_name,
             ) as producer:
                 published = KafkaPublished(settings.kafka, client_id=client_id)

@@ -103,6 +103,12 @@ class FetcherSettings(BaseSettings):
         description="Kafka producer batch size per partition (aiokafka's 16 KiB default holds "
         "less than one typical message)",
     )
+    producer_linger_s: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description="how long the producer waits for more records before sending; the fetcher "
+        "hands a whole batch over at once and waits for its acks, so waiting longer only adds "
+        "latency (to every batch and every cursor record)",
+    )
     producer_compression: Compression = Field(
         default=Compression.NONE,
         description="compression of email.raw records: mail is mostly base64 of already "
