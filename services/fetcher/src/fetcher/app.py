@@ -104,10 +104,12 @@ class FetcherApp:
                         max_message_bytes=settings.max_message_bytes,
                         batch_bytes=settings.batch_bytes,
                         large_message_bytes=settings.large_message_bytes,
+                        large_chunk_bytes=settings.large_chunk_bytes,
                         hot_window=settings.hot_window_s,
                         hot_poll=settings.hot_poll_s,
                     ),
                     large_downloads=large_downloads,
+                    blobs=blobs,
                 ),
                 "pop3": Pop3SourceFactory(
                     secret_box=self._secret_box,

@@ -87,7 +87,15 @@ class FetcherSettings(BaseSettings):
     )
     large_message_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=1024 * 1024,
-        description="messages above this are downloaded alone, at most large_downloads at once",
+        description="messages above this are downloaded alone, at most large_downloads at once; "
+        "IMAP streams them in pieces of large_chunk_bytes straight into the blob store "
+        "(keep it above EMAIL_CHANNELS_INLINE_MAX_BYTES: a streamed message is always a claim "
+        "check)",
+    )
+    large_chunk_bytes: Annotated[int, Field(ge=16 * 1024, le=64 * 1024 * 1024)] = Field(
+        default=1024 * 1024,
+        description="piece of a large IMAP message downloaded by one command "
+        "(BODY.PEEK[]<offset.length>): the most of it held in memory at once",
     )
     large_downloads: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=4, description="concurrent downloads of large messages in this process"

@@ -56,7 +56,7 @@ from fetcher.metrics import (
     SKIPPED,
 )
 from fetcher.published import fingerprint
-from fetcher.rawemail import build_raw_email
+from fetcher.rawemail import build_raw_email, raw_email_of_blob
 from fetcher.sources import Outcome, SourceUnavailable
 
 if TYPE_CHECKING:
@@ -256,14 +256,7 @@ class ChannelWorker:
                 break  # take what came before it; this session ends and the next retries it
             taken.append(item.message)
             if item.outcome is Outcome.FETCHED:
-                assert item.raw is not None
-                email = await build_raw_email(
-                    self.channel.id,
-                    item.message,
-                    item.raw,
-                    blobs=self._blobs,
-                    inline_max_bytes=self._inline_max_bytes,
-                )
+                email = await self._raw_email(item)
                 if item.message.key in pending.recheck and await self._published_before(email):
                     log.info(
                         "renumbered message was published before: settled only",
@@ -278,6 +271,19 @@ class ChannelWorker:
             elif item.outcome is not Outcome.UNREADABLE:  # vanished, or not for this channel
                 SKIPPED.labels(item.message.protocol, item.outcome.value).inc()
         return emails, settle, taken
+
+    async def _raw_email(self, item: Fetched) -> RawEmail:
+        if item.stored is not None:  # streamed to the blob store by the source
+            stored = item.stored
+            return raw_email_of_blob(self.channel.id, item.message, stored.ref, stored.message_id)
+        assert item.raw is not None
+        return await build_raw_email(
+            self.channel.id,
+            item.message,
+            item.raw,
+            blobs=self._blobs,
+            inline_max_bytes=self._inline_max_bytes,
+        )
 
     async def _settle(
         self,
