@@ -381,6 +381,27 @@ async def test_a_failed_settle_is_retried_alone_without_a_second_publish(
     assert len(kafka.raw) == 2
 
 
+async def test_a_failed_settle_survives_a_restart_on_the_cursor_record(box, kafka, blobs, journal):
+    """STORE fails, the worker is gone: a new worker from the stored cursor settles, no publish."""
+    box.deliver(mime(1))
+    box.settle_errors.append(TransientError("STORE timed out"))
+    first = make_worker(box, kafka, blobs, policy=WorkerPolicy(first_backoff=30, max_backoff=30))
+    task = asyncio.create_task(first.run())
+    await until(lambda: kafka.cursors and kafka.cursors[-1].unsettled)
+    await stopped(first, task)
+    stored = kafka.cursors[-1]
+    assert [m.uid for m in stored.unsettled] == [1]
+
+    second = make_worker(box, kafka, blobs, cursor=stored)
+    task = asyncio.create_task(second.run())
+    await until(lambda: box.settled == [1])
+    await until(lambda: last_uid(second) == 1)
+    await stopped(second, task)
+    assert journal.kinds("publish") == [("publish", [1])]
+    assert len(kafka.raw) == 1
+    assert kafka.cursors[-1].unsettled == []
+
+
 async def test_oversize_message_is_dead_lettered_with_headers_and_the_next_is_taken(
     box, kafka, blobs
 ):

@@ -16,8 +16,10 @@ vanished are passed by the cursor, untouched. An oversize message, or one whose 
 server does not deliver after ``unreadable_tries`` sessions, goes to email.dlq with its source
 identity and is left on the server; the channel moves on.
 
-A settle that fails is remembered ("published, settle pending"): the next session retries only
-the settle, it does not publish the batch again.
+A settle that fails is remembered ("published, settle pending"), in the worker and on the cursor
+record: the next session, also after a restart or on another fetcher, retries only the settle; it
+does not publish the batch again. (A crash between the ack and the settle's outcome still
+re-publishes that batch, under the same ``email_id``.)
 
 Failure policy (errors are data, asked by ``retriable``), applied here and nowhere else:
 
@@ -134,7 +136,7 @@ class ChannelWorker:
         self._last_success_at: datetime | None = None
         self._published = published
         self._known: set[str] | None = None  # fingerprints, loaded when a folder is renumbered
-        self._unsettled: list[SourceIdentity] = []  # published, settle pending
+        self._unsettled = list(self._cursor.unsettled)  # published, settle pending
         self._unreadable: dict[str, int] = {}  # message key -> sessions it could not be read
 
     @property
@@ -299,10 +301,30 @@ class ChannelWorker:
         """
         self._unsettled = list(messages)
         passed = list(advance if advance is not None else messages)
-        await source.settle(messages)
+        try:
+            await source.settle(messages)
+        except Exception:
+            await self._remember_unsettled()
+            raise
         self._unsettled = []
         self._cursor = source.advance(self._cursor, passed)
+        if self._cursor.unsettled:
+            self._cursor = self._cursor.model_copy(update={"unsettled": []})
         await self._sink.publish_cursor(self._cursor)
+
+    async def _remember_unsettled(self) -> None:
+        """Put "published, settle pending" on the cursor record, so that a restart (or another
+        fetcher taking the channel over) settles these messages instead of publishing them
+        again. Best effort: if Kafka cannot take it either, the worker still remembers."""
+        if self._cursor.unsettled == self._unsettled:
+            return
+        self._cursor = self._cursor.model_copy(
+            update={"unsettled": list(self._unsettled), "updated_at": utcnow()}
+        )
+        try:
+            await self._sink.publish_cursor(self._cursor)
+        except Exception as exc:
+            log.warning("could not record the pending settle on the cursor", error=str(exc))
 
     async def _give_up(self, item: Fetched) -> bool:
         """Count a session in which ``item`` was unreadable; dead-letter it after N."""
