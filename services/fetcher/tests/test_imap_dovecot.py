@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from email_channels.blobstore import LocalBlobStore
 from email_channels.errors import ChannelMisconfigured
 from email_channels.events import AfterFetch, ChannelConfig, FetchCursor, TlsMode
 from email_channels.hostpolicy import HostPolicy
@@ -22,11 +21,9 @@ from fetcher.sources.imap import ImapOptions, ImapSource, ImapSourceFactory
 from fetcher.worker import ChannelWorker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from devstack.dovecot import Dovecot
-    from email_channels.blobstore import BlobRef
     from email_channels.events import ChannelStatus, DeadLetter, RawEmail
     from email_channels.secretbox import SecretBox
 
@@ -431,27 +428,6 @@ async def test_a_batch_of_many_messages_arrives_whole_and_in_order(
     assert bodies == raws
 
 
-class ChunkNotingStore(LocalBlobStore):
-    """A local blob store that notes what reaches it: whole puts and streamed chunks."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.puts: list[int] = []
-        self.chunks: list[int] = []
-
-    async def put(self, data: bytes) -> BlobRef:
-        self.puts.append(len(data))
-        return await super().put(data)
-
-    async def put_stream(self, chunks: AsyncIterable[bytes]) -> BlobRef:
-        async def noted() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                self.chunks.append(len(chunk))
-                yield chunk
-
-        return await super().put_stream(noted())
-
-
 class RawEvents:
     """An EventSink that keeps the RawEmails (Kafka is not what this test is about)."""
 
@@ -476,14 +452,14 @@ class RawEvents:
 
 
 async def test_large_message_streams_to_the_blob_store_in_pieces(
-    dovecot, mail_user, imap_channel, secret_box, options, tmp_path
+    dovecot, mail_user, imap_channel, secret_box, options, noting_store
 ):
     """Above the large size a message goes to the blob store in pieces of the chunk size (never
     one whole put); its RawEmail carries the reference and the content is byte for byte."""
     small, big, after = mime("small"), mime("big", size=3 * 1024 * 1024), mime("after")
     for raw in (small, big, after):
         dovecot.deliver(mail_user.user, raw)
-    store = ChunkNotingStore(tmp_path)
+    store = noting_store
     streaming = ImapOptions(
         **{**options.__dict__, "large_message_bytes": 256 * 1024, "large_chunk_bytes": 64 * 1024}
     )

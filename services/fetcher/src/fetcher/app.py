@@ -121,7 +121,11 @@ class FetcherApp:
                         ca_file=common.ca_file,
                         max_message_bytes=settings.max_message_bytes,
                         batch_bytes=settings.batch_bytes,
+                        large_message_bytes=settings.large_message_bytes,
+                        large_chunk_bytes=settings.large_chunk_bytes,
                     ),
+                    large_downloads=large_downloads,
+                    blobs=blobs,
                 ),
                 "graph": GraphSourceFactory(
                     secret_box=self._secret_box,
