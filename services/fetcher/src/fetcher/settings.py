@@ -56,12 +56,15 @@ class FetcherSettings(BaseSettings):
         description="re-issue IMAP IDLE after this long (servers may drop it after 30 minutes)",
     )
 
-    hot_window_s: Annotated[float, Field(ge=0)] = Field(
+    hot_window_s: Annotated[float, Field(ge=0, le=600)] = Field(
         default=10.0,
         description="after mail arrived, poll with NOOP every hot_poll_s for this long before "
-        "going back to IDLE (Dovecot announces new mail to IDLE up to 0.5 s late); 0: off",
+        "going back to IDLE: Dovecot pushes a change to IDLE clients 0.5 s after it "
+        "(NOTIFY_DELAY_MSECS), a NOOP makes it look at once (other servers differ); 0: off",
     )
-    hot_poll_s: Seconds = Field(default=0.05, description="see hot_window_s")
+    hot_poll_s: Annotated[float, Field(ge=0.01, le=60)] = Field(
+        default=0.05, description="NOOP interval while a mailbox is hot (see hot_window_s)"
+    )
 
     # --- talking to mail servers ---
     command_timeout_s: Seconds = Field(

@@ -326,11 +326,14 @@ class ImapSource:
     async def _hot_poll(self, client: ImapClient) -> bool:
         """Shortly after mail arrived, ask with NOOP instead of waiting in IDLE.
 
-        Dovecot tells an IDLE client about new mail only after its change watcher settled,
-        up to half a second later (measured by bench/bench_fetcher.py: p99 ~0.5 s from
-        delivery to EXISTS); a NOOP makes it look at once. Mail tends to come in bursts, so
-        a channel that just got mail asks every ``hot_poll`` seconds for ``hot_window``
-        seconds, then goes back to IDLE. True when news arrived.
+        Dovecot tells an IDLE (or NOTIFY) client about a change a fixed half second after it
+        (``NOTIFY_DELAY_MSECS`` 500 in src/lib-storage/mailbox-watch.c, to coalesce what
+        follows; bench/bench_fetcher.py measures ~0.5 s from delivery to EXISTS), while any
+        command such as NOOP makes it look at the mailbox at once. Other servers push sooner
+        or later; polling works with all of them. Mail tends to come in bursts, so a channel
+        that just got mail asks every ``hot_poll`` seconds for ``hot_window`` seconds, then
+        goes back to IDLE: a quiet mailbox costs no polling, and the first message of a burst
+        still waits for the server's push. True when news arrived.
         """
         options = self._options
         loop = asyncio.get_running_loop()
