@@ -559,12 +559,12 @@ class Pop3Source:
         protocol = self._protocol_or_fail()
         chunk = max(self._options.large_chunk_bytes, 1)
         stream = BlockStream(high_water=2 * chunk, idle_timeout=self._options.command_timeout)
-        head: list[bytes] = []
+        message_id: list[str | None] = []  # read from the first piece, which is not kept
 
         async def pieces() -> AsyncIterator[bytes]:
             async for piece in stream.chunks(chunk):
-                if not head:
-                    head.append(piece)
+                if not message_id:
+                    message_id.append(message_id_of(piece))
                 yield piece
 
         async with self._large:  # a bound on large downloads at once in this process
@@ -579,7 +579,7 @@ class Pop3Source:
                 raise
             with _Mapped("fetch"):
                 ref = await put_stream(blobs, pieces())
-        stored = StoredBody(ref=ref, message_id=message_id_of(head[0]) if head else None)
+        stored = StoredBody(ref=ref, message_id=message_id[0] if message_id else None)
         log.info("large message streamed to the blob store", uidl=_uidl(message), size=ref.size)
         return Fetched(message, Outcome.FETCHED, size=ref.size, stored=stored)
 

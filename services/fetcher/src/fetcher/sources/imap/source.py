@@ -410,7 +410,7 @@ class ImapSource:
         store, hashed on the way: at most one piece of it is in memory at a time."""
         uid = message_uid(message)
         piece_size = max(self._options.large_chunk_bytes, 1)
-        head: list[bytes] = []
+        message_id: list[str | None] = []  # read from the first piece, which is not kept
 
         async def pieces() -> AsyncIterator[bytes]:
             offset = 0
@@ -423,8 +423,8 @@ class ImapSource:
                     return  # past the end: some servers answer "" rather than a literal
                 if piece is None:
                     raise _NoContent
-                if not head:
-                    head.append(piece)
+                if not message_id:
+                    message_id.append(message_id_of(piece))
                 yield piece
                 offset += len(piece)
                 if len(piece) < piece_size:
@@ -436,7 +436,7 @@ class ImapSource:
             except _NoContent:
                 there = await self._still_there([uid])
                 return Fetched(message, Outcome.UNREADABLE if there else Outcome.VANISHED)
-        stored = StoredBody(ref=ref, message_id=message_id_of(head[0]) if head else None)
+        stored = StoredBody(ref=ref, message_id=message_id[0] if message_id else None)
         log.info("large message streamed to the blob store", uid=uid, size=ref.size)
         return Fetched(message, Outcome.FETCHED, size=ref.size, stored=stored)
 
