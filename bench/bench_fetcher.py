@@ -6,9 +6,12 @@ and prints one table:
 1. Throughput, same mailbox, same run: ``python -m fetcher`` (IMAPS, mark-seen, to email.raw with
    acks=all) against Debian's ``fetchmail`` (IMAPS, keep + fetchall, each message to
    ``cat >/dev/null``), on 3,000 x 26 KB and 3,000 x 2 KB. Both include connect and login.
-2. IDLE latency at 100 msg/s: delivery over LMTP -> record on email.raw, p50/p99; beside it the
-   same figure for a bare IDLE client (delivery -> ``* n EXISTS``), which is Dovecot's own floor:
-   its inotify watcher batches changes for up to half a second (``NOTIFY_DELAY_MSECS``).
+2. IDLE latency at 100 msg/s into a quiet mailbox: delivery over LMTP -> record on email.raw,
+   p50/p99; beside it the same figure for a bare IDLE client (delivery -> ``* n EXISTS``), which
+   is Dovecot's own floor: it tells IDLE clients about a change 500 ms after it
+   (``NOTIFY_DELAY_MSECS`` in src/lib-storage/mailbox-watch.c), so the first half second of a
+   burst waits for that push whoever the client is. Three rows: all messages; the messages sent
+   from 1 s into the burst, when the fetcher keeps the mailbox hot (NOOP polls); the first one.
 3. RSS per idle mailbox: one fetcher process with 1,000 IMAPS channels in IDLE, (RSS after -
    RSS before) / 1,000.
 
@@ -54,6 +57,7 @@ MESSAGES = int(os.environ.get("BENCH_FETCHER_MESSAGES", "3000"))
 IDLE_MAILBOXES = int(os.environ.get("BENCH_FETCHER_IDLE_MAILBOXES", "1000"))
 LATENCY_RATE = 100  # messages per second
 LATENCY_SECONDS = 10
+HOT_AFTER_S = 1.0  # the "hot" figure counts messages sent this long after the first one
 DEADLINE_S = 300.0
 
 
@@ -451,8 +455,8 @@ async def run(kafka_servers: str, dovecot: BenchDovecot, workdir: Path) -> list[
                         f"{per_theirs / per_ours:.1f}x",
                     )
                 )
-            idle = await latency(dovecot, producer, kafka, box, users["idle"], reader, fetcher)
-            rows.append(idle)
+            for row in await latency(dovecot, producer, kafka, box, users["idle"], reader, fetcher):
+                rows.append(row)
     finally:
         fetcher.stop()
         await reader.stop()
@@ -468,7 +472,7 @@ async def latency(
     password: str,
     reader: RawReader,
     fetcher: Fetcher,
-) -> tuple[str, ...]:
+) -> list[tuple[str, ...]]:
     config = channel(dovecot, box, "idle", password)
     await producer.publish(kafka.topics.channels, config.id, config)
     await fetcher.wait_for("imap logged in", times=3)
@@ -487,22 +491,47 @@ async def latency(
         await reader.wait(config.id, total, timeout=60)
     finally:
         stop.set()
-    ours = []
+    ours: dict[int, float] = {}
     for arrived, value in reader.arrived[config.id]:
         seq = seq_of(value)
         if seq is not None and seq < len(sent):
-            ours.append(arrived - sent[seq])
-    floor = [seen[n] - sent[n] for n in range(len(sent)) if n in seen]
+            ours.setdefault(seq, arrived - sent[seq])
+    floor = {n: seen[n] - sent[n] for n in range(len(sent)) if n in seen}
+    # Dovecot pushes a change to IDLE clients 0.5 s after it (NOTIFY_DELAY_MSECS): the first
+    # half second of a burst into a quiet mailbox waits for that push, whoever the client is.
+    # After it, the fetcher keeps the mailbox hot (NOOP every FETCHER_HOT_POLL_S).
+    hot = [n for n in range(len(sent)) if sent[n] >= sent[0] + HOT_AFTER_S]
     ms = 1000
-    return (
-        f"IDLE latency at {LATENCY_RATE} msg/s, LMTP -> email.raw (p50 / p99 ms)",
-        f"{percentile(ours, 50) * ms:.0f} / {percentile(ours, 99) * ms:.0f}",
+
+    def p50_p99(values: list[float]) -> str:
+        return f"{percentile(values, 50) * ms:.0f} / {percentile(values, 99) * ms:.0f}"
+
+    def diff(a: list[float], b: list[float], p: float) -> str:
+        return f"{(percentile(a, p) - percentile(b, p)) * ms:+.0f} ms p{p:.0f}"
+
+    whole, whole_floor = list(ours.values()), list(floor.values())
+    burst = [ours[n] for n in hot if n in ours]
+    burst_floor = [floor[n] for n in hot if n in floor]
+    return [
         (
-            f"bare IDLE client, LMTP -> EXISTS: {percentile(floor, 50) * ms:.0f} / "
-            f"{percentile(floor, 99) * ms:.0f}"
+            f"IDLE latency at {LATENCY_RATE} msg/s, LMTP -> email.raw, all (p50 / p99 ms)",
+            p50_p99(whole),
+            f"bare IDLE client, LMTP -> EXISTS: {p50_p99(whole_floor)}",
+            diff(whole, whole_floor, 50),
         ),
-        f"{(percentile(ours, 50) - percentile(floor, 50)) * ms:+.0f} ms p50",
-    )
+        (
+            f"  messages sent {HOT_AFTER_S:.0f} s into the burst (mailbox hot) (p50 / p99 ms)",
+            p50_p99(burst),
+            f"bare IDLE client: {p50_p99(burst_floor)}",
+            diff(burst, burst_floor, 99),
+        ),
+        (
+            "  first message into the quiet mailbox (ms)",
+            f"{ours.get(0, float('nan')) * ms:.0f}",
+            f"bare IDLE client: {floor.get(0, float('nan')) * ms:.0f}",
+            "Dovecot pushes 500 ms after a change",
+        ),
+    ]
 
 
 async def idle_memory(

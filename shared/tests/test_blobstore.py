@@ -11,6 +11,7 @@ from typing import Self
 import pytest
 from aiobotocore.session import get_session
 from aiobotocore.stub import AioStubber
+from botocore.stub import ANY
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
@@ -25,6 +26,7 @@ from email_channels.blobstore import (
     MemoryBlobStore,
     S3BlobStore,
     blob_store_from_url,
+    put_stream,
 )
 
 MIME = b"From: a@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -425,3 +427,57 @@ async def test_local_batch_sync_failure_is_transient_and_keeps_the_blobs_pending
     with pytest.raises(BlobStoreUnavailable):
         await store.sync()
     assert store.path_for(ref) in store._unsynced
+
+
+# --- streaming puts --------------------------------------------------------------------------
+
+
+async def _pieces(data: bytes, size: int):
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+async def test_streamed_put_is_the_same_blob_as_a_whole_put(kind: str, tmp_path: Path):
+    """Chunks streamed in give the ref and the bytes of the whole content; no temp file stays."""
+    store = MemoryBlobStore() if kind == "memory" else LocalBlobStore(tmp_path)
+    data = bytes(range(256)) * 1000
+    ref = await put_stream(store, _pieces(data, 4096))
+    assert ref == BlobRef.of(data)
+    assert await store.get(ref) == data
+    assert await put_stream(store, _pieces(data, 1000)) == ref  # idempotent
+    if kind == "local":
+        assert list((tmp_path / "incoming").iterdir()) == []
+
+
+async def test_streamed_put_that_fails_midway_leaves_nothing(tmp_path: Path):
+    """A source that fails after some chunks leaves no blob and no temporary file."""
+    store = LocalBlobStore(tmp_path)
+
+    async def broken():
+        yield b"x" * 1000
+        raise ConnectionResetError("mail server went away")
+
+    with pytest.raises(ConnectionResetError):
+        await put_stream(store, broken())
+    assert list((tmp_path / "incoming").iterdir()) == []
+    assert not (tmp_path / "sha256").exists()
+
+
+async def test_s3_streamed_put_uploads_the_spooled_file_under_its_hash(s3_stubbed):
+    """S3: the chunks are hashed on the way and uploaded under the content key."""
+    store, stubber = s3_stubbed
+    stubber.add_client_error("head_object", "404", http_status_code=404)
+    stubber.add_response(
+        "put_object",
+        {},
+        {
+            "Bucket": "mail",
+            "Key": f"prod/sha256/{MIME_SHA}",
+            "Body": ANY,
+            "ContentLength": len(MIME),
+            "ContentType": "application/octet-stream",
+            "Metadata": {"sha256": MIME_SHA},
+        },
+    )
+    assert await put_stream(store, _pieces(MIME, 7)) == BlobRef.of(MIME)

@@ -6,5 +6,5 @@ optional field, major for a new ``schema_version``) and paste the fingerprint th
 (also printed by ``python -m email_channels_contracts.fingerprint``).
 """
 
-__version__ = "1.2.0"
-SCHEMA_FINGERPRINT = "c13f5ab22c94468d50ed8d62d97cc4d3b954342e67667ce78631e59f08983a81"
+__version__ = "1.3.0"
+SCHEMA_FINGERPRINT = "3e0cd3af2aa2348103be5ce79e2c3ff6f0862f773a0fc9273922081418ae57f8"

@@ -13,18 +13,48 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from email_channels.blobstore import LocalBlobStore
 from email_channels.events import ChannelConfig, ImapInbound, Pop3Inbound, TlsMode
 from email_channels.tls import client_context
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+    from pathlib import Path
 
     from aiokafka import ConsumerRecord
 
     from devstack.dovecot import Dovecot
     from devstack.pytest_plugin import MailUser
+    from email_channels.blobstore import BlobRef
     from email_channels.secretbox import SecretBox
     from email_channels.settings import KafkaSettings
+
+
+class ChunkNotingStore(LocalBlobStore):
+    """A local blob store that notes what reaches it: whole puts and streamed chunks."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.puts: list[int] = []
+        self.chunks: list[int] = []
+
+    async def put(self, data: bytes) -> BlobRef:
+        self.puts.append(len(data))
+        return await super().put(data)
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> BlobRef:
+        async def noted() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                self.chunks.append(len(chunk))
+                yield chunk
+
+        return await super().put_stream(noted())
+
+
+@pytest.fixture
+def noting_store(tmp_path: Path) -> ChunkNotingStore:
+    """A local blob store in the test's directory that notes whole puts and streamed chunks."""
+    return ChunkNotingStore(tmp_path / "blobs")
 
 
 @pytest.fixture

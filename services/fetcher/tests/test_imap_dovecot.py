@@ -4,6 +4,7 @@ actions, IDLE and UIDVALIDITY changes. No Kafka here (see test_fetcher_kafka.py)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,11 +18,13 @@ from email_channels.events import AfterFetch, ChannelConfig, FetchCursor, TlsMod
 from email_channels.hostpolicy import HostPolicy
 from fetcher.sources import Outcome, SourceUnavailable
 from fetcher.sources.imap import ImapOptions, ImapSource, ImapSourceFactory
+from fetcher.worker import ChannelWorker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from devstack.dovecot import Dovecot
+    from email_channels.events import ChannelStatus, DeadLetter, RawEmail
     from email_channels.secretbox import SecretBox
 
 pytestmark = pytest.mark.integration
@@ -423,3 +426,74 @@ async def test_a_batch_of_many_messages_arrives_whole_and_in_order(
     source = await opened(imap_channel(mail_user))
     _, bodies = await take_all(source, FetchCursor(channel_id="c"))
     assert bodies == raws
+
+
+class RawEvents:
+    """An EventSink that keeps the RawEmails (Kafka is not what this test is about)."""
+
+    def __init__(self, expected: int) -> None:
+        self.raw: list[RawEmail] = []
+        self.all_in = asyncio.Event()
+        self._expected = expected
+
+    async def publish_raw(self, emails: Sequence[RawEmail]) -> None:
+        self.raw.extend(emails)
+        if len(self.raw) >= self._expected:
+            self.all_in.set()
+
+    async def publish_cursor(self, cursor: FetchCursor) -> None:
+        return None
+
+    async def publish_status(self, status: ChannelStatus) -> None:
+        return None
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        return None
+
+
+async def test_large_message_streams_to_the_blob_store_in_pieces(
+    dovecot, mail_user, imap_channel, secret_box, options, noting_store
+):
+    """Above the large size a message goes to the blob store in pieces of the chunk size (never
+    one whole put); its RawEmail carries the reference and the content is byte for byte."""
+    small, big, after = mime("small"), mime("big", size=3 * 1024 * 1024), mime("after")
+    for raw in (small, big, after):
+        dovecot.deliver(mail_user.user, raw)
+    store = noting_store
+    streaming = ImapOptions(
+        **{**options.__dict__, "large_message_bytes": 256 * 1024, "large_chunk_bytes": 64 * 1024}
+    )
+    factory = ImapSourceFactory(
+        secret_box=secret_box,
+        host_policy=HostPolicy.parse("127.0.0.1"),
+        options=streaming,
+        blobs=store,
+    )
+    sink = RawEvents(expected=3)
+    worker = ChannelWorker(
+        imap_channel(mail_user),
+        None,
+        sources=factory,
+        sink=sink,
+        blobs=store,
+        inline_max_bytes=128 * 1024,
+        reported_by="test",
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(30):
+            await sink.all_in.wait()
+    finally:
+        worker.stop()
+        await task
+    first, streamed, last = sink.raw
+    assert (first.raw_mime, last.raw_mime) == (small, after)
+    assert streamed.raw_mime is None
+    assert streamed.raw_ref is not None
+    assert await store.get(streamed.raw_ref) == big
+    assert (streamed.size, streamed.sha256) == (len(big), hashlib.sha256(big).hexdigest())
+    assert streamed.message_id == "<big@example.com>"
+    assert max(store.chunks) <= 64 * 1024
+    assert sum(store.chunks) == len(big)
+    assert len(store.chunks) >= len(big) // (64 * 1024)
+    assert store.puts == []  # nothing went in whole

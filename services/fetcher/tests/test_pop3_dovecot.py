@@ -234,3 +234,44 @@ async def test_validate_probe_names_the_auth_step_for_a_wrong_password(
             command_timeout_s=10,
         )
     assert [(s.name, s.ok) for s in recorder.report().steps] == [("dns", True), ("auth", False)]
+
+
+async def test_large_message_streams_to_the_blob_store_in_pieces(
+    dovecot, mail_user, pop3_channel, secret_box, noting_store
+):
+    """Above the large size RETR is read in pieces of the chunk size into the blob store (never
+    one whole put): content byte for byte, dot-stuffing undone; small mail stays inline."""
+    line = b"." + b"y" * 75 + b"\r\n"  # every line dot-stuffed on the wire
+    big = mime("big") + line * (3 * 1024 * 1024 // len(line))
+    small = mime("small") + b"\r\n"
+    for raw in (big, small):
+        dovecot.deliver(mail_user.user, raw)
+    options = Pop3Options(
+        command_timeout=10,
+        fetch_timeout=30,
+        ca_file=dovecot.ca_file,
+        large_message_bytes=256 * 1024,
+        large_chunk_bytes=64 * 1024,
+    )
+    factory = Pop3SourceFactory(
+        secret_box=secret_box,
+        host_policy=HostPolicy.parse("127.0.0.1"),
+        options=options,
+        blobs=noting_store,
+    )
+    source = factory(pop3_channel(mail_user))
+    await source.open()
+    try:
+        pending = await source.pending(FetchCursor(channel_id="c"))
+        streamed, inline = await source.fetch(pending.messages)
+    finally:
+        await source.close()
+    assert streamed.outcome is Outcome.FETCHED
+    assert streamed.raw is None
+    assert streamed.stored is not None
+    assert await noting_store.get(streamed.stored.ref) == big
+    assert streamed.stored.message_id == "<big@example.com>"
+    assert inline.raw == small
+    assert max(noting_store.chunks) <= 64 * 1024
+    assert sum(noting_store.chunks) == len(big)
+    assert noting_store.puts == []

@@ -12,6 +12,7 @@ from email_channels.errors import ChannelMisconfigured
 from email_channels.events import FetchCursor, SourceIdentity
 from fetcher.sources import SourceUnavailable
 from fetcher.sources.pop3 import (
+    BlockStream,
     Pop3Protocol,
     Pop3ProtocolError,
     Pop3Refused,
@@ -27,12 +28,19 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = b""
         self.closed = False
+        self.paused = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         self.written += data
 
     def close(self) -> None:
         self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
 
 def stuffed(body: bytes) -> bytes:
@@ -112,3 +120,72 @@ def test_errors_map_by_code_and_step():
     retr = map_pop3_error(Pop3Refused("RETR", "no such message"), step="fetch")
     assert isinstance(retr, SourceUnavailable)
     assert map_pop3_error(RuntimeError("bug"), step="fetch") is None
+
+
+@given(
+    st.lists(st.sampled_from([b"hello", b".dot", b"..two", b".", b"", b"x" * 50]), max_size=12),
+    st.integers(min_value=1, max_value=17),
+    st.integers(min_value=1, max_value=40),
+)
+async def test_a_streamed_answer_comes_out_in_exact_chunks_split_anywhere(lines, step, chunk):
+    """RETR streamed: the block, unstuffed, in chunks of exactly ``chunk`` bytes (the last
+    shorter), then the next answer; the bytes arriving in pieces of any size."""
+    body = b"\r\n".join(lines) + b"\r\n" if lines else b""
+    wire = b"+OK message follows\r\n" + stuffed(body) + b".\r\n+OK\r\n"
+    protocol = Pop3Protocol()
+    transport = _Transport()
+    protocol.connection_made(transport)
+    stream = BlockStream(high_water=1 << 20, idle_timeout=1)
+    retr = protocol.send("RETR 1", multiline=True, stream=stream)
+    noop = protocol.send("NOOP")
+    for start in range(0, len(wire), step):
+        protocol.data_received(wire[start : start + step])
+    assert (await retr) == ("+OK message follows", b"")
+    chunks = [piece async for piece in stream.chunks(chunk)]
+    assert b"".join(chunks) == body
+    assert all(len(piece) == chunk for piece in chunks[:-1])
+    assert (await noop)[0] == "+OK"
+
+
+async def test_a_streamed_answer_pauses_the_server_while_the_reader_lags():
+    """Above the high-water mark reading pauses; taking the chunks resumes it."""
+    protocol = Pop3Protocol()
+    transport = _Transport()
+    protocol.connection_made(transport)
+    stream = BlockStream(high_water=100, idle_timeout=1)
+    retr = protocol.send("RETR 1", multiline=True, stream=stream)
+    protocol.data_received(b"+OK\r\n" + b"y" * 98 + b"\r\n")
+    await retr
+    assert transport.paused
+    protocol.data_received(b"z\r\n.\r\n")
+    assert b"".join([piece async for piece in stream.chunks(50)]) == b"y" * 98 + b"\r\nz\r\n"
+    assert not transport.paused
+
+
+async def test_a_streamed_command_refused_ends_its_stream():
+    """-ERR to a streamed RETR: the status comes back and the stream is empty."""
+    protocol = Pop3Protocol()
+    protocol.connection_made(_Transport())
+    stream = BlockStream(high_water=100, idle_timeout=1)
+    retr = protocol.send("RETR 9", multiline=True, stream=stream)
+    protocol.data_received(b"-ERR no such message\r\n")
+    assert (await retr)[0] == "-ERR no such message"
+    assert [piece async for piece in stream.chunks(10)] == []
+
+
+async def test_a_streamed_line_without_line_breaks_is_handed_on_before_it_ends():
+    """A 200 KB line (a mail with no line breaks) reaches the stream in parts, exact."""
+    protocol = Pop3Protocol()
+    protocol.connection_made(_Transport())
+    stream = BlockStream(high_water=1 << 20, idle_timeout=1)
+    retr = protocol.send("RETR 1", multiline=True, stream=stream)
+    line = b"..starts with a stuffed dot" + bytes(range(33, 127)) * 2200
+    wire = b"+OK\r\n" + line
+    for start in range(0, len(wire), 10_000):
+        protocol.data_received(wire[start : start + 10_000])
+    await retr
+    chunks = stream.chunks(64 * 1024)
+    first = await anext(chunks)  # before the line (and the block) ended
+    protocol.data_received(b"\r\n.\r\n")
+    rest = [piece async for piece in chunks]
+    assert first + b"".join(rest) == line[1:] + b"\r\n"

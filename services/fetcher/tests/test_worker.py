@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import TYPE_CHECKING
 
 import pytest
@@ -380,6 +381,27 @@ async def test_a_failed_settle_is_retried_alone_without_a_second_publish(
     assert len(kafka.raw) == 2
 
 
+async def test_a_failed_settle_survives_a_restart_on_the_cursor_record(box, kafka, blobs, journal):
+    """STORE fails, the worker is gone: a new worker from the stored cursor settles, no publish."""
+    box.deliver(mime(1))
+    box.settle_errors.append(TransientError("STORE timed out"))
+    first = make_worker(box, kafka, blobs, policy=WorkerPolicy(first_backoff=30, max_backoff=30))
+    task = asyncio.create_task(first.run())
+    await until(lambda: kafka.cursors and kafka.cursors[-1].unsettled)
+    await stopped(first, task)
+    stored = kafka.cursors[-1]
+    assert [m.uid for m in stored.unsettled] == [1]
+
+    second = make_worker(box, kafka, blobs, cursor=stored)
+    task = asyncio.create_task(second.run())
+    await until(lambda: box.settled == [1])
+    await until(lambda: last_uid(second) == 1)
+    await stopped(second, task)
+    assert journal.kinds("publish") == [("publish", [1])]
+    assert len(kafka.raw) == 1
+    assert kafka.cursors[-1].unsettled == []
+
+
 async def test_oversize_message_is_dead_lettered_with_headers_and_the_next_is_taken(
     box, kafka, blobs
 ):
@@ -470,3 +492,15 @@ def test_backoff_grows_and_is_capped():
     assert 0.5 <= policy.backoff(1) <= 1
     assert 4 <= policy.backoff(4) <= 8
     assert 5 <= policy.backoff(30) <= 10
+
+
+def test_a_backlog_starts_with_a_small_batch_that_doubles_up_to_the_batch_size():
+    """The first batch (downloaded with nothing to overlap) is small; later ones reach the cap."""
+    policy = WorkerPolicy(batch_size=200, first_batch_size=25)
+    spans = policy.batches(1000)
+    assert [end - start for start, end in spans] == [25, 50, 100, 200, 200, 200, 200, 25]
+    assert spans[0][0] == 0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    assert spans[-1][1] == 1000
+    assert WorkerPolicy(batch_size=2, first_batch_size=25).batches(5) == [(0, 2), (2, 4), (4, 5)]
+    assert policy.batches(0) == []

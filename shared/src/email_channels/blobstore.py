@@ -11,6 +11,10 @@ Stores:
 - :class:`S3BlobStore` — any S3-compatible store, key ``<prefix>/sha256/<hex>``.
 - :class:`MemoryBlobStore` — a dict, for unit tests of code that takes a :class:`BlobStore`.
 
+Content that should not be held whole in memory (a 20 MB mail downloaded in pieces) goes in
+with :func:`put_stream`: the chunks are hashed on the way and written to a temporary file
+(local store: then renamed to its content address; S3: then uploaded from the file).
+
 Errors (every store reads and verifies the hash, so a reader never sees wrong bytes)::
 
     PermanentError
@@ -34,7 +38,7 @@ import sys
 import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, get_args
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, Self, get_args
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from email_channels.errors import PermanentError, TransientError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Callable
     from types import TracebackType
 
 SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
@@ -117,6 +122,60 @@ class BlobStore(Protocol):
         ...
 
 
+async def put_stream(store: BlobStore, chunks: AsyncIterable[bytes]) -> BlobRef:
+    """Store the concatenation of ``chunks`` and return its reference, without joining them
+    in memory when the store can stream (:class:`LocalBlobStore`, :class:`S3BlobStore`; any
+    other store gets the joined bytes through ``put``)."""
+    streaming: Callable[[AsyncIterable[bytes]], Any] | None = getattr(store, "put_stream", None)
+    if streaming is not None:
+        ref: BlobRef = await streaming(chunks)
+        return ref
+    return await store.put(b"".join([chunk async for chunk in chunks]))
+
+
+class _Spool:
+    """A temporary file that hashes what is written to it (the writes run in a thread)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".incoming.", suffix=".tmp")
+        self.path = Path(name)
+        self.file: BinaryIO = os.fdopen(fd, "w+b")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    async def fill(self, chunks: AsyncIterable[bytes], *, fsync: bool, where: str) -> BlobRef:
+        """Write every chunk; errors of ``chunks`` pass through, the file's own are
+        BlobStoreUnavailable (a ConnectionResetError of the source is an OSError too)."""
+        async for chunk in chunks:
+            try:
+                await asyncio.to_thread(self._write, chunk)
+            except OSError as exc:
+                raise BlobStoreUnavailable(f"cannot write a blob {where}: {exc}") from exc
+        try:
+            await asyncio.to_thread(self._finish, fsync)
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot write a blob {where}: {exc}") from exc
+        digest = self._hash.hexdigest()
+        return BlobRef(uri=BLOB_URI_PREFIX + digest, sha256=digest, size=self.size)
+
+    def _write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def _finish(self, fsync: bool) -> None:  # noqa: FBT001 - private, one caller each way
+        self.file.flush()
+        if fsync:
+            os.fsync(self.file.fileno())
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
 class MemoryBlobStore:
     """A dict-backed :class:`BlobStore` for unit tests. ``blobs`` maps sha256 hex to bytes."""
 
@@ -174,6 +233,36 @@ class LocalBlobStore:
         ref = BlobRef.of(data)
         await asyncio.to_thread(self._put_sync, ref, data)
         return ref
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> BlobRef:
+        """:func:`put_stream`: the chunks go to a temporary file under ``root/incoming``
+        (hashed on the way), which is then renamed to its content address."""
+        each = self.durability == "each"
+        try:
+            spool = await asyncio.to_thread(_Spool, self.root / "incoming")
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot write a blob under {self.root}: {exc}") from exc
+        try:
+            ref = await spool.fill(chunks, fsync=each, where=f"under {self.root}")
+            try:
+                spool.file.close()
+                await asyncio.to_thread(self._place_sync, ref, spool.path)
+            except OSError as exc:
+                raise BlobStoreUnavailable(f"cannot write blob {ref.uri}: {exc}") from exc
+        finally:
+            await asyncio.to_thread(spool.discard)
+        return ref
+
+    def _place_sync(self, ref: BlobRef, spooled: Path) -> None:
+        target = self.path_for(ref)
+        if target.is_file() and target.stat().st_size == ref.size:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        spooled.replace(target)
+        if self.durability == "each":
+            _fsync_directory(target.parent)
+        else:
+            self._unsynced.update((target, target.parent))
 
     async def get(self, ref: BlobRef) -> bytes:
         data = await asyncio.to_thread(self._read_sync, ref)
@@ -373,6 +462,37 @@ class S3BlobStore:
         except Exception as exc:
             raise _map_s3_error(exc, ref, self._where(key)) from exc
         return ref
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> BlobRef:
+        """:func:`put_stream`: the chunks are spooled to a temporary file (hashed on the way,
+        the key is the hash), then uploaded from it unless the bucket holds them already."""
+        try:
+            spool = await asyncio.to_thread(_Spool, None)
+        except OSError as exc:
+            raise BlobStoreUnavailable(f"cannot spool a blob for S3: {exc}") from exc
+        try:
+            ref = await spool.fill(chunks, fsync=False, where="for S3 (spool file)")
+            if not await self.exists(ref):
+                await self._upload(ref, spool.file)
+        finally:
+            await asyncio.to_thread(spool.discard)
+        return ref
+
+    async def _upload(self, ref: BlobRef, body: BinaryIO) -> None:
+        key = self.key_for(ref)
+        client = await self._get_client()
+        body.seek(0)
+        try:
+            await client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentLength=ref.size,
+                ContentType="application/octet-stream",
+                Metadata={"sha256": ref.sha256},
+            )
+        except Exception as exc:
+            raise _map_s3_error(exc, ref, self._where(key)) from exc
 
     async def get(self, ref: BlobRef) -> bytes:
         key = self.key_for(ref)

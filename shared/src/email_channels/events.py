@@ -380,6 +380,12 @@ class FetchCursor(Contract):
         default=None,
         description="POP3: the UIDLs taken that were still on the server at the last sync",
     )
+    unsettled: list[SourceIdentity] = Field(
+        default_factory=list,
+        description="Published to email.raw and acknowledged, but the after-fetch action "
+        "(mark seen / move / delete) failed: the next session, also after a restart, settles "
+        "them first and does not publish them again",
+    )
     updated_at: datetime = Field(default_factory=utcnow)
 
 

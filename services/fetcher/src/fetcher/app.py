@@ -62,6 +62,7 @@ class FetcherApp:
                 # idempotence only one request per partition is in flight, so every message
                 # would wait for its own acks=all round trip.
                 max_batch_size=settings.producer_batch_bytes,
+                linger_ms=round(settings.producer_linger_s * 1000),
                 compression_type=settings.producer_compression.kafka_name,
             ) as producer:
                 published = KafkaPublished(settings.kafka, client_id=client_id)
@@ -103,10 +104,12 @@ class FetcherApp:
                         max_message_bytes=settings.max_message_bytes,
                         batch_bytes=settings.batch_bytes,
                         large_message_bytes=settings.large_message_bytes,
+                        large_chunk_bytes=settings.large_chunk_bytes,
                         hot_window=settings.hot_window_s,
                         hot_poll=settings.hot_poll_s,
                     ),
                     large_downloads=large_downloads,
+                    blobs=blobs,
                 ),
                 "pop3": Pop3SourceFactory(
                     secret_box=self._secret_box,
@@ -118,7 +121,11 @@ class FetcherApp:
                         ca_file=common.ca_file,
                         max_message_bytes=settings.max_message_bytes,
                         batch_bytes=settings.batch_bytes,
+                        large_message_bytes=settings.large_message_bytes,
+                        large_chunk_bytes=settings.large_chunk_bytes,
                     ),
+                    large_downloads=large_downloads,
+                    blobs=blobs,
                 ),
                 "graph": GraphSourceFactory(
                     secret_box=self._secret_box,

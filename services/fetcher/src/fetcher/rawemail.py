@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 from email_channels.events import RawEmail
 
 if TYPE_CHECKING:
-    from email_channels.blobstore import BlobStore
+    from email_channels.blobstore import BlobRef, BlobStore
     from email_channels.events import SourceIdentity
 
 MESSAGE_ID_MAX: Final = 998  # RFC 5322 line length limit
@@ -82,4 +82,19 @@ async def build_raw_email(
         message_id=message_id_of(raw),
         raw_mime=raw if inline else None,
         raw_ref=None if inline else await blobs.put(raw),
+    )
+
+
+def raw_email_of_blob(
+    channel_id: str, source: SourceIdentity, ref: BlobRef, message_id: str | None
+) -> RawEmail:
+    """The event for a message that was streamed to the blob store (never held whole)."""
+    return RawEmail(
+        email_id=email_id_for(channel_id, source),
+        channel_id=channel_id,
+        source=source,
+        size=ref.size,
+        sha256=ref.sha256,
+        message_id=message_id,
+        raw_ref=ref,
     )

@@ -56,12 +56,15 @@ class FetcherSettings(BaseSettings):
         description="re-issue IMAP IDLE after this long (servers may drop it after 30 minutes)",
     )
 
-    hot_window_s: Annotated[float, Field(ge=0)] = Field(
+    hot_window_s: Annotated[float, Field(ge=0, le=600)] = Field(
         default=10.0,
         description="after mail arrived, poll with NOOP every hot_poll_s for this long before "
-        "going back to IDLE (Dovecot announces new mail to IDLE up to 0.5 s late); 0: off",
+        "going back to IDLE: Dovecot pushes a change to IDLE clients 0.5 s after it "
+        "(NOTIFY_DELAY_MSECS), a NOOP makes it look at once (other servers differ); 0: off",
     )
-    hot_poll_s: Seconds = Field(default=0.05, description="see hot_window_s")
+    hot_poll_s: Annotated[float, Field(ge=0.01, le=60)] = Field(
+        default=0.05, description="NOOP interval while a mailbox is hot (see hot_window_s)"
+    )
 
     # --- talking to mail servers ---
     command_timeout_s: Seconds = Field(
@@ -87,7 +90,15 @@ class FetcherSettings(BaseSettings):
     )
     large_message_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=1024 * 1024,
-        description="messages above this are downloaded alone, at most large_downloads at once",
+        description="messages above this are downloaded alone, at most large_downloads at once; "
+        "IMAP streams them in pieces of large_chunk_bytes straight into the blob store "
+        "(keep it above EMAIL_CHANNELS_INLINE_MAX_BYTES: a streamed message is always a claim "
+        "check)",
+    )
+    large_chunk_bytes: Annotated[int, Field(ge=16 * 1024, le=64 * 1024 * 1024)] = Field(
+        default=1024 * 1024,
+        description="piece of a large IMAP message downloaded by one command "
+        "(BODY.PEEK[]<offset.length>): the most of it held in memory at once",
     )
     large_downloads: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=4, description="concurrent downloads of large messages in this process"
@@ -102,6 +113,12 @@ class FetcherSettings(BaseSettings):
         default=1024 * 1024,
         description="Kafka producer batch size per partition (aiokafka's 16 KiB default holds "
         "less than one typical message)",
+    )
+    producer_linger_s: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0,
+        description="how long the producer waits for more records before sending; the fetcher "
+        "hands a whole batch over at once and waits for its acks, so waiting longer only adds "
+        "latency (to every batch and every cursor record)",
     )
     producer_compression: Compression = Field(
         default=Compression.NONE,

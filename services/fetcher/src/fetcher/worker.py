@@ -16,8 +16,10 @@ vanished are passed by the cursor, untouched. An oversize message, or one whose 
 server does not deliver after ``unreadable_tries`` sessions, goes to email.dlq with its source
 identity and is left on the server; the channel moves on.
 
-A settle that fails is remembered ("published, settle pending"): the next session retries only
-the settle, it does not publish the batch again.
+A settle that fails is remembered ("published, settle pending"), in the worker and on the cursor
+record: the next session, also after a restart or on another fetcher, retries only the settle; it
+does not publish the batch again. (A crash between the ack and the settle's outcome still
+re-publishes that batch, under the same ``email_id``.)
 
 Failure policy (errors are data, asked by ``retriable``), applied here and nowhere else:
 
@@ -56,7 +58,7 @@ from fetcher.metrics import (
     SKIPPED,
 )
 from fetcher.published import fingerprint
-from fetcher.rawemail import build_raw_email
+from fetcher.rawemail import build_raw_email, raw_email_of_blob
 from fetcher.sources import Outcome, SourceUnavailable
 
 if TYPE_CHECKING:
@@ -81,7 +83,21 @@ class WorkerPolicy:
     misconfigured_backoff: float = 300.0
     inactive_after_failures: int = 3
     batch_size: int = 200
+    first_batch_size: int = 25
+    """A backlog starts with a small batch, doubling up to ``batch_size``: the first batch is
+    the one download nothing overlaps with, so a small one gets Kafka busy sooner."""
     unreadable_tries: int = 3
+
+    def batches(self, count: int) -> list[tuple[int, int]]:
+        """``(start, end)`` of the batches of ``count`` pending messages (pure)."""
+        size = max(1, min(self.first_batch_size, self.batch_size))
+        spans: list[tuple[int, int]] = []
+        start = 0
+        while start < count:
+            spans.append((start, min(start + size, count)))
+            start += size
+            size = min(size * 2, max(self.batch_size, 1))
+        return spans
 
     def backoff(self, failures: int) -> float:
         """Capped exponential backoff with jitter, so channels of one server spread out."""
@@ -120,7 +136,7 @@ class ChannelWorker:
         self._last_success_at: datetime | None = None
         self._published = published
         self._known: set[str] | None = None  # fingerprints, loaded when a folder is renumbered
-        self._unsettled: list[SourceIdentity] = []  # published, settle pending
+        self._unsettled = list(self._cursor.unsettled)  # published, settle pending
         self._unreadable: dict[str, int] = {}  # message key -> sessions it could not be read
 
     @property
@@ -170,8 +186,10 @@ class ChannelWorker:
             await self._sink.publish_cursor(self._cursor)
         if pending.messages:
             log.info("new mail", messages=len(pending.messages))
-        size = max(self._policy.batch_size, 1)
-        batches = [pending.messages[i : i + size] for i in range(0, len(pending.messages), size)]
+        batches = [
+            pending.messages[start:end]
+            for start, end in self._policy.batches(len(pending.messages))
+        ]
         fetched: list[Fetched] | None = None
         for index, batch in enumerate(batches):
             if self._stopping.is_set():
@@ -192,40 +210,32 @@ class ChannelWorker:
         """Publish, settle and pass one fetched batch; returns the following batch, whose
         download ran while Kafka acknowledged this one (the server is not changed by it)."""
         started = time.perf_counter()
-        emails, settle, taken = await self._sort(fetched, pending)
-        complete = len(taken) == len(batch)
         ahead = None
-        if following is not None and complete and not self._stopping.is_set():
+        if following is not None and not self._stopping.is_set():
             ahead = asyncio.ensure_future(source.fetch(following))
+            await asyncio.sleep(0)  # its command goes out before the events are built
         try:
+            emails, settle, taken = await self._sort(fetched, pending)
+            complete = len(taken) == len(batch)
+            if not complete and ahead is not None:  # this session ends after this batch
+                await _cancelled(ahead)
+                ahead = None
+            built = time.perf_counter()
             await self._sink.publish_raw(emails)  # returns after Kafka acknowledged every one
         except BaseException:
             if ahead is not None:
-                ahead.cancel()
-                await asyncio.gather(ahead, return_exceptions=True)
+                await _cancelled(ahead)
             raise
-        for email in emails:
-            storage = "inline" if email.raw_mime is not None else "blob"
-            MESSAGES_FETCHED.labels(email.source.protocol, storage).inc()
-            BYTES_FETCHED.labels(email.source.protocol).inc(email.size)
+        acked = time.perf_counter()
         if ahead is not None:  # one command at a time on the connection: the download first
             await asyncio.wait({ahead})
+        downloaded = time.perf_counter()
         if settle:
             await self._settle(source, settle, advance=taken)  # only now may the server change
         elif taken:
             self._cursor = source.advance(self._cursor, taken)
             await self._sink.publish_cursor(self._cursor)
-        seconds = time.perf_counter() - started
-        if emails:
-            log.info(
-                "messages fetched",
-                messages=len(emails),
-                first_uid=emails[0].source.uid,
-                bytes=sum(e.size for e in emails),
-                after_fetch=_after_fetch(self.channel),
-                seconds=round(seconds, 3),
-            )
-            MESSAGE_SECONDS.labels(emails[0].source.protocol).observe(seconds / len(emails))
+        _account(emails, (started, built, acked, downloaded, time.perf_counter()), self.channel)
         await self._succeeded()  # a long backlog shows the channel active from its first mail
         if not complete:
             raise SourceUnavailable(
@@ -248,14 +258,7 @@ class ChannelWorker:
                 break  # take what came before it; this session ends and the next retries it
             taken.append(item.message)
             if item.outcome is Outcome.FETCHED:
-                assert item.raw is not None
-                email = await build_raw_email(
-                    self.channel.id,
-                    item.message,
-                    item.raw,
-                    blobs=self._blobs,
-                    inline_max_bytes=self._inline_max_bytes,
-                )
+                email = await self._raw_email(item)
                 if item.message.key in pending.recheck and await self._published_before(email):
                     log.info(
                         "renumbered message was published before: settled only",
@@ -271,6 +274,19 @@ class ChannelWorker:
                 SKIPPED.labels(item.message.protocol, item.outcome.value).inc()
         return emails, settle, taken
 
+    async def _raw_email(self, item: Fetched) -> RawEmail:
+        if item.stored is not None:  # streamed to the blob store by the source
+            stored = item.stored
+            return raw_email_of_blob(self.channel.id, item.message, stored.ref, stored.message_id)
+        assert item.raw is not None
+        return await build_raw_email(
+            self.channel.id,
+            item.message,
+            item.raw,
+            blobs=self._blobs,
+            inline_max_bytes=self._inline_max_bytes,
+        )
+
     async def _settle(
         self,
         source: MailSource,
@@ -285,10 +301,30 @@ class ChannelWorker:
         """
         self._unsettled = list(messages)
         passed = list(advance if advance is not None else messages)
-        await source.settle(messages)
+        try:
+            await source.settle(messages)
+        except Exception:
+            await self._remember_unsettled()
+            raise
         self._unsettled = []
         self._cursor = source.advance(self._cursor, passed)
+        if self._cursor.unsettled:
+            self._cursor = self._cursor.model_copy(update={"unsettled": []})
         await self._sink.publish_cursor(self._cursor)
+
+    async def _remember_unsettled(self) -> None:
+        """Put "published, settle pending" on the cursor record, so that a restart (or another
+        fetcher taking the channel over) settles these messages instead of publishing them
+        again. Best effort: if Kafka cannot take it either, the worker still remembers."""
+        if self._cursor.unsettled == self._unsettled:
+            return
+        self._cursor = self._cursor.model_copy(
+            update={"unsettled": list(self._unsettled), "updated_at": utcnow()}
+        )
+        try:
+            await self._sink.publish_cursor(self._cursor)
+        except Exception as exc:
+            log.warning("could not record the pending settle on the cursor", error=str(exc))
 
     async def _give_up(self, item: Fetched) -> bool:
         """Count a session in which ``item`` was unreadable; dead-letter it after N."""
@@ -425,6 +461,40 @@ class ChannelWorker:
             await asyncio.gather(task, stopping, return_exceptions=True)
         if not task.cancelled():
             task.result()
+
+
+def _account(
+    emails: Sequence[RawEmail],
+    times: tuple[float, float, float, float, float],
+    channel: ChannelConfig,
+) -> None:
+    """Metrics and the log line of a published batch (where its time went)."""
+    if not emails:
+        return
+    started, built, acked, downloaded, done = times
+    for email in emails:
+        storage = "inline" if email.raw_mime is not None else "blob"
+        MESSAGES_FETCHED.labels(email.source.protocol, storage).inc()
+        BYTES_FETCHED.labels(email.source.protocol).inc(email.size)
+    log.info(
+        "messages fetched",
+        messages=len(emails),
+        first_uid=emails[0].source.uid,
+        bytes=sum(e.size for e in emails),
+        after_fetch=_after_fetch(channel),
+        seconds=round(done - started, 3),
+        build_s=round(built - started, 3),
+        publish_s=round(acked - built, 3),
+        next_download_s=round(downloaded - acked, 3),
+        settle_s=round(done - downloaded, 3),
+    )
+    MESSAGE_SECONDS.labels(emails[0].source.protocol).observe((done - started) / len(emails))
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished (whatever it raised)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _after_fetch(channel: ChannelConfig) -> str | None:

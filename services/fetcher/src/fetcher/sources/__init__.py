@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from email_channels.errors import ChannelMisconfigured, TransientError
 
 if TYPE_CHECKING:
+    from email_channels.blobstore import BlobRef
     from email_channels.events import ChannelConfig, FetchCursor, SourceIdentity
 
 
@@ -51,7 +52,7 @@ class Outcome(StrEnum):
     """What fetching one message gave."""
 
     FETCHED = "fetched"
-    """``raw`` holds the MIME."""
+    """``raw`` holds the MIME, or (a large message) ``stored`` names it in the blob store."""
     VANISHED = "vanished"
     """Gone from the server meanwhile (another client took it): nothing to do."""
     NOT_FOR_CHANNEL = "not_for_channel"
@@ -63,6 +64,14 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class StoredBody:
+    """A large message the source streamed to the blob store in pieces, never held whole."""
+
+    ref: BlobRef
+    message_id: str | None
+
+
+@dataclass(frozen=True)
 class Fetched:
     """One message of a fetched batch."""
 
@@ -71,6 +80,7 @@ class Fetched:
     raw: bytes | None = None
     size: int | None = None
     headers: bytes | None = None
+    stored: StoredBody | None = None
 
 
 class MailSource(Protocol):

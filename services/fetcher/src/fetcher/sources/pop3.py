@@ -23,25 +23,29 @@ not for the channel is neither downloaded nor deleted. Sizes come from ``LIST`` 
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 from typing import TYPE_CHECKING, Final, Literal
 
 import structlog
 from pydantic import SecretStr
 
+from email_channels.blobstore import put_stream
 from email_channels.errors import ChannelMisconfigured, PipelineError
 from email_channels.events import AfterFetch, FetchCursor, Pop3Inbound, SourceIdentity, TlsMode
 from email_channels.tls import client_contexts
+from fetcher.rawemail import message_id_of
 from fetcher.recipients import addressed_to, channel_recipient
-from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable
+from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable, StoredBody
 from fetcher.sources.connection_errors import map_connection_error
 from fetcher.sources.tls import connect, start_tls
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Iterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
     from pathlib import Path
 
+    from email_channels.blobstore import BlobStore
     from email_channels.events import ChannelConfig
     from email_channels.hostpolicy import HostPolicy
     from email_channels.secretbox import SecretBox
@@ -52,6 +56,8 @@ Step = Literal["dns", "tcp", "tls", "auth", "folder", "fetch", "settle"]
 _SERVER_TEXT_MAX: Final = 300
 _TRANSIENT_CODES: Final = frozenset({"IN-USE", "SYS/TEMP", "LOGIN-DELAY"})
 _UIDL_CHARS: Final = re.compile(r"^[\x21-\x7e]{1,70}$")  # RFC 1939 §7
+_STREAM_LINE_CUT: Final = 64 * 1024
+"""A streamed block's line longer than this is handed on in parts."""
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -114,11 +120,87 @@ class _Mapped:
 
 
 class _Pending:
-    __slots__ = ("future", "multiline")
+    __slots__ = ("at_line_start", "future", "multiline", "stream", "streaming")
 
-    def __init__(self, future: asyncio.Future[tuple[str, bytes]], *, multiline: bool) -> None:
+    def __init__(
+        self,
+        future: asyncio.Future[tuple[str, bytes]],
+        *,
+        multiline: bool,
+        stream: BlockStream | None = None,
+    ) -> None:
         self.future = future
         self.multiline = multiline
+        self.stream = stream
+        self.streaming = False  # the +OK came: the block goes to ``stream`` as it arrives
+        self.at_line_start = True  # what is left in the buffer begins a line
+
+
+class BlockStream:
+    """The block of a multi-line answer handed over in pieces as it arrives (``RETR`` of a large
+    message), so that it is never held whole. Reading from the server pauses while
+    ``high_water`` bytes wait for the reader."""
+
+    def __init__(self, *, high_water: int, idle_timeout: float) -> None:
+        self._pieces: collections.deque[memoryview] = collections.deque()
+        self._waiting = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._high_water = high_water
+        self._idle_timeout = idle_timeout
+        self._transport: asyncio.Transport | None = None
+
+    def feed(self, piece: bytes, transport: asyncio.Transport | None) -> None:
+        if piece:
+            self._pieces.append(memoryview(piece))
+            self._waiting += len(piece)
+            self._ready.set()
+        if self._waiting >= self._high_water and transport is not None and self._transport is None:
+            transport.pause_reading()
+            self._transport = transport
+
+    def finish(self) -> None:
+        self._done = True
+        self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._ready.set()
+
+    async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        """The block in chunks of exactly ``size`` bytes (the last one shorter)."""
+        while True:
+            while self._waiting < size and not self._done and self._error is None:
+                self._ready.clear()
+                self._resume()
+                await asyncio.wait_for(self._ready.wait(), self._idle_timeout)
+            if self._error is not None:
+                raise self._error
+            if self._waiting == 0 and self._done:
+                return
+            yield self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        parts: list[memoryview] = []
+        wanted = size
+        while wanted and self._pieces:
+            piece = self._pieces.popleft()
+            if len(piece) > wanted:
+                self._pieces.appendleft(piece[wanted:])
+                piece = piece[:wanted]
+            parts.append(piece)
+            wanted -= len(piece)
+        chunk = b"".join(parts)
+        self._waiting -= len(chunk)
+        if self._waiting < self._high_water // 2:
+            self._resume()
+        return chunk
+
+    def _resume(self) -> None:
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            transport.resume_reading()
 
 
 class Pop3Protocol(asyncio.Protocol):
@@ -146,19 +228,27 @@ class Pop3Protocol(asyncio.Protocol):
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.set_exception(error)
+            if pending.stream is not None:
+                pending.stream.fail(error)
         self._queue.clear()
 
-    def expect(self, *, multiline: bool) -> asyncio.Future[tuple[str, bytes]]:
+    def expect(
+        self, *, multiline: bool, stream: BlockStream | None = None
+    ) -> asyncio.Future[tuple[str, bytes]]:
         future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(future, multiline=multiline))
+        self._queue.append(_Pending(future, multiline=multiline, stream=stream))
         self._drain()
         return future
 
-    def send(self, line: str, *, multiline: bool = False) -> asyncio.Future[tuple[str, bytes]]:
+    def send(
+        self, line: str, *, multiline: bool = False, stream: BlockStream | None = None
+    ) -> asyncio.Future[tuple[str, bytes]]:
+        """Send a command; its answer's future. With ``stream``, the future holds only the
+        status line and the block goes to ``stream`` as it arrives."""
         if any(c in line for c in "\r\n\0"):
             raise ValueError("a POP3 command may not contain CR, LF or NUL")
         assert self.transport is not None
-        future = self.expect(multiline=multiline)
+        future = self.expect(multiline=multiline, stream=stream)
         self.transport.write(line.encode() + b"\r\n")
         return future
 
@@ -166,9 +256,13 @@ class Pop3Protocol(asyncio.Protocol):
         self._buffer += data
         self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self) -> None:  # noqa: C901 - one state machine: status, block, streamed block
         while self._queue:
             head = self._queue[0]
+            if head.streaming:
+                if not self._stream_block(head):
+                    return
+                continue
             end = self._buffer.find(b"\r\n")
             if end < 0:
                 return
@@ -176,6 +270,9 @@ class Pop3Protocol(asyncio.Protocol):
             if not status.startswith(("+OK", "-ERR")):
                 self._fail(head, Pop3ProtocolError(f"unexpected answer {status[:80]!r}"))
                 return
+            if head.stream is not None:
+                self._start_stream(head, status, end)
+                continue
             block = b""
             if head.multiline and status.startswith("+OK"):
                 start = end + 2
@@ -197,16 +294,63 @@ class Pop3Protocol(asyncio.Protocol):
             if not head.future.done():
                 head.future.set_result((status, block))
 
+    def _start_stream(self, head: _Pending, status: str, end: int) -> None:
+        """The status line of a streamed command: answer it; a +OK block follows."""
+        assert head.stream is not None
+        del self._buffer[: end + 2]
+        if head.multiline and status.startswith("+OK"):
+            head.streaming = True
+        else:
+            head.stream.finish()
+            self._queue.pop(0)
+        if not head.future.done():
+            head.future.set_result((status, b""))
+
+    def _stream_block(self, head: _Pending) -> bool:
+        """Hand what is buffered of a streamed block to its stream, dot-unstuffed; True when
+        the block's end came. Complete lines go out; a line longer than
+        ``_STREAM_LINE_CUT`` goes out in parts (a mail without line breaks is not held whole)."""
+        stream = head.stream
+        assert stream is not None
+        buffer = self._buffer
+        if head.at_line_start and buffer[:3] == b".\r\n":
+            stop, after = 0, 3
+        else:
+            found = buffer.find(b"\r\n.\r\n")
+            stop, after = (found + 2, found + 5) if found >= 0 else (-1, -1)
+        if stop >= 0:
+            stream.feed(
+                _unstuff(bytes(buffer[:stop]), line_start=head.at_line_start), self.transport
+            )
+            del buffer[:after]
+            stream.finish()
+            self._queue.pop(0)
+            return True
+        last = buffer.rfind(b"\r\n")
+        if last >= 0:
+            cut, line_start = last + 2, True
+        elif len(buffer) > _STREAM_LINE_CUT:
+            cut, line_start = len(buffer) - 1, False  # the last byte may be the CR of a CRLF
+        else:
+            return False
+        stream.feed(_unstuff(bytes(buffer[:cut]), line_start=head.at_line_start), self.transport)
+        del buffer[:cut]
+        head.at_line_start = line_start
+        return False
+
     def _fail(self, head: _Pending, error: Exception) -> None:
         if not head.future.done():
             head.future.set_exception(error)
+        if head.stream is not None:
+            head.stream.fail(error)
         if self.transport is not None:
             self.transport.close()
 
 
-def _unstuff(block: bytes) -> bytes:
-    """Undo RFC 1939 byte-stuffing: a line starting with "." was sent with one more."""
-    if block.startswith(b".."):
+def _unstuff(block: bytes, *, line_start: bool = True) -> bytes:
+    """Undo RFC 1939 byte-stuffing: a line starting with "." was sent with one more.
+    ``line_start``: ``block`` begins at the start of a line (not in the middle of one)."""
+    if line_start and block.startswith(b".."):
         block = block[1:]
     return block.replace(b"\r\n..", b"\r\n.")
 
@@ -258,7 +402,13 @@ class Pop3Options:
         ca_file: Path | None = None,
         max_message_bytes: int = 50 * 1024 * 1024,
         batch_bytes: int = 16 * 1024 * 1024,
+        large_message_bytes: int = 1024 * 1024,
+        large_chunk_bytes: int = 1024 * 1024,
     ) -> None:
+        self.large_message_bytes = large_message_bytes
+        """Larger messages are streamed (``RETR`` read in pieces into the blob store), one at a
+        time under the process's bound on large downloads."""
+        self.large_chunk_bytes = large_chunk_bytes
         self.command_timeout = command_timeout
         self.fetch_timeout = fetch_timeout
         self.poll_interval = poll_interval
@@ -279,8 +429,12 @@ class Pop3Source:
         options: Pop3Options,
         tls_context: ssl.SSLContext,
         recipient: str | None = None,
+        large_downloads: asyncio.Semaphore | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._inbound = inbound
+        self._large = large_downloads or asyncio.Semaphore(4)
+        self._blobs = blobs
         self._password = SecretStr(password)
         self._policy = host_policy
         self._options = options
@@ -384,6 +538,8 @@ class Pop3Source:
                 out[uidl] = Fetched(
                     message, Outcome.OVERSIZE, size=self._sizes.get(uidl), headers=head
                 )
+            elif self._sizes.get(uidl, 0) > self._options.large_message_bytes and self._blobs:
+                out[uidl] = await self._stream(message, self._blobs)
             else:
                 wanted.append(message)
         for chunk in self._chunks(wanted):
@@ -396,6 +552,36 @@ class Pop3Source:
                         message, Outcome.FETCHED, raw=body, size=len(body)
                     )
         return [out[_uidl(m)] for m in messages]
+
+    async def _stream(self, message: SourceIdentity, blobs: BlobStore) -> Fetched:
+        """``RETR`` of a large message read in pieces straight into the blob store (hashed on
+        the way): the client holds at most about two pieces of it."""
+        protocol = self._protocol_or_fail()
+        chunk = max(self._options.large_chunk_bytes, 1)
+        stream = BlockStream(high_water=2 * chunk, idle_timeout=self._options.command_timeout)
+        message_id: list[str | None] = []  # read from the first piece, which is not kept
+
+        async def pieces() -> AsyncIterator[bytes]:
+            async for piece in stream.chunks(chunk):
+                if not message_id:
+                    message_id.append(message_id_of(piece))
+                yield piece
+
+        async with self._large:  # a bound on large downloads at once in this process
+            future = protocol.send(
+                f"RETR {self._numbers[_uidl(message)]}", multiline=True, stream=stream
+            )
+            try:
+                await self._ok(future, "RETR", "fetch")
+            except SourceUnavailable as exc:
+                if isinstance(exc.__cause__, Pop3Refused):  # -ERR: the server cannot read it
+                    return Fetched(message, Outcome.UNREADABLE)
+                raise
+            with _Mapped("fetch"):
+                ref = await put_stream(blobs, pieces())
+        stored = StoredBody(ref=ref, message_id=message_id[0] if message_id else None)
+        log.info("large message streamed to the blob store", uidl=_uidl(message), size=ref.size)
+        return Fetched(message, Outcome.FETCHED, size=ref.size, stored=stored)
 
     async def _not_for_channel(self, messages: Sequence[SourceIdentity]) -> dict[str, Fetched]:
         """Recipient-only: the messages whose header block (TOP n 0) does not name the channel."""
@@ -532,8 +718,16 @@ class Pop3SourceFactory:
     """Builds a :class:`Pop3Source` from a channel (a :data:`~fetcher.sources.SourceFactory`)."""
 
     def __init__(
-        self, *, secret_box: SecretBox, host_policy: HostPolicy, options: Pop3Options
+        self,
+        *,
+        secret_box: SecretBox,
+        host_policy: HostPolicy,
+        options: Pop3Options,
+        large_downloads: asyncio.Semaphore | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
+        self._large = large_downloads or asyncio.Semaphore(4)
+        self._blobs = blobs
         self._secret_box = secret_box
         self._host_policy = host_policy
         self._options = options
@@ -551,4 +745,6 @@ class Pop3SourceFactory:
             options=self._options,
             tls_context=self._tls[inbound.verify_tls],
             recipient=recipient,
+            large_downloads=self._large,
+            blobs=self._blobs,
         )

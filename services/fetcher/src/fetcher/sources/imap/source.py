@@ -30,6 +30,7 @@ import structlog
 from aioimaplib import STOP_WAIT_SERVER_PUSH, Command, Response, quoted
 from pydantic import SecretStr
 
+from email_channels.blobstore import put_stream
 from email_channels.errors import ChannelMisconfigured
 from email_channels.events import (
     AfterFetch,
@@ -42,8 +43,9 @@ from email_channels.events import (
 )
 from email_channels.tls import client_contexts
 from fetcher.metrics import UIDVALIDITY_RESETS
+from fetcher.rawemail import message_id_of
 from fetcher.recipients import RECIPIENT_HEADERS, addressed_to, channel_recipient
-from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable
+from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable, StoredBody
 from fetcher.sources.imap.client import ImapClient, uid_fetch
 from fetcher.sources.imap.errors import ImapRefused, Step, mapped
 from fetcher.sources.imap.parsing import (
@@ -65,9 +67,10 @@ from fetcher.sources.tls import start_tls
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Sequence
     from pathlib import Path
 
+    from email_channels.blobstore import BlobStore
     from email_channels.hostpolicy import HostPolicy
     from email_channels.secretbox import SecretBox
 
@@ -110,7 +113,9 @@ class ImapOptions:
     batch_bytes: int = 16 * 1024 * 1024
     """Bodies downloaded by one UID FETCH (a larger message is fetched alone)."""
     large_message_bytes: int = 1024 * 1024
-    """Messages above this are downloaded one at a time under ``large_downloads``."""
+    """Messages above this are downloaded one at a time under ``large_downloads``, in pieces
+    of ``large_chunk_bytes`` straight into the blob store (when the source has one)."""
+    large_chunk_bytes: int = 1024 * 1024
     hot_window: float = 10.0
     """After mail arrived, look with NOOP every ``hot_poll`` for this long before IDLE (0: off)."""
     hot_poll: float = 0.05
@@ -145,8 +150,10 @@ class ImapSource:
         tls_context: ssl.SSLContext,
         recipient: str | None = None,
         large_downloads: asyncio.Semaphore | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._inbound = inbound
+        self._blobs = blobs
         self._tls_context = tls_context
         self._password = SecretStr(password)
         self._policy = host_policy
@@ -319,11 +326,14 @@ class ImapSource:
     async def _hot_poll(self, client: ImapClient) -> bool:
         """Shortly after mail arrived, ask with NOOP instead of waiting in IDLE.
 
-        Dovecot tells an IDLE client about new mail only after its change watcher settled,
-        up to half a second later (measured by bench/bench_fetcher.py: p99 ~0.5 s from
-        delivery to EXISTS); a NOOP makes it look at once. Mail tends to come in bursts, so
-        a channel that just got mail asks every ``hot_poll`` seconds for ``hot_window``
-        seconds, then goes back to IDLE. True when news arrived.
+        Dovecot tells an IDLE (or NOTIFY) client about a change a fixed half second after it
+        (``NOTIFY_DELAY_MSECS`` 500 in src/lib-storage/mailbox-watch.c, to coalesce what
+        follows; bench/bench_fetcher.py measures ~0.5 s from delivery to EXISTS), while any
+        command such as NOOP makes it look at the mailbox at once. Other servers push sooner
+        or later; polling works with all of them. Mail tends to come in bursts, so a channel
+        that just got mail asks every ``hot_poll`` seconds for ``hot_window`` seconds, then
+        goes back to IDLE: a quiet mailbox costs no polling, and the first message of a burst
+        still waits for the server's push. True when news arrived.
         """
         options = self._options
         loop = asyncio.get_running_loop()
@@ -369,6 +379,8 @@ class ImapSource:
     async def _download(self, chunk: Sequence[tuple[SourceIdentity, int]]) -> dict[int, Fetched]:
         uids = [message_uid(m) for m, _ in chunk]
         large = len(chunk) == 1 and chunk[0][1] > self._options.large_message_bytes
+        if large and self._blobs is not None:
+            return {uids[0]: await self._stream(chunk[0][0], chunk[0][1], self._blobs)}
         if large:
             async with self._large:  # a bound on big messages held in memory at once
                 bodies = await self._uid_fetch(uid_set(uids), "UID BODY.PEEK[]", "fetch")
@@ -392,6 +404,41 @@ class ImapSource:
             else:
                 out[uid] = Fetched(message, Outcome.VANISHED)
         return out
+
+    async def _stream(self, message: SourceIdentity, size: int, blobs: BlobStore) -> Fetched:
+        """A large message in pieces (``BODY.PEEK[]<offset.length>``) straight into the blob
+        store, hashed on the way: at most one piece of it is in memory at a time."""
+        uid = message_uid(message)
+        piece_size = max(self._options.large_chunk_bytes, 1)
+        message_id: list[str | None] = []  # read from the first piece, which is not kept
+
+        async def pieces() -> AsyncIterator[bytes]:
+            offset = 0
+            while True:
+                items = await self._uid_fetch(
+                    str(uid), f"UID BODY.PEEK[]<{offset}.{piece_size}>", "fetch"
+                )
+                piece = next((m.sections["BODY[]"] for m in items if "BODY[]" in m.sections), None)
+                if piece is None and offset >= size > 0:
+                    return  # past the end: some servers answer "" rather than a literal
+                if piece is None:
+                    raise _NoContent
+                if not message_id:
+                    message_id.append(message_id_of(piece))
+                yield piece
+                offset += len(piece)
+                if len(piece) < piece_size:
+                    return
+
+        async with self._large:  # a bound on large downloads at once in this process
+            try:
+                ref = await put_stream(blobs, pieces())
+            except _NoContent:
+                there = await self._still_there([uid])
+                return Fetched(message, Outcome.UNREADABLE if there else Outcome.VANISHED)
+        stored = StoredBody(ref=ref, message_id=message_id[0] if message_id else None)
+        log.info("large message streamed to the blob store", uid=uid, size=ref.size)
+        return Fetched(message, Outcome.FETCHED, size=ref.size, stored=stored)
 
     async def _headers_of(self, uid: int) -> bytes | None:
         items = await self._uid_fetch(str(uid), "UID BODY.PEEK[HEADER]", "fetch")
@@ -637,6 +684,10 @@ class ImapSource:
                 protocol.idle_queue.get_nowait()
 
 
+class _NoContent(Exception):
+    """The server answered a piece of a large message without its content."""
+
+
 def _by_folder(messages: Sequence[SourceIdentity]) -> list[list[SourceIdentity]]:
     """Consecutive runs of one folder (and UIDVALIDITY), in order."""
     groups: list[list[SourceIdentity]] = []
@@ -682,7 +733,9 @@ class ImapSourceFactory:
         host_policy: HostPolicy,
         options: ImapOptions,
         large_downloads: asyncio.Semaphore | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
+        self._blobs = blobs
         self._secret_box = secret_box
         self._host_policy = host_policy
         self._options = options
@@ -702,4 +755,5 @@ class ImapSourceFactory:
             tls_context=self._tls[inbound.verify_tls],
             recipient=recipient,
             large_downloads=self._large,
+            blobs=self._blobs,
         )
