@@ -230,7 +230,14 @@ def _start_sender(
     env: dict[str, str], log_path: Path | None
 ) -> tuple[subprocess.Popen[bytes], Any]:
     log = log_path.open("wb") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
-    process = subprocess.Popen([sys.executable, "-m", "sender"], env=env, stderr=log, stdout=log)
+    profile = os.environ.get("BENCH_SENDER_PROFILE")  # cProfile output of the sender process
+    command = [
+        sys.executable,
+        *(["-m", "cProfile", "-o", profile] if profile else []),
+        "-m",
+        "sender",
+    ]
+    process = subprocess.Popen(command, env=env, stderr=log, stdout=log)
     return process, log
 
 
