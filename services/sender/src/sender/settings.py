@@ -63,6 +63,13 @@ class SenderSettings(BaseSettings):
         default=4, ge=1, description="SMTP sessions open at once per channel"
     )
     pool_idle_s: float = Field(default=30.0, gt=0, description="close a session idle this long")
+    pool_max_admitted: int | None = Field(
+        default=None,
+        ge=1,
+        description="messages per channel whose intent may be recorded at once (sending or "
+        "waiting for a session); bounds the 'unknown' outcomes after a crash. Default: twice "
+        "pool_max_sessions",
+    )
     connect_cooldown_s: float = Field(
         default=10.0,
         ge=0,
@@ -87,6 +94,9 @@ class SenderSettings(BaseSettings):
     def pool_limits(self) -> PoolLimits:
         return PoolLimits(
             max_sessions=self.pool_max_sessions,
+            max_admitted=max(
+                self.pool_max_admitted or 2 * self.pool_max_sessions, self.pool_max_sessions
+            ),
             idle_s=self.pool_idle_s,
             cooldown_s=self.connect_cooldown_s,
             acquire_wait_s=self.session_wait_s,

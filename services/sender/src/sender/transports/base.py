@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 TransportName = Literal["smtp", "graph"]
 BeforeData: TypeAlias = Callable[[], Awaitable[None]]
-"""Called at most once per message, once a connection is ready, and awaited before the message
-itself goes out (SMTP DATA): where the sender records its intent."""
+"""Called at most once per message, when its turn to be sent came (SMTP: admitted by the pool,
+before a session is taken), and awaited before the message itself goes out (SMTP DATA): where
+the sender records its intent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,10 @@ MAIL/RCPT/DATA on them (step ``send``):
 
 - a reused session that turns out dead (421, reset, timeout) *before DATA* is discarded and the
   message tried once more on a fresh session;
-- the intent callback (``before_data``) starts once the message is admitted by the pool (at
-  most twice as many messages as sessions), at most once per message, runs while a session is
-  found and MAIL/RCPT are sent, and DATA waits for it: the intent is always recorded before the
-  message is out, and never far ahead of it;
+- the intent callback (``before_data``) runs once the message is admitted by the pool (at most
+  ``max_admitted`` messages per channel), at most once per message, and is awaited before a
+  session is taken: the intent is always recorded before the message is out, never far ahead of
+  it, and a session never waits for Kafka (its time goes to SMTP alone);
 - a connection lost during DATA, before the server answered, raises
   :class:`~sender.errors.DeliveryUncertain`: the message may be delivered, never send it again;
 - a failed transaction is RSET before the session is reused.
@@ -129,19 +129,16 @@ class SmtpTransport:
     async def send(
         self, email: ComposedEmail, *, before_data: BeforeData | None = None
     ) -> SendResult:
-        intent = _Intent(before_data)
-        try:
-            async with self.pool.admitted():
-                intent.start()  # travels to Kafka while a session is found and the envelope
-                return await self._send(email, intent)  # is sent; DATA waits for it
-        finally:
-            await intent.settle()
+        async with self.pool.admitted():
+            if before_data is not None:
+                await before_data()
+            return await self._send(email)
 
-    async def _send(self, email: ComposedEmail, intent: _Intent) -> SendResult:
+    async def _send(self, email: ComposedEmail) -> SendResult:
         for tries_left in (1, 0):
             async with self.pool.session() as session:
                 try:
-                    refused, reply = await _transaction(session, email, intent)
+                    refused, reply = await _transaction(session, email)
                 except _StaleSession as stale:
                     session.discard()
                     if tries_left:
@@ -176,27 +173,6 @@ class SmtpTransport:
         await self.pool.aclose()
 
 
-class _Intent:
-    """The ``before_data`` callback, started at most once, awaited before DATA."""
-
-    def __init__(self, before_data: BeforeData | None) -> None:
-        self._before_data = before_data
-        self._task: asyncio.Future[None] | None = None
-
-    def start(self) -> None:
-        if self._before_data is not None and self._task is None:
-            self._task = asyncio.ensure_future(self._before_data())
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
-    async def settle(self) -> None:
-        """Never leave the publish running (or its error unobserved) after the send ended."""
-        if self._task is not None and not self._task.done():
-            await asyncio.gather(self._task, return_exceptions=True)
-
-
 class _StaleSession(Exception):
     """A reused session failed before DATA: safe to try again on a fresh one."""
 
@@ -214,15 +190,10 @@ class _DataLost(Exception):
 
 
 async def _transaction(
-    session: Session, email: ComposedEmail, intent: _Intent
+    session: Session, email: ComposedEmail
 ) -> tuple[dict[str, aiosmtplib.SMTPResponse], aiosmtplib.SMTPResponse]:
-    """MAIL, RCPT..., the intent acknowledged, DATA on one session; see the module docstring."""
+    """MAIL, RCPT..., DATA on one session (the intent is already acknowledged)."""
     refused = await _envelope(session, email)
-    try:
-        await intent.wait()
-    except BaseException:
-        session.needs_reset()
-        raise
     try:
         reply = await session.client.data(email.data)
     except aiosmtplib.SMTPResponseException:
