@@ -63,12 +63,12 @@ class SenderSettings(BaseSettings):
         default=4, ge=1, description="SMTP sessions open at once per channel"
     )
     pool_idle_s: float = Field(default=30.0, gt=0, description="close a session idle this long")
-    pool_max_admitted: int | None = Field(
-        default=None,
+    pool_max_admitted: int = Field(
+        default=32,
         ge=1,
         description="messages per channel whose intent may be recorded at once (sending or "
-        "waiting for a session); bounds the 'unknown' outcomes after a crash. Default: twice "
-        "pool_max_sessions",
+        "waiting for a session; their intents share Kafka produce requests); bounds the "
+        "'unknown' outcomes of the channel after a crash",
     )
     connect_cooldown_s: float = Field(
         default=10.0,
@@ -94,9 +94,7 @@ class SenderSettings(BaseSettings):
     def pool_limits(self) -> PoolLimits:
         return PoolLimits(
             max_sessions=self.pool_max_sessions,
-            max_admitted=max(
-                self.pool_max_admitted or 2 * self.pool_max_sessions, self.pool_max_sessions
-            ),
+            max_admitted=max(self.pool_max_admitted, self.pool_max_sessions),
             idle_s=self.pool_idle_s,
             cooldown_s=self.connect_cooldown_s,
             acquire_wait_s=self.session_wait_s,

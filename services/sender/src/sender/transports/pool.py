@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True, slots=True)
 class PoolLimits:
     max_sessions: int = 4
-    max_admitted: int = 8
+    max_admitted: int = 32
     idle_s: float = 30.0
     cooldown_s: float = 10.0
     acquire_wait_s: float = 30.0
