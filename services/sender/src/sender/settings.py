@@ -82,6 +82,12 @@ class SenderSettings(BaseSettings):
         description="Kafka consumer-group session timeout: how soon the partitions of a "
         "crashed sender move to another replica",
     )
+    graph_throttle_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="a Graph Retry-After (429/503) up to this long is waited out in place for "
+        "that mailbox; a longer one sends the message to the retry topics",
+    )
     session_wait_s: float = Field(
         default=30.0, gt=0, description="wait at most this long for a free session of a channel"
     )
