@@ -343,6 +343,9 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--conversations", type=int, default=300)
     parser.add_argument("--sessions", type=int, default=4, help="SENDER_POOL_MAX_SESSIONS")
+    parser.add_argument(
+        "--sinks", default="aiosmtpd,smtp-sink", help="which sinks, comma-separated"
+    )
     parser.add_argument("--sink", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink is not None:
@@ -351,10 +354,11 @@ def main() -> int:
 
     from devstack.kafka import running_kafka  # noqa: PLC0415
 
-    sinks: list[tuple[str, Any]] = [("aiosmtpd", Sink)]
-    if SMTP_SINK.exists():
+    wanted = set(args.sinks.split(","))
+    sinks: list[tuple[str, Any]] = [("aiosmtpd", Sink)] if "aiosmtpd" in wanted else []
+    if "smtp-sink" in wanted and SMTP_SINK.exists():
         sinks.append(("smtp-sink", PostfixSink))
-    else:
+    elif "smtp-sink" in wanted:
         print(f"{SMTP_SINK} missing (apt-get install postfix): smtp-sink rows skipped")
     rows = [("sink", "what", "messages", "seconds", "msg/s", "CPU ms/msg", "ratio")]
     notes = []

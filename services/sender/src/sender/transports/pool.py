@@ -103,7 +103,7 @@ class SessionPool:
         """One message's turn: its intent may start; it gets a session next."""
         self._check_cooldown()
         try:
-            await asyncio.wait_for(self._admission.acquire(), self.limits.acquire_wait_s)
+            await _acquire(self._admission, self.limits.acquire_wait_s)
         except TimeoutError as exc:
             raise TransientError(
                 f"{self._where}: no turn to send within {self.limits.acquire_wait_s}s"
@@ -118,7 +118,7 @@ class SessionPool:
         """A session for one transaction; returned to the pool afterwards unless discarded."""
         self._check_cooldown()
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.limits.acquire_wait_s)
+            await _acquire(self._slots, self.limits.acquire_wait_s)
         except TimeoutError as exc:
             raise TransientError(
                 f"{self._where}: all {self.limits.max_sessions} SMTP sessions stayed busy for "
@@ -196,3 +196,12 @@ class SessionPool:
             self._close_later(client)
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=10)
+
+
+async def _acquire(semaphore: asyncio.Semaphore, timeout_s: float) -> None:
+    """``semaphore.acquire()`` within ``timeout_s``; no timer when it is free (the common case:
+    ``wait_for`` costs a task and a timer per call)."""
+    if not semaphore.locked():
+        await semaphore.acquire()
+        return
+    await asyncio.wait_for(semaphore.acquire(), timeout_s)
