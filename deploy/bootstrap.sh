@@ -60,6 +60,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
       # else allowed it, started it): undo exactly that, for the dovecot we just installed.
       systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
     fi
+    if [[ " ${need_apt[*]} " == *" postfix "* ]] && command -v systemctl >/dev/null; then
+      # only its smtp-sink binary is used (bench): never a system MTA on port 25
+      systemctl disable --now postfix.service >/dev/null 2>&1 || true
+    fi
   else
     echo "bootstrap: please install: ${need_apt[*]} (apt-get install ...)" >&2
     exit 1
