@@ -203,7 +203,8 @@ async def run_ours(
     from email_channels.secretbox import SecretBox  # noqa: PLC0415
     from email_channels.settings import KafkaSettings  # noqa: PLC0415
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    run = uuid.uuid4().hex[:8]  # each run its own topics and outbound ids (so Message-IDs)
+    prefix = f"bench-{run}."
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=6)
     topics = kafka.topics
     await ensure_topics(kafka)
@@ -222,7 +223,7 @@ async def run_ours(
         for index in range(count):
             outbound = OutboundEmail.model_validate(
                 {
-                    "outbound_id": f"bench-{index}",
+                    "outbound_id": f"bench-{run}-{index}",
                     "channel_id": channel.id,
                     "conversation_id": f"conv-{index % conversations}",
                     "to": [{"address": f"ours-{index}@customer.example"}],
@@ -338,11 +339,30 @@ async def _collect_deliveries(
 # --- the table --------------------------------------------------------------------------------
 
 
+def _ours_row(name: str, sessions: int, ours: dict[str, Any], peer_rate: float) -> tuple[str, ...]:
+    rate = ours["sent"] / ours["seconds"]
+    sent = max(ours["sent"], 1)
+    user, system = ours["cpu_s"]
+    return (
+        name,
+        f"sender, {sessions} sessions per channel (ours)",
+        str(ours["sent"]),
+        f"{ours['seconds']:.2f}",
+        f"{rate:.0f}",
+        f"{1000 * (user + system) / sent:.2f} ({1000 * system / sent:.2f} sys)",
+        f"{rate / peer_rate:.2f}x",
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--conversations", type=int, default=300)
-    parser.add_argument("--sessions", type=int, default=4, help="SENDER_POOL_MAX_SESSIONS")
+    parser.add_argument(
+        "--sessions",
+        default="4,16",
+        help="SENDER_POOL_MAX_SESSIONS of each sender run, comma-separated (4: the default)",
+    )
     parser.add_argument(
         "--sinks", default="aiosmtpd,smtp-sink", help="which sinks, comma-separated"
     )
@@ -360,39 +380,38 @@ def main() -> int:
         sinks.append(("smtp-sink", PostfixSink))
     elif "smtp-sink" in wanted:
         print(f"{SMTP_SINK} missing (apt-get install postfix): smtp-sink rows skipped")
+    sessions_list = [int(n) for n in args.sessions.split(",")]
     rows = [("sink", "what", "messages", "seconds", "msg/s", "CPU ms/msg", "ratio")]
     notes = []
     load_before = os.getloadavg()
     with running_kafka() as endpoint:  # the peers run beside the same idle broker
         for name, sink_class in sinks:
             sink = sink_class()
+            others = 0
             try:
                 peer_s = run_peer(sink.port, args.count)
-                ours = asyncio.run(
-                    run_ours(
-                        endpoint.bootstrap_servers,
-                        sink.port,
-                        args.count,
-                        args.conversations,
-                        args.sessions,
+                peer_rate = args.count / peer_s
+                rows.append(
+                    (name, "smtplib loop, one connection (peer)", str(args.count),
+                     f"{peer_s:.2f}", f"{peer_rate:.0f}", "", "")
+                )  # fmt: skip
+                for sessions in sessions_list:
+                    ours = asyncio.run(
+                        run_ours(
+                            endpoint.bootstrap_servers,
+                            sink.port,
+                            args.count,
+                            args.conversations,
+                            sessions,
+                        )
                     )
-                )
+                    others += ours["other"]
+                    rows.append(_ours_row(name, sessions, ours, peer_rate))
             finally:
                 summary = sink.stop()
-            peer_rate = args.count / peer_s
-            ours_rate = ours["sent"] / ours["seconds"]
-            rows += [
-                (name, "smtplib loop, one connection (peer)", str(args.count), f"{peer_s:.2f}",
-                 f"{peer_rate:.0f}", "", ""),
-                (name, f"sender, {args.sessions} sessions (ours)", str(ours["sent"]),
-                 f"{ours['seconds']:.2f}", f"{ours_rate:.0f}",
-                 (f"{1000 * sum(ours['cpu_s']) / max(ours['sent'], 1):.2f}"
-                 f" ({1000 * ours['cpu_s'][1] / max(ours['sent'], 1):.2f} sys)"),
-                 f"{ours_rate / peer_rate:.2f}x"),
-            ]  # fmt: skip
             notes.append(
                 f"{name}: {summary['messages']} messages taken, {summary['duplicates']} duplicate "
-                f"Message-IDs; sender outcomes other than sent: {ours['other']}"
+                f"Message-IDs; sender outcomes other than sent: {others}"
             )
     load_after = os.getloadavg()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
