@@ -21,6 +21,14 @@ fi
 # make bench: the peers the benchmarks measure against (bench/bench_*.py).
 if [ "${WITH_BENCH_PEERS:-0}" = 1 ]; then
   command -v fetchmail >/dev/null || need_apt+=(fetchmail)
+  # Postfix's smtp-sink (a C SMTP sink for bench_sender.py); the package is installed with
+  # debconf "No configuration": no main.cf, so no MTA is set up or started on port 25.
+  if [ ! -x /usr/sbin/smtp-sink ]; then
+    need_apt+=(postfix)
+    if [ "$(id -u)" = 0 ]; then
+      echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    fi
+  fi
 fi
 # make test: a real browser for the admin page's tests (Playwright drives Debian's chromium);
 # Chromium follows WITH_MAIL_SERVERS (the test path) unless WITH_BROWSER says otherwise.
@@ -51,6 +59,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
       # The package enabled its unit for the next boot (and, had a policy-rc.d of someone
       # else allowed it, started it): undo exactly that, for the dovecot we just installed.
       systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+    fi
+    if [[ " ${need_apt[*]} " == *" postfix "* ]] && command -v systemctl >/dev/null; then
+      # only its smtp-sink binary is used (bench): never a system MTA on port 25
+      systemctl disable --now postfix.service >/dev/null 2>&1 || true
     fi
   else
     echo "bootstrap: please install: ${need_apt[*]} (apt-get install ...)" >&2

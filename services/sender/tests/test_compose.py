@@ -16,7 +16,7 @@ from sender.errors import MessageRejected
 
 def parsed(composed):
     """Round-trip through bytes, as the receiving server would see the message."""
-    return email.message_from_bytes(composed.message.as_bytes(), policy=policy.default)
+    return email.message_from_bytes(composed.data.replace(b"\r\n", b"\n"), policy=policy.default)
 
 
 def test_bcc_is_in_the_envelope_but_nowhere_in_the_message(make_outbound, make_channel):

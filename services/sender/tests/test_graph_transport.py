@@ -203,6 +203,44 @@ async def test_throttled_mailbox_is_deferred_at_once_and_nothing_is_sent(
     assert len(local_graph.graph_requests("/sendMail")) == 1
 
 
+async def test_short_retry_after_is_waited_out_in_place_and_sent_once(
+    local_graph: LocalGraph, channel, secret_box, pki
+):
+    """A Retry-After within SENDER_GRAPH_THROTTLE_WAIT_S is waited out for that mailbox: the
+    refused sendMail is repeated after the pause and the message sent once, after one intent;
+    a Retry-After above the bound still defers at once, nothing sent."""
+    factory = ChannelTransports(
+        host_policy=HostPolicy.parse("127.0.0.1"),
+        secrets=secret_box,
+        ca_file=pki.ca_cert,
+        smtp_timeout=30,
+        graph_throttle_wait_s=5,
+    )
+    intents: list[str] = []
+
+    async def record_intent() -> None:
+        intents.append("sending")
+
+    loop = asyncio.get_running_loop()
+    try:
+        local_graph.throttle(MAILBOX, times=1, retry_after_s=1)
+        started = loop.time()
+        await send(factory, channel, outbound(channel), before_data=record_intent)
+        assert loop.time() - started >= 0.9
+        assert len(local_graph.sent) == 1
+        assert len(local_graph.graph_requests("/sendMail")) == 2  # refused once, then accepted
+        assert intents == ["sending"]
+
+        local_graph.throttle(MAILBOX, times=1, retry_after_s=30)
+        started = loop.time()
+        with pytest.raises(GraphThrottled):
+            await send(factory, channel, outbound(channel))
+        assert loop.time() - started < 5
+        assert len(local_graph.sent) == 1
+    finally:
+        await factory.aclose()
+
+
 async def test_lost_answer_to_sendmail_is_an_unknown_outcome_after_the_intent(
     local_graph: LocalGraph, channel, transports
 ):

@@ -147,6 +147,17 @@ async def test_sent_publishes_delivery_with_response_and_message_id(harness, mak
     assert [key for _t, key, _e in harness.publisher.published[:2]] == [outbound.outbound_id] * 2
 
 
+async def test_sent_event_carries_the_outbound_campaign_id(harness, make_outbound):
+    """The sent event names the outbound's campaign (the router's thread affinity for replies)."""
+    await harness.feed(make_outbound(campaign_id="camp-returns"))
+    await harness.feed(make_outbound())
+
+    with_campaign, without = harness.deliveries()
+    assert with_campaign.status is DeliveryStatus.SENT
+    assert with_campaign.campaign_id == "camp-returns"
+    assert without.campaign_id is None
+
+
 async def test_first_success_reports_the_channel_active_once(harness, make_outbound):
     await harness.feed(make_outbound())
     await harness.feed(make_outbound())
@@ -526,7 +537,8 @@ async def test_a_transient_failure_goes_to_the_next_retry_topic_with_a_deferred_
     names = dict(headers)
     assert names["retry-level"] == b"1"
     assert names["original-topic"] == TOPICS.outbound.encode()
-    assert before + 60 <= int(names["retry-due-ms"]) / 1000 <= time.time() + 60
+    due_ms = int(names["retry-due-ms"])  # whole milliseconds: compare at that precision
+    assert int(before * 1000) + 60_000 <= due_ms <= int(time.time() * 1000) + 60_000
     (event,) = harness.deliveries()
     assert event.status is DeliveryStatus.DEFERRED
     assert (event.retry_level, event.smtp_code) == (1, 451)

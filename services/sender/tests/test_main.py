@@ -28,6 +28,7 @@ async def test_main_sends_and_stops_cleanly_on_signal(
         "EMAIL_CHANNELS_CA_FILE": str(pki.ca_cert),
         "EMAIL_CHANNELS_BLOB_STORE_URL": f"file://{tmp_path}/blobs",
         "EMAIL_CHANNELS_LOG_FORMAT": "json",
+        "EMAIL_CHANNELS_LOG_LEVEL": "debug",  # a sent message's line is at debug (no secret either)
     }
     channel = ChannelConfig(
         id=f"ch-{uuid.uuid4().hex[:8]}",

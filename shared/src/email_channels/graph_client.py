@@ -201,6 +201,11 @@ class GraphClient:
         if policy is not None:
             await check_custom_hosts(self._app, policy)
 
+    async def wait_for_mailbox(self) -> None:
+        """Wait out this mailbox's throttle pause if it is at most ``max_wait_s``, else raise
+        :class:`GraphThrottled` (a caller may wait here before committing to a request)."""
+        await self._wait_for_mailbox()
+
     async def _wait_for_mailbox(self) -> None:
         left = self._throttle.remaining(self.mailbox)
         if left <= 0:

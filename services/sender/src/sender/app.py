@@ -74,6 +74,7 @@ class SenderApp:
             smtp_timeout=self.settings.smtp_timeout,
             local_hostname=self.settings.local_hostname,
             limits=self.settings.pool_limits,
+            graph_throttle_wait_s=self.settings.graph_throttle_wait_s,
         )
 
     async def run(self, stopping: asyncio.Event) -> None:

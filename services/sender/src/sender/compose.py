@@ -17,9 +17,11 @@ whole mapping is testable in microseconds and the same on every retry:
 
 Header injection: raw CR/LF is already refused by the event models' validators; every value
 written into a header is checked again here, including RFC 2047 encoded-words that decode to
-CR/LF (:mod:`sender.headersafety`), and the flattened message is parsed back and compared
-before it can be sent. That, addresses the ``email`` package cannot write, or a malformed
-message id raise :class:`~sender.errors.MessageRejected`.
+CR/LF (:mod:`sender.headersafety`). A message without attachments (and without SMTPUTF8
+addresses) is written directly by :mod:`sender.plainmime`, whose header blocks are scanned for
+any line we did not set; any other is built with the stdlib and the flattened message is
+parsed back and compared before it can be sent. That, addresses the ``email`` package cannot
+write, or a malformed message id raise :class:`~sender.errors.MessageRejected`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 from email_channels.headers import LOOP_HEADER
 from sender.errors import MessageRejected
 from sender.headersafety import SEVEN_BIT, flatten_checked, safe_header_text
+from sender.plainmime import render_addresses, unstructured, write_plain
 from sender.transports.base import ComposedEmail, Envelope
 
 if TYPE_CHECKING:
@@ -44,6 +47,11 @@ if TYPE_CHECKING:
     from email_channels.events import Address, ChannelConfig, OutboundAttachment, OutboundEmail
 
 _MSG_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
+_DOT_ATOM_ADDRESS = re.compile(
+    r"^([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
+    r"@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)$"
+)
+"""local@domain of dot-atoms in ASCII: an address the stdlib parser would accept unchanged."""
 _MIME_TYPE = re.compile(r"^([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)$")
 
 
@@ -65,34 +73,54 @@ def compose(
     bcc = [_address(a, f"bcc[{i}]") for i, a in enumerate(outbound.bcc)]
     references = thread_references(outbound.references, outbound.in_reply_to)
 
-    message = EmailMessage(policy=SEVEN_BIT)
-    message["From"] = sender
-    message["To"] = to
-    if cc:
-        message["Cc"] = cc
-    message["Subject"] = safe_header_text(outbound.subject, "subject")
-    message["Date"] = format_datetime(_aware(outbound.created_at))
-    message["Message-ID"] = message_id
-    if outbound.in_reply_to:
-        message["In-Reply-To"] = _msg_id(outbound.in_reply_to, "in_reply_to")
-    if references:
-        message["References"] = " ".join(references)
-    message[LOOP_HEADER] = safe_header_text(channel.id, "channel id")
-    _set_bodies(message, outbound)
-    _add_attachments(message, outbound, attachments)
-
     envelope = Envelope(
         mail_from=safe_header_text(channel.email_address or sender.addr_spec, "envelope sender"),
         recipients=_unique(a.addr_spec for a in [*to, *cc, *bcc]),
     )
     utf8 = not all(part.isascii() for part in (envelope.mail_from, *envelope.recipients))
+    headers: list[tuple[str, str | list[HeaderAddress]]] = [("From", [sender]), ("To", to)]
+    if cc:
+        headers.append(("Cc", cc))
+    headers += [
+        ("Subject", safe_header_text(outbound.subject, "subject")),
+        ("Date", format_datetime(_aware(outbound.created_at))),
+        ("Message-ID", message_id),
+    ]
+    if outbound.in_reply_to:
+        headers.append(("In-Reply-To", _msg_id(outbound.in_reply_to, "in_reply_to")))
+    if references:
+        headers.append(("References", " ".join(references)))
+    headers.append((LOOP_HEADER, safe_header_text(channel.id, "channel id")))
+
+    if not outbound.attachments and not utf8:
+        data = _written_directly(headers, outbound)
+        if data is not None:
+            return ComposedEmail(envelope=envelope, message_id=message_id, data=data)
+    message = EmailMessage(policy=SEVEN_BIT)
+    for name, value in headers:
+        message[name] = value
+    _set_bodies(message, outbound)
+    _add_attachments(message, outbound, attachments)
     return ComposedEmail(
-        message=message,
         envelope=envelope,
         message_id=message_id,
         data=flatten_checked(message, utf8=utf8),
         utf8=utf8,
+        built=message,
     )
+
+
+def _written_directly(
+    headers: list[tuple[str, str | list[HeaderAddress]]], outbound: OutboundEmail
+) -> bytes | None:
+    """The same message through :mod:`sender.plainmime`; None when only the stdlib can write it."""
+    written: list[tuple[str, str]] = []
+    for name, value in headers:
+        text = unstructured(value) if isinstance(value, str) else render_addresses(value)
+        if text is None:
+            return None
+        written.append((name, text))
+    return write_plain(written, text=outbound.text_body, html=outbound.html_body)
 
 
 def make_message_id(outbound_id: str, domain: str) -> str:
@@ -133,6 +161,11 @@ def _address(address: Address, field: str) -> HeaderAddress:
 def _address_of(name: str | None, addr_spec: str, field: str) -> HeaderAddress:
     safe_header_text(name or "", f"{field}.name")
     safe_header_text(addr_spec, f"{field}.address")
+    simple = _DOT_ATOM_ADDRESS.match(addr_spec.strip())
+    if simple is not None:  # the common case, without the stdlib's full parse (same result)
+        return HeaderAddress(
+            display_name=name or "", username=simple.group(1), domain=simple.group(2)
+        )
     try:
         parsed = HeaderAddress(display_name=name or "", addr_spec=addr_spec.strip())
     except (ValueError, IndexError, email_errors.MessageError) as exc:

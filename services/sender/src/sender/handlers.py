@@ -149,7 +149,7 @@ class OutboundHandler:
         await self.reporter.sent(outbound, result, attempt=tries)
         self._mine.discard(outbound.outbound_id)
         await self.reporter.channel(channel.id, ChannelState.ACTIVE)
-        log.info(
+        log.debug(  # one line per message only at debug: info would cost CPU at full rate
             "outbound handled",
             outcome="sent",
             message_id=result.message_id,

@@ -287,6 +287,7 @@ def _event(
             "outbound_id": outbound.outbound_id,
             "channel_id": outbound.channel_id,
             "conversation_id": outbound.conversation_id,
+            "campaign_id": outbound.campaign_id,  # the router's thread affinity for sent mail
             "status": status,
             "transport": transport,
             "attempt": attempt,

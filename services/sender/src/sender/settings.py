@@ -63,6 +63,13 @@ class SenderSettings(BaseSettings):
         default=4, ge=1, description="SMTP sessions open at once per channel"
     )
     pool_idle_s: float = Field(default=30.0, gt=0, description="close a session idle this long")
+    pool_max_admitted: int = Field(
+        default=32,
+        ge=1,
+        description="messages per channel whose intent may be recorded at once (sending or "
+        "waiting for a session; their intents share Kafka produce requests); bounds the "
+        "'unknown' outcomes of the channel after a crash",
+    )
     connect_cooldown_s: float = Field(
         default=10.0,
         ge=0,
@@ -74,6 +81,12 @@ class SenderSettings(BaseSettings):
         ge=1,
         description="Kafka consumer-group session timeout: how soon the partitions of a "
         "crashed sender move to another replica",
+    )
+    graph_throttle_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="a Graph Retry-After (429/503) up to this long is waited out in place for "
+        "that mailbox; a longer one sends the message to the retry topics",
     )
     session_wait_s: float = Field(
         default=30.0, gt=0, description="wait at most this long for a free session of a channel"
@@ -87,6 +100,7 @@ class SenderSettings(BaseSettings):
     def pool_limits(self) -> PoolLimits:
         return PoolLimits(
             max_sessions=self.pool_max_sessions,
+            max_admitted=max(self.pool_max_admitted, self.pool_max_sessions),
             idle_s=self.pool_idle_s,
             cooldown_s=self.connect_cooldown_s,
             acquire_wait_s=self.session_wait_s,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email import policy as email_policy
+from email.parser import BytesParser
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 if TYPE_CHECKING:
@@ -17,8 +19,9 @@ if TYPE_CHECKING:
 
 TransportName = Literal["smtp", "graph"]
 BeforeData: TypeAlias = Callable[[], Awaitable[None]]
-"""Called at most once per message, once a connection is ready, and awaited before the message
-itself goes out (SMTP DATA): where the sender records its intent."""
+"""Called at most once per message, when its turn to be sent came (SMTP: admitted by the pool,
+before a session is taken), and awaited before the message itself goes out (SMTP DATA): where
+the sender records its intent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +39,23 @@ class Envelope:
 class ComposedEmail:
     """A message ready for the wire: built, checked against header injection, flattened."""
 
-    message: EmailMessage
     envelope: Envelope
     message_id: str
     data: bytes
-    """The message as written on the wire (CRLF line ends), parsed back and checked once."""
+    """The message as written on the wire (CRLF line ends); its header blocks checked once."""
     utf8: bool = False
     """Non-ASCII addresses: the session needs SMTPUTF8."""
+    built: EmailMessage | None = None
+    """The stdlib message it was flattened from; None when written directly (plainmime)."""
+
+    @property
+    def message(self) -> EmailMessage:
+        """The message as an ``EmailMessage`` (Graph needs one): parsed from ``data`` if needed."""
+        if self.built is None:
+            parsed = BytesParser(policy=email_policy.default).parsebytes(self.data)
+            object.__setattr__(self, "built", parsed)  # a cache of what data already says
+            return parsed
+        return self.built
 
 
 @dataclass(frozen=True, slots=True)

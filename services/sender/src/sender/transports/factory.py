@@ -55,6 +55,7 @@ class ChannelTransports:
         smtp_timeout: float,
         local_hostname: str | None = None,
         limits: PoolLimits | None = None,
+        graph_throttle_wait_s: float = 0.0,
     ) -> None:
         self._host_policy = host_policy
         self._secrets = secrets
@@ -62,6 +63,7 @@ class ChannelTransports:
         self._smtp_timeout = smtp_timeout
         self._local_hostname = local_hostname
         self._limits = limits or PoolLimits()
+        self._graph_throttle_wait_s = graph_throttle_wait_s
         self._smtp: dict[str, tuple[SmtpOutbound, SmtpTransport]] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._ca_file = ca_file
@@ -112,6 +114,7 @@ class ChannelTransports:
             tls=self._tls[True],
             throttle=self._graph_throttle,
             timeout_s=self._smtp_timeout,
+            max_wait_s=self._graph_throttle_wait_s,
             host_policy=self._host_policy,
         )
         transport = GraphTransport(client, tokens)

@@ -21,7 +21,10 @@ headers, are written into a Bcc header of the copy submitted (Exchange strips it
 
 Errors: Graph's and httpx's are mapped by :mod:`email_channels.graph_client`; here only what a
 refusal means for the message is decided (:func:`map_graph_send_error`). A throttled mailbox
-(429/503) is deferred at once rather than slept through, so one mailbox never holds the sender.
+(429/503 with ``Retry-After``): a pause of at most ``SENDER_GRAPH_THROTTLE_WAIT_S`` is waited out
+in place for that mailbox (before the intent when the pause is already known; the refused
+request is then repeated), a longer one defers the message at once to the retry topics, so one
+mailbox never holds the sender for long.
 """
 
 from __future__ import annotations
@@ -197,6 +200,7 @@ class _Submit:
     async def __call__(
         self, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
     ) -> None:
+        await self._client.wait_for_mailbox()  # a short pause is waited out before the intent
         if self._before_data is not None:
             await self._before_data()
         self.sent = True

@@ -5,10 +5,11 @@ One :class:`SessionPool` per channel (its transport owns it):
 - at most ``max_sessions`` sessions are open or being opened at once; a sender waits for a free
   one at most ``acquire_wait_s``, then the send fails as transient (it comes back through the
   retry topics);
-- at most twice that many messages are *admitted* at once (:meth:`SessionPool.admitted`): an
-  admitted message may already record its intent while it waits for a session, which hides
-  the intent's Kafka round trip without letting intents run far ahead of the sessions (after a
-  crash, at most the admitted messages are reported ``unknown``);
+- at most ``max_admitted`` messages are *admitted* at once (:meth:`SessionPool.admitted`): an
+  admitted message records its intent (a Kafka round trip) *before* it takes a session, so
+  sessions never sit idle waiting for Kafka, and many intents travel in one produce request;
+  the bound keeps intents from running far ahead of the sessions (after a crash, at most the
+  admitted messages of a channel are reported ``unknown``);
 - a session is reused for the next message (last used first); a session whose transaction
   failed is RSET before reuse; one that broke is closed, never reused;
 - idle sessions are closed after ``idle_s`` (:meth:`SessionPool.reap`, and on take);
@@ -41,6 +42,7 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True, slots=True)
 class PoolLimits:
     max_sessions: int = 4
+    max_admitted: int = 32
     idle_s: float = 30.0
     cooldown_s: float = 10.0
     acquire_wait_s: float = 30.0
@@ -85,7 +87,7 @@ class SessionPool:
         self.limits = limits
         self._where = where
         self._slots = asyncio.Semaphore(limits.max_sessions)
-        self._admission = asyncio.Semaphore(2 * limits.max_sessions)
+        self._admission = asyncio.Semaphore(max(limits.max_admitted, limits.max_sessions))
         self._idle: list[tuple[aiosmtplib.SMTP, float, bool]] = []
         self._cooldown_until = 0.0
         self._cooldown_reason = ""
@@ -101,7 +103,7 @@ class SessionPool:
         """One message's turn: its intent may start; it gets a session next."""
         self._check_cooldown()
         try:
-            await asyncio.wait_for(self._admission.acquire(), self.limits.acquire_wait_s)
+            await _acquire(self._admission, self.limits.acquire_wait_s)
         except TimeoutError as exc:
             raise TransientError(
                 f"{self._where}: no turn to send within {self.limits.acquire_wait_s}s"
@@ -116,7 +118,7 @@ class SessionPool:
         """A session for one transaction; returned to the pool afterwards unless discarded."""
         self._check_cooldown()
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.limits.acquire_wait_s)
+            await _acquire(self._slots, self.limits.acquire_wait_s)
         except TimeoutError as exc:
             raise TransientError(
                 f"{self._where}: all {self.limits.max_sessions} SMTP sessions stayed busy for "
@@ -194,3 +196,12 @@ class SessionPool:
             self._close_later(client)
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=10)
+
+
+async def _acquire(semaphore: asyncio.Semaphore, timeout_s: float) -> None:
+    """``semaphore.acquire()`` within ``timeout_s``; no timer when it is free (the common case:
+    ``wait_for`` costs a task and a timer per call)."""
+    if not semaphore.locked():
+        await semaphore.acquire()
+        return
+    await asyncio.wait_for(semaphore.acquire(), timeout_s)
