@@ -448,19 +448,7 @@ class S3BlobStore:
         ref = BlobRef.of(data)
         if await self.exists(ref):
             return ref
-        key = self.key_for(ref)
-        client = await self._get_client()
-        try:
-            await client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentLength=ref.size,
-                ContentType="application/octet-stream",
-                Metadata={"sha256": ref.sha256},
-            )
-        except Exception as exc:
-            raise _map_s3_error(exc, ref, self._where(key)) from exc
+        await self._upload(ref, data)
         return ref
 
     async def put_stream(self, chunks: AsyncIterable[bytes]) -> BlobRef:
@@ -478,10 +466,11 @@ class S3BlobStore:
             await asyncio.to_thread(spool.discard)
         return ref
 
-    async def _upload(self, ref: BlobRef, body: BinaryIO) -> None:
+    async def _upload(self, ref: BlobRef, body: bytes | BinaryIO) -> None:
         key = self.key_for(ref)
         client = await self._get_client()
-        body.seek(0)
+        if not isinstance(body, bytes):
+            body.seek(0)
         try:
             await client.put_object(
                 Bucket=self.bucket,

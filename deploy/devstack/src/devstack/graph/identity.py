@@ -401,16 +401,7 @@ class IdentityPlatform(StandIn):
         """Where the browser goes after the user signed in and consented, and with what.
         ``login``: who signed in through :meth:`sign_in_page` (a user of :meth:`add_user`)."""
         with self._lock:
-            self._check_tenant(tenant)
-            app = self._apps.get(query.get("client_id", ""))
-            if app is None or app.tenant_id != tenant:
-                raise oauth_error(
-                    400,
-                    "unauthorized_client",
-                    700016,
-                    f"Application with identifier '{query.get('client_id', '')}' was not found "
-                    f"in the directory '{tenant}'.",
-                )
+            app = self._authorizing_app(tenant, query)
             redirect = query.get("redirect_uri", "")
             if redirect not in app.redirect_uris:
                 raise oauth_error(
