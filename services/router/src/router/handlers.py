@@ -58,6 +58,9 @@ M_co = TypeVar("M_co", covariant=True)
 
 MAX_ROUTED_BYTES = 900_000
 """Default upper bound of one routed record's JSON (the broker's default limit is ~1 MiB)."""
+PARSE_INLINE_MAX_BYTES = 256 * 1024
+"""Mail up to this size is parsed on the event loop (bounded by the parse limits: well under
+a few ms); larger mail in a worker thread, so one big message never stalls the loop."""
 DEFAULT_WINDOW = timedelta(days=7)
 """How long a routed Message-ID + content hash catches the same mail arriving again."""
 
@@ -116,12 +119,14 @@ class EmailRouter:
         blobs: BlobStore,
         catch_up: Callable[[], Awaitable[None]] | None = None,
         max_routed_bytes: int = MAX_ROUTED_BYTES,
+        parse_inline_max_bytes: int = PARSE_INLINE_MAX_BYTES,
     ) -> None:
         self._channels = channels
         self._filters = filters
         self._blobs = blobs
         self._catch_up = catch_up
         self._max_routed_bytes = max_routed_bytes
+        self._parse_inline_max_bytes = parse_inline_max_bytes
 
     async def channel(self, channel_id: str) -> ChannelConfig:
         """The channel's config; when unknown, catch up with the config topic once first."""
@@ -147,7 +152,10 @@ class EmailRouter:
     async def prepare(self, raw: RawEmail) -> Prepared:
         channel = await self.channel(raw.channel_id)
         mime, raw_ref = await self._raw_mime(raw)
-        parsed = await asyncio.to_thread(parse_email, mime, own_address=channel.email_address)
+        if len(mime) <= self._parse_inline_max_bytes:  # bounded: cheaper than a thread hop
+            parsed = parse_email(mime, own_address=channel.email_address)
+        else:
+            parsed = await asyncio.to_thread(parse_email, mime, own_address=channel.email_address)
         if parsed.defects:
             log.info("message had MIME defects", email_id=raw.email_id, defects=parsed.defects)
         attachments = await self._store_attachments(parsed)
