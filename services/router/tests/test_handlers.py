@@ -78,6 +78,12 @@ class MemoryPublisher:
         self.sent.append((topic, key, event, all_headers))
         return None
 
+    async def publish_encoded(
+        self, topic: str, key: str, event: Contract, value: bytes, *, headers: Headers
+    ) -> object:
+        assert value == encode(event), "the value sent is the event's record value"
+        return await self.publish(topic, key, event, headers=headers)
+
     def on(self, topic: str) -> list[tuple[str, Contract | None, Headers]]:
         return [(k, e, h) for t, k, e, h in self.sent if t == topic]
 

@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import Counter
 
 from email_channels.codec import decode, encode
-from email_channels.consume import handle_with_policy
+from email_channels.consume import Publisher, handle_with_policy
 from email_channels.errors import PermanentError
 from email_channels.events import (
     Attachment,
@@ -42,13 +42,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
     from email_channels.blobstore import BlobRef, BlobStore
+    from email_channels.codec import Headers
     from email_channels.consume import (
         DeadLetters,
-        Publisher,
         Record,
         RecordHandler,
         RetryPolicy,
     )
+    from email_channels.events import Contract
     from router.marks import Thread
     from router.parsing import ParsedEmail
 
@@ -70,6 +71,8 @@ EMAILS = Counter(
     "duplicate_email_id, duplicate_message",
     ["outcome"],
 )
+
+ROUTED, ROUTED_BY_THREAD = EMAILS.labels("routed"), EMAILS.labels("thread")  # once per record
 
 TRUNCATION_NOTE = "\n[truncated by the router: the full message is in the raw MIME (raw_ref)]"
 
@@ -162,8 +165,12 @@ class EmailRouter:
         return Prepared(raw, channel, mime, raw_ref, parsed, attachments)
 
     def decide(self, prepared: Prepared, thread: Thread | None = None) -> RoutedEmail:
-        """The routed record: a reply in a known thread stays in its conversation and campaign
+        """The routed email: a reply in a known thread stays in its conversation and campaign
         (before any filter); otherwise the channel's filters, else its default campaign."""
+        return self.decide_record(prepared, thread).email
+
+    def decide_record(self, prepared: Prepared, thread: Thread | None = None) -> RoutedRecord:
+        """:meth:`decide`, with the record value (bodies cut to the record size limit)."""
         raw, channel, parsed = prepared.raw, prepared.channel, prepared.parsed
         if thread is not None:
             decision = rules.Decision(
@@ -208,7 +215,7 @@ class EmailRouter:
             flags=parsed.flags,
             undecoded_headers=list(parsed.undecoded_headers),
         )
-        return fit_record(routed, self._max_routed_bytes)
+        return fitted(routed, self._max_routed_bytes)
 
     async def _raw_mime(self, raw: RawEmail) -> tuple[bytes, BlobRef]:
         """The raw MIME and its blob reference (inline MIME is stored, so the ref always exists)."""
@@ -244,32 +251,54 @@ class EmailRouter:
         return attachments
 
 
+@dataclass(frozen=True)
+class RoutedRecord:
+    """A routed email and its record value (encoded once: for the size check and the send)."""
+
+    email: RoutedEmail
+    value: bytes
+
+
 def fit_record(routed: RoutedEmail, max_bytes: int) -> RoutedEmail:
     """Truncate the html, then the text body until the record fits ``max_bytes``.
 
     Nothing is lost: the full message stays in the blob store under ``raw_ref``.
     """
-    size = len(encode(routed))
+    return fitted(routed, max_bytes).email
+
+
+def fitted(routed: RoutedEmail, max_bytes: int) -> RoutedRecord:
+    """:func:`fit_record`, with the record value it measured."""
+    value = encode(routed)
     truncated = False
     for name in ("html_body", "text_body"):
-        value: str | None = getattr(routed, name)
+        text: str | None = getattr(routed, name)
         for _ in range(8):
-            if size <= max_bytes or not value:
+            if len(value) <= max_bytes or not text:
                 break
-            encoded_field = len(json.dumps(value, ensure_ascii=False).encode())
-            keep = max(0, encoded_field - (size - max_bytes) - len(TRUNCATION_NOTE) - 64)
-            value = value[: int(len(value) * keep / encoded_field)]
-            routed = routed.model_copy(update={name: value + TRUNCATION_NOTE})
-            size = len(encode(routed))
+            encoded_field = len(json.dumps(text, ensure_ascii=False).encode())
+            keep = max(0, encoded_field - (len(value) - max_bytes) - len(TRUNCATION_NOTE) - 64)
+            text = text[: int(len(text) * keep / encoded_field)]
+            routed = routed.model_copy(update={name: text + TRUNCATION_NOTE})
+            value = encode(routed)
             truncated = True
-    if size > max_bytes:
+    if len(value) > max_bytes:
         raise RoutedTooLarge(
-            f"routed email {routed.email_id} is {size} bytes even without bodies "
+            f"routed email {routed.email_id} is {len(value)} bytes even without bodies "
             f"(limit {max_bytes})"
         )
     if truncated:
         log.warning("bodies truncated to fit the record limit", email_id=routed.email_id)
-    return routed
+    return RoutedRecord(routed, value)
+
+
+class RoutedPublisher(Publisher, Protocol):
+    """A :class:`~email_channels.consume.Publisher` that also sends a record whose value the
+    caller encoded already (the routed email: encoded once, to check its size)."""
+
+    async def publish_encoded(
+        self, topic: str, key: str, event: Contract, value: bytes, *, headers: Headers
+    ) -> object: ...
 
 
 class RawRecordHandler:
@@ -288,7 +317,7 @@ class RawRecordHandler:
     def __init__(
         self,
         router: EmailRouter,
-        publisher: Publisher,
+        publisher: RoutedPublisher,
         marks: Marks | None = None,
         *,
         prefetch_concurrency: int = 8,
@@ -335,7 +364,8 @@ class RawRecordHandler:
                 log.info("duplicate dropped: email id already routed")
                 return
             thread = self._marks.thread_of(raw.channel_id, parsed.in_reply_to, parsed.references)
-            routed = self._router.decide(prepared, thread)
+            decided = self._router.decide_record(prepared, thread)
+            routed = decided.email
             content = content_sha256(routed)
             earlier = self._marks.duplicate_of(
                 raw.channel_id, routed.message_id, content, now=datetime.now(UTC)
@@ -350,14 +380,15 @@ class RawRecordHandler:
                     earlier_email_id=earlier.email_id,
                 )
                 return
-            await self._publisher.publish(
+            await self._publisher.publish_encoded(
                 self._publisher.topics.routed,
                 routed.conversation_id,
                 routed,
+                decided.value,
                 headers=[(CAMPAIGN_HEADER, routed.campaign_id.encode())],
             )
             await self._publish_mark(email_key(raw.email_id), routed_mark(routed, content))
-            EMAILS.labels("thread" if thread is not None else "routed").inc()
+            (ROUTED_BY_THREAD if thread is not None else ROUTED).inc()
             log.info(
                 "email routed",
                 campaign_id=routed.campaign_id,

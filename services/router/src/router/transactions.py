@@ -91,12 +91,26 @@ class TransactionalPublisher:
         headers: Headers | None = None,
         **header_values: str,
     ) -> object:
+        return await self._send(
+            topic,
+            key,
+            encode(event) if event is not None else None,
+            record_headers(event, headers, **header_values),
+        )
+
+    async def publish_encoded(
+        self, topic: str, key: str, event: Contract, value: bytes, *, headers: Headers
+    ) -> object:
+        """:meth:`publish` of ``event`` whose record value the caller encoded already."""
+        return await self._send(topic, key, value, record_headers(event, headers))
+
+    async def _send(
+        self, topic: str, key: str, value: bytes | None, headers: Headers
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any]
         try:
             future = await self._producer.send(
-                topic,
-                value=encode(event) if event is not None else None,
-                key=encode_key(key),
-                headers=record_headers(event, headers, **header_values),
+                topic, value=value, key=encode_key(key), headers=headers
             )
         except Exception as exc:
             future = asyncio.get_running_loop().create_future()
