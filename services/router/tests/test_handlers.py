@@ -43,6 +43,7 @@ from router.handlers import (
     UnknownChannel,
     fit_record,
 )
+from router.parse_limits import ParseLimits
 
 TOPICS = TopicNames("t.")
 CHANNEL = ChannelConfig(
@@ -484,3 +485,20 @@ async def test_a_header_condition_routes_by_a_header_field() -> None:
     (_, listed, _), (_, plain, _) = harness.routed()
     assert (listed.campaign_id, listed.reason.filter_id) == ("newsletters", "f-list")
     assert plain.campaign_id == "support"
+
+
+async def test_the_parse_limits_given_to_the_router_bound_its_parse() -> None:
+    """The ROUTER_PARSE_* bounds reach the parser: over one part, the mail is routed with
+    what was read and the bound named; on the loop or in a worker thread alike."""
+    for inline_max in (10**6, 0):
+        harness = Harness()
+        harness.router = EmailRouter(
+            channels=harness.channels,
+            filters=harness.filters,
+            blobs=harness.blobs,
+            limits=ParseLimits(max_parts=1),
+            parse_inline_max_bytes=inline_max,
+        )
+        routed = await harness.router.route(raw_email(mail()))
+        assert "parts" in routed.flags.parse_limits
+        assert routed.subject == "Where is my order?"

@@ -79,7 +79,11 @@ class RouterApp:
         self.filters = CompactedView(
             kafka, topics.filters, ChannelFilters, client_id=f"{settings.app_id}-filters"
         )
-        self.marks = Marks(window=timedelta(seconds=settings.duplicate_window_s))
+        self.marks = Marks(
+            window=timedelta(seconds=settings.duplicate_window_s),
+            retention=timedelta(seconds=settings.marks_retention_s),
+            max_entries=settings.marks_max_entries,
+        )
         self.state = CompactedView(
             kafka,
             topics.router_state,
@@ -211,6 +215,8 @@ class RouterApp:
                 blobs=self.blobs,
                 catch_up=self._catch_up_config,
                 max_routed_bytes=settings.max_routed_bytes,
+                limits=settings.parse_limits,
+                parse_inline_max_bytes=settings.parse_inline_max_bytes,
             ),
             publisher,
             self.marks,

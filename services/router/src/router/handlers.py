@@ -15,6 +15,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
@@ -36,6 +37,7 @@ from email_channels.headers import CAMPAIGN_HEADER
 from router import rules
 from router.header_fields import header_fields
 from router.marks import Marks, content_sha256, email_key, routed_mark
+from router.parse_limits import DEFAULT_LIMITS
 from router.parsing import conversation_id, parse_email
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     )
     from email_channels.events import Contract
     from router.marks import Thread
+    from router.parse_limits import ParseLimits
     from router.parsing import ParsedEmail
 
 log = structlog.get_logger(__name__)
@@ -122,6 +125,7 @@ class EmailRouter:
         blobs: BlobStore,
         catch_up: Callable[[], Awaitable[None]] | None = None,
         max_routed_bytes: int = MAX_ROUTED_BYTES,
+        limits: ParseLimits = DEFAULT_LIMITS,
         parse_inline_max_bytes: int = PARSE_INLINE_MAX_BYTES,
     ) -> None:
         self._channels = channels
@@ -130,6 +134,7 @@ class EmailRouter:
         self._catch_up = catch_up
         self._max_routed_bytes = max_routed_bytes
         self._parse_inline_max_bytes = parse_inline_max_bytes
+        self._limits = limits
 
     async def channel(self, channel_id: str) -> ChannelConfig:
         """The channel's config; when unknown, catch up with the config topic once first."""
@@ -155,10 +160,11 @@ class EmailRouter:
     async def prepare(self, raw: RawEmail) -> Prepared:
         channel = await self.channel(raw.channel_id)
         mime, raw_ref = await self._raw_mime(raw)
+        parse = partial(parse_email, mime, own_address=channel.email_address, limits=self._limits)
         if len(mime) <= self._parse_inline_max_bytes:  # bounded: cheaper than a thread hop
-            parsed = parse_email(mime, own_address=channel.email_address)
+            parsed = parse()
         else:
-            parsed = await asyncio.to_thread(parse_email, mime, own_address=channel.email_address)
+            parsed = await asyncio.to_thread(parse)
         if parsed.defects:
             log.info("message had MIME defects", email_id=raw.email_id, defects=parsed.defects)
         attachments = await self._store_attachments(parsed)
