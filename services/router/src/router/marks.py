@@ -17,8 +17,8 @@ so the table never disagrees with ``email.routed``; marks of a batch in progress
 the rest of the batch, applied to the indexes when the transaction commits and dropped when
 it aborts. A newly assigned partition is routed only after the reader has caught up.
 
-The indexes hold one entry per routed email (compaction keeps one record per key); the
-duplicate window is checked against each mark's time.
+The indexes are bounded by age and count (:class:`Marks`); the duplicate window is checked
+against each mark's time.
 """
 
 from __future__ import annotations
