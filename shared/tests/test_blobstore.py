@@ -425,3 +425,19 @@ async def test_local_batch_sync_failure_is_transient_and_keeps_the_blobs_pending
     with pytest.raises(BlobStoreUnavailable):
         await store.sync()
     assert store.path_for(ref) in store._unsynced
+
+
+async def test_local_put_many_stores_each_blob_and_refuses_bytes_that_are_not_the_ref(
+    tmp_path: Path,
+):
+    """put_many writes every (ref, bytes) pair in one call; bytes that do not hash to their
+    reference are refused (BlobCorrupted), never stored under a wrong name."""
+    store = LocalBlobStore(tmp_path)
+    second = b"second blob"
+    await store.put_many([(BlobRef.of(MIME), MIME), (BlobRef.of(second), second)])
+    assert await store.get(BlobRef.of(MIME)) == MIME
+    assert await store.get(BlobRef.of(second)) == second
+    wrong = BlobRef.of(b"other bytes")
+    with pytest.raises(BlobCorrupted):
+        await store.put_many([(wrong, b"not those bytes")])
+    assert not store.path_for(wrong).exists()
