@@ -37,6 +37,7 @@ from email_channels.admin import ensure_topics
 from email_channels.events import ChannelConfig, RawEmail, SourceIdentity
 from email_channels.producer import EventProducer
 from email_channels.settings import KafkaSettings
+from router.app import MAX_BATCH_BYTES
 
 PARTITIONS = 3
 BATCH = 500
@@ -223,6 +224,7 @@ async def pass_through() -> None:
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
+        max_batch_size=MAX_BATCH_BYTES,  # the router's producer settings, for a fair ceiling
         max_request_size=2 * 1024 * 1024,
         compression_type=None if COMPRESSION == "none" else COMPRESSION,
     )

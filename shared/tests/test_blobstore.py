@@ -481,3 +481,19 @@ async def test_s3_streamed_put_uploads_the_spooled_file_under_its_hash(s3_stubbe
         },
     )
     assert await put_stream(store, _pieces(MIME, 7)) == BlobRef.of(MIME)
+
+
+async def test_local_put_many_stores_each_blob_and_refuses_bytes_that_are_not_the_ref(
+    tmp_path: Path,
+):
+    """put_many writes every (ref, bytes) pair in one call; bytes that do not hash to their
+    reference are refused (BlobCorrupted), never stored under a wrong name."""
+    store = LocalBlobStore(tmp_path)
+    second = b"second blob"
+    await store.put_many([(BlobRef.of(MIME), MIME), (BlobRef.of(second), second)])
+    assert await store.get(BlobRef.of(MIME)) == MIME
+    assert await store.get(BlobRef.of(second)) == second
+    wrong = BlobRef.of(b"other bytes")
+    with pytest.raises(BlobCorrupted):
+        await store.put_many([(wrong, b"not those bytes")])
+    assert not store.path_for(wrong).exists()

@@ -43,6 +43,7 @@ from router.handlers import (
     UnknownChannel,
     fit_record,
 )
+from router.parse_limits import ParseLimits
 
 TOPICS = TopicNames("t.")
 CHANNEL = ChannelConfig(
@@ -77,6 +78,12 @@ class MemoryPublisher:
         all_headers = list(headers or []) + [(k, v.encode()) for k, v in header_values.items()]
         self.sent.append((topic, key, event, all_headers))
         return None
+
+    async def publish_encoded(
+        self, topic: str, key: str, event: Contract, value: bytes, *, headers: Headers
+    ) -> object:
+        assert value == encode(event), "the value sent is the event's record value"
+        return await self.publish(topic, key, event, headers=headers)
 
     def on(self, topic: str) -> list[tuple[str, Contract | None, Headers]]:
         return [(k, e, h) for t, k, e, h in self.sent if t == topic]
@@ -478,3 +485,20 @@ async def test_a_header_condition_routes_by_a_header_field() -> None:
     (_, listed, _), (_, plain, _) = harness.routed()
     assert (listed.campaign_id, listed.reason.filter_id) == ("newsletters", "f-list")
     assert plain.campaign_id == "support"
+
+
+async def test_the_parse_limits_given_to_the_router_bound_its_parse() -> None:
+    """The ROUTER_PARSE_* bounds reach the parser: over one part, the mail is routed with
+    what was read and the bound named; on the loop or in a worker thread alike."""
+    for inline_max in (10**6, 0):
+        harness = Harness()
+        harness.router = EmailRouter(
+            channels=harness.channels,
+            filters=harness.filters,
+            blobs=harness.blobs,
+            limits=ParseLimits(max_parts=1),
+            parse_inline_max_bytes=inline_max,
+        )
+        routed = await harness.router.route(raw_email(mail()))
+        assert "parts" in routed.flags.parse_limits
+        assert routed.subject == "Where is my order?"

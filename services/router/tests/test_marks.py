@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from email_channels.events import RouterMark
 from router.marks import Marks, normal_message_id
 
@@ -105,3 +107,49 @@ def test_a_sent_mark_without_conversation_or_campaign_is_no_thread() -> None:
     marks = Marks(window=WEEK)
     marks.apply(RouterMark(kind="sent", channel_id="ch-1", message_id="<s@x>"))
     assert marks.thread_of("ch-1", "<s@x>", []) is None
+
+
+def test_the_indexes_hold_at_most_max_entries_and_drop_the_oldest_first() -> None:
+    """Past the count bound the oldest mark is forgotten (its email id, Message-ID and
+    conversation); the newer ones still answer."""
+    marks = Marks(window=WEEK, max_entries=2, clock=lambda: NOW)
+    for n in range(3):
+        marks.apply(routed(f"<m{n}@x>", email_id=f"e-{n}", conversation=f"conv-{n}"))
+    assert len(marks) == 2
+    assert marks.dropped == 1
+    assert not marks.seen("e-0")
+    assert marks.by_message_id("ch-1", "<m0@x>") is None
+    assert marks.campaign_of("ch-1", "conv-0") is None
+    assert marks.seen("e-1")
+    assert marks.seen("e-2")
+
+
+def test_marks_older_than_the_retention_are_dropped() -> None:
+    """A mark read from the topic after its retention is not held; a recent one is."""
+    marks = Marks(window=WEEK, retention=timedelta(days=30), clock=lambda: NOW)
+    marks.apply(routed("<old@x>", email_id="e-old", at=NOW - timedelta(days=31)))
+    marks.apply(routed("<new@x>", email_id="e-new", at=NOW - timedelta(days=29)))
+    assert not marks.seen("e-old")
+    assert marks.seen("e-new")
+    assert len(marks) == 1
+
+
+def test_a_mark_applied_twice_is_held_once_and_a_newer_mark_survives_the_old_ones_drop() -> None:
+    """The router applies its own marks at commit and reads them back: one entry. When the
+    older of two marks for one Message-ID is dropped, the newer one still answers."""
+    marks = Marks(window=WEEK, max_entries=2, clock=lambda: NOW)
+    marks.apply(routed("<m@x>", email_id="e-1"))
+    marks.apply(routed("<m@x>", email_id="e-1"))
+    assert len(marks) == 1
+    marks.apply(routed("<m@x>", email_id="e-2", at=NOW + timedelta(seconds=1)))
+    marks.apply(routed("<z@x>", email_id="e-3"))
+    assert not marks.seen("e-1")
+    found = marks.by_message_id("ch-1", "<m@x>")
+    assert found is not None
+    assert found.email_id == "e-2"
+
+
+def test_a_retention_shorter_than_the_duplicate_window_is_refused() -> None:
+    """Dropping marks before the window ends would end duplicate detection early."""
+    with pytest.raises(ValueError, match="shorter than the duplicate window"):
+        Marks(window=WEEK, retention=timedelta(days=1))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
 
+import pytest
+from pydantic import ValidationError
+
+from router.parse_limits import DEFAULT_LIMITS
 from router.settings import RouterSettings
-
-if TYPE_CHECKING:
-    import pytest
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,3 +37,31 @@ def test_defaults_retry_transient_faults_until_they_pass(monkeypatch: pytest.Mon
     assert settings.instance_id == socket.gethostname()
     assert settings.ensure_topics
     assert settings.app_id == "email-router"
+
+
+def test_parse_limits_and_mark_bounds_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ROUTER_PARSE_* become the parser's bounds; ROUTER_MARKS_* bound the table of marks."""
+    monkeypatch.setenv("ROUTER_PARSE_MAX_PARTS", "50")
+    monkeypatch.setenv("ROUTER_PARSE_MAX_DEPTH", "8")
+    monkeypatch.setenv("ROUTER_PARSE_MAX_HEADER_BYTES", "65536")
+    monkeypatch.setenv("ROUTER_PARSE_MAX_DECODED_BYTES", "4000000")
+    monkeypatch.setenv("ROUTER_PARSE_TIME_BUDGET_S", "0.25")
+    monkeypatch.setenv("ROUTER_MARKS_MAX_ENTRIES", "5000")
+    monkeypatch.setenv("ROUTER_MARKS_RETENTION_S", "864000")
+    settings = RouterSettings()
+    limits = settings.parse_limits
+    assert (limits.max_parts, limits.max_depth, limits.max_header_bytes) == (50, 8, 65536)
+    assert (limits.max_decoded_bytes, limits.max_parse_s) == (4_000_000, 0.25)
+    assert limits.max_html_chars == DEFAULT_LIMITS.max_html_chars
+    assert (settings.marks_max_entries, settings.marks_retention_s) == (5000, 864000)
+
+
+def test_a_marks_retention_shorter_than_the_duplicate_window_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error names both settings."""
+    monkeypatch.setenv("ROUTER_MARKS_RETENTION_S", "3600")
+    with pytest.raises(ValidationError, match="marks_retention_s must be >= duplicate_window_s"):
+        RouterSettings()

@@ -11,13 +11,13 @@ Header injection: every field that ends up in a mail header is refused when it h
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import pybase64
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -40,15 +40,15 @@ def _decode_b64(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error as exc:
+        try:  # pybase64: the stdlib's rules (validate=True), SIMD-fast (~35x for 25 KB mail)
+            return pybase64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
             raise ValueError("not valid base64") from exc
     raise ValueError("expected base64 text")
 
 
 def _encode_b64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
+    return pybase64.b64encode(value).decode("ascii")
 
 
 Base64Bytes = Annotated[

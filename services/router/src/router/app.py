@@ -43,6 +43,7 @@ from email_channels.errors import TransientError
 from email_channels.events import ChannelConfig, ChannelFilters, RouterMark
 from email_channels.health import group_problem, views_problem
 from email_channels.producer import MAX_REQUEST_BYTES, EventProducer, assert_durable
+from router.batched_blobs import BatchedBlobs
 from router.delivery_marks import DeliveryMarks
 from router.handlers import EmailRouter, RawRecordHandler
 from router.marks import Marks
@@ -56,6 +57,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+MAX_BATCH_BYTES = 1024 * 1024
+"""Records per partition batch, uncompressed (aiokafka's default is 16 KiB). An idempotent
+producer has one batch in flight per partition, and a record larger than the batch size
+travels alone: with the default, each 25 KB routed mail was one broker round trip. 1 MiB
+stays within the broker's default ``message.max.bytes`` even before compression."""
+
 
 class RouterApp:
     """The router for the lifetime of :meth:`run`."""
@@ -64,7 +71,7 @@ class RouterApp:
         self.settings = settings
         if isinstance(blobs, LocalBlobStore):  # one filesystem sync per transaction, not 2/blob
             blobs = LocalBlobStore(blobs.root, durability="batch")
-        self.blobs = blobs
+        self.blobs = BatchedBlobs(blobs)  # written together before each transaction commits
         kafka, topics = settings.kafka, settings.kafka.topics
         self.channels = CompactedView(
             kafka, topics.channels, ChannelConfig, client_id=f"{settings.app_id}-channels"
@@ -72,7 +79,11 @@ class RouterApp:
         self.filters = CompactedView(
             kafka, topics.filters, ChannelFilters, client_id=f"{settings.app_id}-filters"
         )
-        self.marks = Marks(window=timedelta(seconds=settings.duplicate_window_s))
+        self.marks = Marks(
+            window=timedelta(seconds=settings.duplicate_window_s),
+            retention=timedelta(seconds=settings.marks_retention_s),
+            max_entries=settings.marks_max_entries,
+        )
         self.state = CompactedView(
             kafka,
             topics.router_state,
@@ -189,6 +200,7 @@ class RouterApp:
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            max_batch_size=MAX_BATCH_BYTES,
             max_request_size=MAX_REQUEST_BYTES,
             compression_type=None if settings.compression == "none" else settings.compression,
         )
@@ -203,6 +215,8 @@ class RouterApp:
                 blobs=self.blobs,
                 catch_up=self._catch_up_config,
                 max_routed_bytes=settings.max_routed_bytes,
+                limits=settings.parse_limits,
+                parse_inline_max_bytes=settings.parse_inline_max_bytes,
             ),
             publisher,
             self.marks,
@@ -217,7 +231,7 @@ class RouterApp:
             policy=self._policy(),
             group_id=settings.app_id,
             catch_up=self._catch_up_state,
-            before_commit=self.blobs.sync if isinstance(self.blobs, LocalBlobStore) else None,
+            before_commit=self.blobs.flush,
             batch_max_records=settings.batch_max_records,
         )
 

@@ -15,13 +15,14 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 from prometheus_client import Counter
 
 from email_channels.codec import decode, encode
-from email_channels.consume import handle_with_policy
+from email_channels.consume import Publisher, handle_with_policy
 from email_channels.errors import PermanentError
 from email_channels.events import (
     Attachment,
@@ -36,20 +37,23 @@ from email_channels.headers import CAMPAIGN_HEADER
 from router import rules
 from router.header_fields import header_fields
 from router.marks import Marks, content_sha256, email_key, routed_mark
+from router.parse_limits import DEFAULT_LIMITS
 from router.parsing import conversation_id, parse_email
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
     from email_channels.blobstore import BlobRef, BlobStore
+    from email_channels.codec import Headers
     from email_channels.consume import (
         DeadLetters,
-        Publisher,
         Record,
         RecordHandler,
         RetryPolicy,
     )
+    from email_channels.events import Contract
     from router.marks import Thread
+    from router.parse_limits import ParseLimits
     from router.parsing import ParsedEmail
 
 log = structlog.get_logger(__name__)
@@ -58,6 +62,9 @@ M_co = TypeVar("M_co", covariant=True)
 
 MAX_ROUTED_BYTES = 900_000
 """Default upper bound of one routed record's JSON (the broker's default limit is ~1 MiB)."""
+PARSE_INLINE_MAX_BYTES = 256 * 1024
+"""Mail up to this size is parsed on the event loop (bounded by the parse limits: well under
+a few ms); larger mail in a worker thread, so one big message never stalls the loop."""
 DEFAULT_WINDOW = timedelta(days=7)
 """How long a routed Message-ID + content hash catches the same mail arriving again."""
 
@@ -67,6 +74,8 @@ EMAILS = Counter(
     "duplicate_email_id, duplicate_message",
     ["outcome"],
 )
+
+ROUTED, ROUTED_BY_THREAD = EMAILS.labels("routed"), EMAILS.labels("thread")  # once per record
 
 TRUNCATION_NOTE = "\n[truncated by the router: the full message is in the raw MIME (raw_ref)]"
 
@@ -116,12 +125,16 @@ class EmailRouter:
         blobs: BlobStore,
         catch_up: Callable[[], Awaitable[None]] | None = None,
         max_routed_bytes: int = MAX_ROUTED_BYTES,
+        limits: ParseLimits = DEFAULT_LIMITS,
+        parse_inline_max_bytes: int = PARSE_INLINE_MAX_BYTES,
     ) -> None:
         self._channels = channels
         self._filters = filters
         self._blobs = blobs
         self._catch_up = catch_up
         self._max_routed_bytes = max_routed_bytes
+        self._parse_inline_max_bytes = parse_inline_max_bytes
+        self._limits = limits
 
     async def channel(self, channel_id: str) -> ChannelConfig:
         """The channel's config; when unknown, catch up with the config topic once first."""
@@ -147,15 +160,23 @@ class EmailRouter:
     async def prepare(self, raw: RawEmail) -> Prepared:
         channel = await self.channel(raw.channel_id)
         mime, raw_ref = await self._raw_mime(raw)
-        parsed = await asyncio.to_thread(parse_email, mime, own_address=channel.email_address)
+        parse = partial(parse_email, mime, own_address=channel.email_address, limits=self._limits)
+        if len(mime) <= self._parse_inline_max_bytes:  # bounded: cheaper than a thread hop
+            parsed = parse()
+        else:
+            parsed = await asyncio.to_thread(parse)
         if parsed.defects:
             log.info("message had MIME defects", email_id=raw.email_id, defects=parsed.defects)
         attachments = await self._store_attachments(parsed)
         return Prepared(raw, channel, mime, raw_ref, parsed, attachments)
 
     def decide(self, prepared: Prepared, thread: Thread | None = None) -> RoutedEmail:
-        """The routed record: a reply in a known thread stays in its conversation and campaign
+        """The routed email: a reply in a known thread stays in its conversation and campaign
         (before any filter); otherwise the channel's filters, else its default campaign."""
+        return self.decide_record(prepared, thread).email
+
+    def decide_record(self, prepared: Prepared, thread: Thread | None = None) -> RoutedRecord:
+        """:meth:`decide`, with the record value (bodies cut to the record size limit)."""
         raw, channel, parsed = prepared.raw, prepared.channel, prepared.parsed
         if thread is not None:
             decision = rules.Decision(
@@ -200,7 +221,7 @@ class EmailRouter:
             flags=parsed.flags,
             undecoded_headers=list(parsed.undecoded_headers),
         )
-        return fit_record(routed, self._max_routed_bytes)
+        return fitted(routed, self._max_routed_bytes)
 
     async def _raw_mime(self, raw: RawEmail) -> tuple[bytes, BlobRef]:
         """The raw MIME and its blob reference (inline MIME is stored, so the ref always exists)."""
@@ -236,32 +257,54 @@ class EmailRouter:
         return attachments
 
 
+@dataclass(frozen=True)
+class RoutedRecord:
+    """A routed email and its record value (encoded once: for the size check and the send)."""
+
+    email: RoutedEmail
+    value: bytes
+
+
 def fit_record(routed: RoutedEmail, max_bytes: int) -> RoutedEmail:
     """Truncate the html, then the text body until the record fits ``max_bytes``.
 
     Nothing is lost: the full message stays in the blob store under ``raw_ref``.
     """
-    size = len(encode(routed))
+    return fitted(routed, max_bytes).email
+
+
+def fitted(routed: RoutedEmail, max_bytes: int) -> RoutedRecord:
+    """:func:`fit_record`, with the record value it measured."""
+    value = encode(routed)
     truncated = False
     for name in ("html_body", "text_body"):
-        value: str | None = getattr(routed, name)
+        text: str | None = getattr(routed, name)
         for _ in range(8):
-            if size <= max_bytes or not value:
+            if len(value) <= max_bytes or not text:
                 break
-            encoded_field = len(json.dumps(value, ensure_ascii=False).encode())
-            keep = max(0, encoded_field - (size - max_bytes) - len(TRUNCATION_NOTE) - 64)
-            value = value[: int(len(value) * keep / encoded_field)]
-            routed = routed.model_copy(update={name: value + TRUNCATION_NOTE})
-            size = len(encode(routed))
+            encoded_field = len(json.dumps(text, ensure_ascii=False).encode())
+            keep = max(0, encoded_field - (len(value) - max_bytes) - len(TRUNCATION_NOTE) - 64)
+            text = text[: int(len(text) * keep / encoded_field)]
+            routed = routed.model_copy(update={name: text + TRUNCATION_NOTE})
+            value = encode(routed)
             truncated = True
-    if size > max_bytes:
+    if len(value) > max_bytes:
         raise RoutedTooLarge(
-            f"routed email {routed.email_id} is {size} bytes even without bodies "
+            f"routed email {routed.email_id} is {len(value)} bytes even without bodies "
             f"(limit {max_bytes})"
         )
     if truncated:
         log.warning("bodies truncated to fit the record limit", email_id=routed.email_id)
-    return routed
+    return RoutedRecord(routed, value)
+
+
+class RoutedPublisher(Publisher, Protocol):
+    """A :class:`~email_channels.consume.Publisher` that also sends a record whose value the
+    caller encoded already (the routed email: encoded once, to check its size)."""
+
+    async def publish_encoded(
+        self, topic: str, key: str, event: Contract, value: bytes, *, headers: Headers
+    ) -> object: ...
 
 
 class RawRecordHandler:
@@ -280,7 +323,7 @@ class RawRecordHandler:
     def __init__(
         self,
         router: EmailRouter,
-        publisher: Publisher,
+        publisher: RoutedPublisher,
         marks: Marks | None = None,
         *,
         prefetch_concurrency: int = 8,
@@ -327,7 +370,8 @@ class RawRecordHandler:
                 log.info("duplicate dropped: email id already routed")
                 return
             thread = self._marks.thread_of(raw.channel_id, parsed.in_reply_to, parsed.references)
-            routed = self._router.decide(prepared, thread)
+            decided = self._router.decide_record(prepared, thread)
+            routed = decided.email
             content = content_sha256(routed)
             earlier = self._marks.duplicate_of(
                 raw.channel_id, routed.message_id, content, now=datetime.now(UTC)
@@ -342,14 +386,15 @@ class RawRecordHandler:
                     earlier_email_id=earlier.email_id,
                 )
                 return
-            await self._publisher.publish(
+            await self._publisher.publish_encoded(
                 self._publisher.topics.routed,
                 routed.conversation_id,
                 routed,
+                decided.value,
                 headers=[(CAMPAIGN_HEADER, routed.campaign_id.encode())],
             )
             await self._publish_mark(email_key(raw.email_id), routed_mark(routed, content))
-            EMAILS.labels("thread" if thread is not None else "routed").inc()
+            (ROUTED_BY_THREAD if thread is not None else ROUTED).inc()
             log.info(
                 "email routed",
                 campaign_id=routed.campaign_id,

@@ -7,13 +7,16 @@ Kafka and the common settings come from their own environments (``KAFKA_*``,
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from dataclasses import replace
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from email_channels.settings import CommonSettings, KafkaSettings
-from router.handlers import MAX_ROUTED_BYTES
+from router.handlers import MAX_ROUTED_BYTES, PARSE_INLINE_MAX_BYTES
+from router.marks import DEFAULT_MAX_ENTRIES, DEFAULT_RETENTION
+from router.parse_limits import DEFAULT_LIMITS, ParseLimits
 
 
 class RouterSettings(BaseSettings):
@@ -62,6 +65,53 @@ class RouterSettings(BaseSettings):
         gt=0,
         description="a routed Message-ID with the same content is a duplicate this long",
     )
+    marks_retention_s: float = Field(
+        default=DEFAULT_RETENTION.total_seconds(),
+        gt=0,
+        description=(
+            "a mark (routed email id, Message-ID, conversation) stays in memory this long: "
+            "re-fetches and replies older than this are not recognised; >= the duplicate window"
+        ),
+    )
+    marks_max_entries: int = Field(
+        default=DEFAULT_MAX_ENTRIES,
+        ge=1_000,
+        description="marks held in memory at most, oldest dropped first (~1.7 KB each)",
+    )
+    parse_max_parts: int = Field(
+        default=DEFAULT_LIMITS.max_parts, ge=1, description="MIME parts read per message"
+    )
+    parse_max_depth: int = Field(
+        default=DEFAULT_LIMITS.max_depth, ge=1, description="MIME nesting levels read"
+    )
+    parse_max_header_fields: int = Field(
+        default=DEFAULT_LIMITS.max_header_fields, ge=10, description="header fields read"
+    )
+    parse_max_header_field_bytes: int = Field(
+        default=DEFAULT_LIMITS.max_header_field_bytes,
+        ge=1_000,
+        description="longer header fields are cut to this size",
+    )
+    parse_max_header_bytes: int = Field(
+        default=DEFAULT_LIMITS.max_header_bytes, ge=1_000, description="header block read"
+    )
+    parse_max_decoded_bytes: int = Field(
+        default=DEFAULT_LIMITS.max_decoded_bytes,
+        ge=1_000_000,
+        description="bodies and attachments decoded per message, in total",
+    )
+    parse_time_budget_s: float = Field(
+        default=DEFAULT_LIMITS.max_parse_s,
+        gt=0,
+        description="time for the part-by-part reading of one message; parts left are not read",
+    )
+    parse_inline_max_bytes: int = Field(
+        default=PARSE_INLINE_MAX_BYTES,
+        ge=0,
+        description=(
+            "mail up to this size is parsed on the event loop, larger mail in a worker thread"
+        ),
+    )
     compression: Literal["gzip", "none"] = Field(
         default="gzip", description="compression of the records the router produces"
     )
@@ -86,6 +136,30 @@ class RouterSettings(BaseSettings):
         ge=10_000,
         description="bodies are truncated so a routed record stays below this size",
     )
+
+    @model_validator(mode="after")
+    def _retention_covers_the_window(self) -> Self:
+        if self.marks_retention_s < self.duplicate_window_s:
+            msg = (
+                "marks_retention_s must be >= duplicate_window_s (a mark dropped earlier "
+                "would end the duplicate window early)"
+            )
+            raise ValueError(msg)
+        return self
+
+    @property
+    def parse_limits(self) -> ParseLimits:
+        """The ``parse_*`` settings as the parser's bounds."""
+        return replace(
+            DEFAULT_LIMITS,
+            max_parts=self.parse_max_parts,
+            max_depth=self.parse_max_depth,
+            max_header_fields=self.parse_max_header_fields,
+            max_header_field_bytes=self.parse_max_header_field_bytes,
+            max_header_bytes=self.parse_max_header_bytes,
+            max_decoded_bytes=self.parse_max_decoded_bytes,
+            max_parse_s=self.parse_time_budget_s,
+        )
 
     @property
     def app_id(self) -> str:

@@ -36,7 +36,7 @@ from prometheus_client import Counter, Histogram
 
 from email_channels.codec import encode, encode_key, record_headers
 from email_channels.consume import handle_with_policy
-from email_channels.errors import PermanentError
+from email_channels.errors import PermanentError, TransientError
 from email_channels.producer import map_publish_error
 
 if TYPE_CHECKING:
@@ -69,6 +69,31 @@ class ProducerBroken(PermanentError):
     cannot abort: the process stops; a restart resumes from the committed offsets."""
 
 
+class StaleMembership(TransientError):
+    """The consumer group asked this member to rejoin while a batch was routed: it aborts."""
+
+
+def _rejoin_pending(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the group coordinator told this member to rejoin (a rebalance began, or the
+    member's generation or id is no longer valid), as the heartbeat learned it.
+
+    The fence aiokafka cannot give (its ``TxnOffsetCommit`` is v0: no generation, KIP-447):
+    a member that knows it is stale does not commit. aiokafka has no public getter; without
+    the attribute (another aiokafka version) the check says no.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    rejoin = getattr(coordinator, "_rejoin_needed_fut", None)
+    return isinstance(rejoin, asyncio.Future) and rejoin.done()
+
+
+def _check_membership(consumer: AIOKafkaConsumer) -> None:
+    if _rejoin_pending(consumer):
+        raise StaleMembership(
+            "the group is rebalancing or expelled this member: the batch is not committed "
+            "(its partitions may have moved)"
+        )
+
+
 class TransactionalPublisher:
     """The handlers' :class:`~email_channels.consume.Publisher` inside a transaction.
 
@@ -91,12 +116,26 @@ class TransactionalPublisher:
         headers: Headers | None = None,
         **header_values: str,
     ) -> object:
+        return await self._send(
+            topic,
+            key,
+            encode(event) if event is not None else None,
+            record_headers(event, headers, **header_values),
+        )
+
+    async def publish_encoded(
+        self, topic: str, key: str, event: Contract, value: bytes, *, headers: Headers
+    ) -> object:
+        """:meth:`publish` of ``event`` whose record value the caller encoded already."""
+        return await self._send(topic, key, value, record_headers(event, headers))
+
+    async def _send(
+        self, topic: str, key: str, value: bytes | None, headers: Headers
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any]
         try:
             future = await self._producer.send(
-                topic,
-                value=encode(event) if event is not None else None,
-                key=encode_key(key),
-                headers=record_headers(event, headers, **header_values),
+                topic, value=value, key=encode_key(key), headers=headers
             )
         except Exception as exc:
             future = asyncio.get_running_loop().create_future()
@@ -216,6 +255,7 @@ class RoutingLoop(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
             if self._before_commit is not None:
                 await self._before_commit()  # e.g. the blobs of the batch made durable
             await self._publisher.flush()
+            _check_membership(self._consumer)
             await self._producer.send_offsets_to_transaction(ends, self._group_id)
             await self._producer.commit_transaction()
             committed = True
