@@ -1,4 +1,4 @@
-"""POP3 source (over SSL, STLS or plain): a small asyncio client behind the MailSource protocol.
+"""POP3 source (over SSL, STLS or plain): :class:`Pop3Source`, a MailSource.
 
 Why not ``poplib`` in a thread: every command would hold a worker thread for a network round
 trip, so a few hundred channels polling at once would queue behind the default executor's
@@ -23,21 +23,21 @@ not for the channel is neither downloaded nor deleted. Sizes come from ``LIST`` 
 from __future__ import annotations
 
 import asyncio
-import collections
-import re
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING
 
 import structlog
 from pydantic import SecretStr
 
 from email_channels.blobstore import put_stream
-from email_channels.errors import ChannelMisconfigured, PipelineError
+from email_channels.errors import ChannelMisconfigured
 from email_channels.events import AfterFetch, FetchCursor, Pop3Inbound, SourceIdentity, TlsMode
 from email_channels.tls import client_contexts
 from fetcher.rawemail import message_id_of
 from fetcher.recipients import addressed_to, channel_recipient
 from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable, StoredBody
-from fetcher.sources.connection_errors import map_connection_error
+from fetcher.sources.pop3.client import BlockStream, Pop3Protocol
+from fetcher.sources.pop3.errors import Mapped, Pop3Refused, Step, map_pop3_error
+from fetcher.sources.pop3.parsing import advance_uidls, parse_list, parse_uidl
 from fetcher.sources.tls import connect, start_tls
 
 if TYPE_CHECKING:
@@ -51,343 +51,6 @@ if TYPE_CHECKING:
     from email_channels.secretbox import SecretBox
 
 log = structlog.get_logger(__name__)
-
-Step = Literal["dns", "tcp", "tls", "auth", "folder", "fetch", "settle"]
-_SERVER_TEXT_MAX: Final = 300
-_TRANSIENT_CODES: Final = frozenset({"IN-USE", "SYS/TEMP", "LOGIN-DELAY"})
-_UIDL_CHARS: Final = re.compile(r"^[\x21-\x7e]{1,70}$")  # RFC 1939 §7
-_STREAM_LINE_CUT: Final = 64 * 1024
-"""A streamed block's line longer than this is handed on in parts."""
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-class Pop3Refused(Exception):
-    """The server answered ``-ERR`` (before mapping)."""
-
-    def __init__(self, command: str, text: str) -> None:
-        super().__init__(f"{command} answered -ERR {text}")
-        self.command = command
-        self.text = text
-
-    @property
-    def code(self) -> str | None:
-        """The RFC 2449 response code, e.g. ``AUTH`` from ``[AUTH] Authentication failed.``."""
-        match = re.match(r"\[([A-Z/-]+)", self.text)
-        return match.group(1) if match else None
-
-
-class Pop3ProtocolError(Exception):
-    """The server's answer made no sense (not +OK / -ERR, a bad UIDL line)."""
-
-
-def map_pop3_error(exc: BaseException, *, step: Step) -> PipelineError | None:
-    """The one place POP3 answers and connection failures become pipeline errors."""
-    if isinstance(exc, PipelineError):
-        return exc
-    if isinstance(exc, Pop3Refused):
-        text = exc.text[:_SERVER_TEXT_MAX]
-        message = f"the POP3 server refused {exc.command}: {text}".strip()
-        if exc.code in _TRANSIENT_CODES:
-            return SourceUnavailable(message, step=step)
-        if exc.code == "AUTH" or step in {"auth", "tls"}:
-            return ChannelMisconfigured(message, step=step if step == "tls" else "auth")
-        return SourceUnavailable(message, step=step)
-    if isinstance(exc, Pop3ProtocolError):
-        return SourceUnavailable(f"POP3 protocol error: {exc}", step=step)
-    return map_connection_error(exc, step=step, server="POP3")
-
-
-class _Mapped:
-    """``with _Mapped(step):`` re-raises library exceptions as pipeline errors."""
-
-    def __init__(self, step: Step) -> None:
-        self.step = step
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None or not isinstance(exc, Exception):
-            return
-        error = map_pop3_error(exc, step=self.step)
-        if error is not None and error is not exc:
-            raise error from exc
-
-
-# --- the client --------------------------------------------------------------------------------
-
-
-class _Pending:
-    __slots__ = ("at_line_start", "future", "multiline", "stream", "streaming")
-
-    def __init__(
-        self,
-        future: asyncio.Future[tuple[str, bytes]],
-        *,
-        multiline: bool,
-        stream: BlockStream | None = None,
-    ) -> None:
-        self.future = future
-        self.multiline = multiline
-        self.stream = stream
-        self.streaming = False  # the +OK came: the block goes to ``stream`` as it arrives
-        self.at_line_start = True  # what is left in the buffer begins a line
-
-
-class BlockStream:
-    """The block of a multi-line answer handed over in pieces as it arrives (``RETR`` of a large
-    message), so that it is never held whole. Reading from the server pauses while
-    ``high_water`` bytes wait for the reader."""
-
-    def __init__(self, *, high_water: int, idle_timeout: float) -> None:
-        self._pieces: collections.deque[memoryview] = collections.deque()
-        self._waiting = 0
-        self._done = False
-        self._error: BaseException | None = None
-        self._ready = asyncio.Event()
-        self._high_water = high_water
-        self._idle_timeout = idle_timeout
-        self._transport: asyncio.Transport | None = None
-
-    def feed(self, piece: bytes, transport: asyncio.Transport | None) -> None:
-        if piece:
-            self._pieces.append(memoryview(piece))
-            self._waiting += len(piece)
-            self._ready.set()
-        if self._waiting >= self._high_water and transport is not None and self._transport is None:
-            transport.pause_reading()
-            self._transport = transport
-
-    def finish(self) -> None:
-        self._done = True
-        self._ready.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._ready.set()
-
-    async def chunks(self, size: int) -> AsyncIterator[bytes]:
-        """The block in chunks of exactly ``size`` bytes (the last one shorter)."""
-        while True:
-            while self._waiting < size and not self._done and self._error is None:
-                self._ready.clear()
-                self._resume()
-                await asyncio.wait_for(self._ready.wait(), self._idle_timeout)
-            if self._error is not None:
-                raise self._error
-            if self._waiting == 0 and self._done:
-                return
-            yield self._take(size)
-
-    def _take(self, size: int) -> bytes:
-        parts: list[memoryview] = []
-        wanted = size
-        while wanted and self._pieces:
-            piece = self._pieces.popleft()
-            if len(piece) > wanted:
-                self._pieces.appendleft(piece[wanted:])
-                piece = piece[:wanted]
-            parts.append(piece)
-            wanted -= len(piece)
-        chunk = b"".join(parts)
-        self._waiting -= len(chunk)
-        if self._waiting < self._high_water // 2:
-            self._resume()
-        return chunk
-
-    def _resume(self) -> None:
-        if self._transport is not None:
-            transport, self._transport = self._transport, None
-            transport.resume_reading()
-
-
-class Pop3Protocol(asyncio.Protocol):
-    """Line protocol: commands go out in order, answers come back in the same order.
-
-    An answer is the status line (``+OK ...`` / ``-ERR ...``) and, for a multi-line command
-    answered ``+OK``, the dot-terminated block after it (dot-unstuffed).
-    """
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._scanned = 0
-        self._queue: list[_Pending] = []
-        self.lost = asyncio.Event()
-        self._greeting: asyncio.Future[tuple[str, bytes]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.set()
-        error = exc or ConnectionResetError("the POP3 server closed the connection")
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(error)
-            if pending.stream is not None:
-                pending.stream.fail(error)
-        self._queue.clear()
-
-    def expect(
-        self, *, multiline: bool, stream: BlockStream | None = None
-    ) -> asyncio.Future[tuple[str, bytes]]:
-        future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(future, multiline=multiline, stream=stream))
-        self._drain()
-        return future
-
-    def send(
-        self, line: str, *, multiline: bool = False, stream: BlockStream | None = None
-    ) -> asyncio.Future[tuple[str, bytes]]:
-        """Send a command; its answer's future. With ``stream``, the future holds only the
-        status line and the block goes to ``stream`` as it arrives."""
-        if any(c in line for c in "\r\n\0"):
-            raise ValueError("a POP3 command may not contain CR, LF or NUL")
-        assert self.transport is not None
-        future = self.expect(multiline=multiline, stream=stream)
-        self.transport.write(line.encode() + b"\r\n")
-        return future
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        self._drain()
-
-    def _drain(self) -> None:  # noqa: C901 - one state machine: status, block, streamed block
-        while self._queue:
-            head = self._queue[0]
-            if head.streaming:
-                if not self._stream_block(head):
-                    return
-                continue
-            end = self._buffer.find(b"\r\n")
-            if end < 0:
-                return
-            status = bytes(self._buffer[:end]).decode("utf-8", "replace")
-            if not status.startswith(("+OK", "-ERR")):
-                self._fail(head, Pop3ProtocolError(f"unexpected answer {status[:80]!r}"))
-                return
-            if head.stream is not None:
-                self._start_stream(head, status, end)
-                continue
-            block = b""
-            if head.multiline and status.startswith("+OK"):
-                start = end + 2
-                # The block ends with CRLF "." CRLF; an empty block is just "." CRLF.
-                if self._buffer[start : start + 3] == b".\r\n":
-                    stop, after = start, start + 3
-                else:
-                    found = self._buffer.find(b"\r\n.\r\n", max(start, self._scanned - 4))
-                    if found < 0:
-                        self._scanned = len(self._buffer)
-                        return
-                    stop, after = found + 2, found + 5
-                block = _unstuff(bytes(self._buffer[start:stop]))
-            else:
-                after = end + 2
-            del self._buffer[:after]
-            self._scanned = 0
-            self._queue.pop(0)
-            if not head.future.done():
-                head.future.set_result((status, block))
-
-    def _start_stream(self, head: _Pending, status: str, end: int) -> None:
-        """The status line of a streamed command: answer it; a +OK block follows."""
-        assert head.stream is not None
-        del self._buffer[: end + 2]
-        if head.multiline and status.startswith("+OK"):
-            head.streaming = True
-        else:
-            head.stream.finish()
-            self._queue.pop(0)
-        if not head.future.done():
-            head.future.set_result((status, b""))
-
-    def _stream_block(self, head: _Pending) -> bool:
-        """Hand what is buffered of a streamed block to its stream, dot-unstuffed; True when
-        the block's end came. Complete lines go out; a line longer than
-        ``_STREAM_LINE_CUT`` goes out in parts (a mail without line breaks is not held whole)."""
-        stream = head.stream
-        assert stream is not None
-        buffer = self._buffer
-        if head.at_line_start and buffer[:3] == b".\r\n":
-            stop, after = 0, 3
-        else:
-            found = buffer.find(b"\r\n.\r\n")
-            stop, after = (found + 2, found + 5) if found >= 0 else (-1, -1)
-        if stop >= 0:
-            stream.feed(
-                _unstuff(bytes(buffer[:stop]), line_start=head.at_line_start), self.transport
-            )
-            del buffer[:after]
-            stream.finish()
-            self._queue.pop(0)
-            return True
-        last = buffer.rfind(b"\r\n")
-        if last >= 0:
-            cut, line_start = last + 2, True
-        elif len(buffer) > _STREAM_LINE_CUT:
-            cut, line_start = len(buffer) - 1, False  # the last byte may be the CR of a CRLF
-        else:
-            return False
-        stream.feed(_unstuff(bytes(buffer[:cut]), line_start=head.at_line_start), self.transport)
-        del buffer[:cut]
-        head.at_line_start = line_start
-        return False
-
-    def _fail(self, head: _Pending, error: Exception) -> None:
-        if not head.future.done():
-            head.future.set_exception(error)
-        if head.stream is not None:
-            head.stream.fail(error)
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _unstuff(block: bytes, *, line_start: bool = True) -> bytes:
-    """Undo RFC 1939 byte-stuffing: a line starting with "." was sent with one more.
-    ``line_start``: ``block`` begins at the start of a line (not in the middle of one)."""
-    if line_start and block.startswith(b".."):
-        block = block[1:]
-    return block.replace(b"\r\n..", b"\r\n.")
-
-
-def parse_uidl(block: bytes) -> dict[int, str]:
-    """``UIDL`` lines ``n uid`` -> {n: uid} (pure)."""
-    out: dict[int, str] = {}
-    for line in block.decode("ascii", "replace").splitlines():
-        parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit() or not _UIDL_CHARS.match(parts[1]):  # noqa: PLR2004
-            raise Pop3ProtocolError(f"bad UIDL line {line[:80]!r}")
-        out[int(parts[0])] = parts[1]
-    return out
-
-
-def parse_list(block: bytes) -> dict[int, int]:
-    """``LIST`` lines ``n size`` -> {n: size} (pure)."""
-    out: dict[int, int] = {}
-    for line in block.decode("ascii", "replace").splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():  # noqa: PLR2004
-            out[int(parts[0])] = int(parts[1])
-    return out
-
-
-def advance_uidls(cursor: FetchCursor, messages: Sequence[SourceIdentity]) -> FetchCursor:
-    """``cursor`` with the messages' UIDLs added (pure)."""
-    seen = list(cursor.uidls or [])
-    known = set(seen)
-    for message in messages:
-        if message.uidl is not None and message.uidl not in known:
-            seen.append(message.uidl)
-            known.add(message.uidl)
-    return cursor.model_copy(update={"uidls": seen})
-
-
-# --- the source --------------------------------------------------------------------------------
 
 
 class Pop3Options:
@@ -468,7 +131,7 @@ class Pop3Source:
         greeting = protocol.expect(multiline=False)
         context = self._tls_context if inbound.tls is TlsMode.SSL else None
         timeout = self._options.command_timeout
-        with _Mapped("tcp"):
+        with Mapped("tcp"):
             await asyncio.wait_for(
                 connect(loop, protocol, inbound.host, inbound.port, context), timeout
             )
@@ -482,7 +145,7 @@ class Pop3Source:
                 )
             await self._ok(protocol.send("STLS"), "STLS", "tls")
             assert protocol.transport is not None
-            with _Mapped("tls"):
+            with Mapped("tls"):
                 protocol.transport = await asyncio.wait_for(
                     start_tls(loop, protocol.transport, protocol, self._tls_context, inbound.host),
                     timeout,
@@ -577,7 +240,7 @@ class Pop3Source:
                 if isinstance(exc.__cause__, Pop3Refused):  # -ERR: the server cannot read it
                     return Fetched(message, Outcome.UNREADABLE)
                 raise
-            with _Mapped("fetch"):
+            with Mapped("fetch"):
                 ref = await put_stream(blobs, pieces())
         stored = StoredBody(ref=ref, message_id=message_id[0] if message_id else None)
         log.info("large message streamed to the blob store", uidl=_uidl(message), size=ref.size)
@@ -655,7 +318,7 @@ class Pop3Source:
         list_future = protocol.send("LIST", multiline=True)
         _, uidls = await self._ok(uidl_future, "UIDL", "fetch")
         _, sizes = await self._ok(list_future, "LIST", "fetch")
-        with _Mapped("fetch"):
+        with Mapped("fetch"):
             numbered = parse_uidl(uidls)
         sized = parse_list(sizes)
         self._numbers = {uidl: n for n, uidl in numbered.items()}
@@ -701,7 +364,7 @@ class Pop3Source:
             if command in {"RETR", "TOP"}
             else self._options.command_timeout
         )
-        with _Mapped(step):
+        with Mapped(step):
             status, block = await asyncio.wait_for(future, timeout)
             if not status.startswith("+OK"):
                 raise Pop3Refused(command, status.removeprefix("-ERR").strip())
