@@ -234,15 +234,7 @@ class IdentityPlatform(StandIn):
 
     def _client(self, tenant: str, form: dict[str, str]) -> tuple[AppRegistration, bool]:
         """The app calling the token endpoint, and whether it is a public client (no secret)."""
-        app = self._apps.get(form.get("client_id", ""))
-        if app is None or app.tenant_id != tenant:
-            raise oauth_error(
-                400,
-                "unauthorized_client",
-                700016,
-                f"Application with identifier '{form.get('client_id', '')}' was not found "
-                f"in the directory '{tenant}'.",
-            )
+        app = self._registered_app(tenant, form.get("client_id", ""))
         public = app.public_client and "client_secret" not in form
         if not public and not secrets.compare_digest(
             form.get("client_secret", "").encode(), app.client_secret.encode()
@@ -384,13 +376,17 @@ class IdentityPlatform(StandIn):
 
     def _authorizing_app(self, tenant: str, query: dict[str, str]) -> AppRegistration:
         self._check_tenant(tenant)
-        app = self._apps.get(query.get("client_id", ""))
+        return self._registered_app(tenant, query.get("client_id", ""))
+
+    def _registered_app(self, tenant: str, client_id: str) -> AppRegistration:
+        """The app ``client_id`` of ``tenant``, or Entra's AADSTS700016 answer."""
+        app = self._apps.get(client_id)
         if app is None or app.tenant_id != tenant:
             raise oauth_error(
                 400,
                 "unauthorized_client",
                 700016,
-                f"Application with identifier '{query.get('client_id', '')}' was not found "
+                f"Application with identifier '{client_id}' was not found "
                 f"in the directory '{tenant}'.",
             )
         return app
