@@ -41,10 +41,9 @@ from email_channels.events import (
     TlsMode,
     utcnow,
 )
-from email_channels.tls import client_contexts
 from fetcher.metrics import UIDVALIDITY_RESETS
 from fetcher.rawemail import message_id_of
-from fetcher.recipients import RECIPIENT_HEADERS, addressed_to, channel_recipient
+from fetcher.recipients import RECIPIENT_HEADERS, addressed_to
 from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable, StoredBody
 from fetcher.sources.imap.client import ImapClient, uid_fetch
 from fetcher.sources.imap.errors import ImapRefused, Step, mapped
@@ -63,6 +62,7 @@ from fetcher.sources.imap.parsing import (
     plan_folder,
     uid_set,
 )
+from fetcher.sources.mailserver import LARGE_DOWNLOADS_DEFAULT, MailServerSourceFactory
 from fetcher.sources.tls import start_tls
 
 if TYPE_CHECKING:
@@ -72,7 +72,6 @@ if TYPE_CHECKING:
 
     from email_channels.blobstore import BlobStore
     from email_channels.hostpolicy import HostPolicy
-    from email_channels.secretbox import SecretBox
 
 log = structlog.get_logger(__name__)
 
@@ -159,7 +158,7 @@ class ImapSource:
         self._policy = host_policy
         self._options = options
         self._recipient = recipient
-        self._large = large_downloads or asyncio.Semaphore(4)
+        self._large = large_downloads or asyncio.Semaphore(LARGE_DOWNLOADS_DEFAULT)
         self._folders = list(dict.fromkeys(inbound.folders)) or ["INBOX"]
         self._client: ImapClient | None = None
         self._lost = asyncio.Event()
@@ -723,37 +722,11 @@ def _chunks_by_size(
     return chunks
 
 
-class ImapSourceFactory:
+class ImapSourceFactory(MailServerSourceFactory[ImapOptions]):
     """Builds an :class:`ImapSource` from a channel (a :data:`~fetcher.sources.SourceFactory`)."""
-
-    def __init__(
-        self,
-        *,
-        secret_box: SecretBox,
-        host_policy: HostPolicy,
-        options: ImapOptions,
-        large_downloads: asyncio.Semaphore | None = None,
-        blobs: BlobStore | None = None,
-    ) -> None:
-        self._blobs = blobs
-        self._secret_box = secret_box
-        self._host_policy = host_policy
-        self._options = options
-        self._tls = client_contexts(extra_ca_file=options.ca_file)
-        self._large = large_downloads or asyncio.Semaphore(4)
 
     def __call__(self, channel: ChannelConfig) -> ImapSource:
         inbound = channel.inbound
         if not isinstance(inbound, ImapInbound):
             raise ChannelMisconfigured("the channel has no IMAP inbound settings", step="config")
-        recipient = channel_recipient(channel)
-        return ImapSource(
-            inbound,
-            password=self._secret_box.decrypt(inbound.password),
-            host_policy=self._host_policy,
-            options=self._options,
-            tls_context=self._tls[inbound.verify_tls],
-            recipient=recipient,
-            large_downloads=self._large,
-            blobs=self._blobs,
-        )
+        return ImapSource(inbound, options=self.options, **self.access(channel, inbound))

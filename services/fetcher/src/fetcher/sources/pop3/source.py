@@ -31,10 +31,10 @@ from pydantic import SecretStr
 from email_channels.blobstore import put_stream
 from email_channels.errors import ChannelMisconfigured
 from email_channels.events import AfterFetch, FetchCursor, Pop3Inbound, SourceIdentity, TlsMode
-from email_channels.tls import client_contexts
 from fetcher.rawemail import message_id_of
-from fetcher.recipients import addressed_to, channel_recipient
+from fetcher.recipients import addressed_to
 from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable, StoredBody
+from fetcher.sources.mailserver import LARGE_DOWNLOADS_DEFAULT, MailServerSourceFactory
 from fetcher.sources.pop3.client import BlockStream, Pop3Protocol
 from fetcher.sources.pop3.errors import Mapped, Pop3Refused, Step, map_pop3_error
 from fetcher.sources.pop3.parsing import advance_uidls, parse_list, parse_uidl
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from email_channels.blobstore import BlobStore
     from email_channels.events import ChannelConfig
     from email_channels.hostpolicy import HostPolicy
-    from email_channels.secretbox import SecretBox
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +95,7 @@ class Pop3Source:
         blobs: BlobStore | None = None,
     ) -> None:
         self._inbound = inbound
-        self._large = large_downloads or asyncio.Semaphore(4)
+        self._large = large_downloads or asyncio.Semaphore(LARGE_DOWNLOADS_DEFAULT)
         self._blobs = blobs
         self._password = SecretStr(password)
         self._policy = host_policy
@@ -377,37 +376,11 @@ def _uidl(message: SourceIdentity) -> str:
     return message.uidl
 
 
-class Pop3SourceFactory:
-    """Builds a :class:`Pop3Source` from a channel (a :data:`~fetcher.sources.SourceFactory`)."""
-
-    def __init__(
-        self,
-        *,
-        secret_box: SecretBox,
-        host_policy: HostPolicy,
-        options: Pop3Options,
-        large_downloads: asyncio.Semaphore | None = None,
-        blobs: BlobStore | None = None,
-    ) -> None:
-        self._large = large_downloads or asyncio.Semaphore(4)
-        self._blobs = blobs
-        self._secret_box = secret_box
-        self._host_policy = host_policy
-        self._options = options
-        self._tls = client_contexts(extra_ca_file=options.ca_file)
+class Pop3SourceFactory(MailServerSourceFactory[Pop3Options]):
+    """Builds an :class:`Pop3Source` from a channel (a :data:`~fetcher.sources.SourceFactory`)."""
 
     def __call__(self, channel: ChannelConfig) -> Pop3Source:
         inbound = channel.inbound
         if not isinstance(inbound, Pop3Inbound):
             raise ChannelMisconfigured("the channel has no POP3 inbound settings", step="config")
-        recipient = channel_recipient(channel)
-        return Pop3Source(
-            inbound,
-            password=self._secret_box.decrypt(inbound.password),
-            host_policy=self._host_policy,
-            options=self._options,
-            tls_context=self._tls[inbound.verify_tls],
-            recipient=recipient,
-            large_downloads=self._large,
-            blobs=self._blobs,
-        )
+        return Pop3Source(inbound, options=self.options, **self.access(channel, inbound))
