@@ -18,7 +18,7 @@ from email_channels.events import ChannelConfig, ImapInbound, Pop3Inbound, TlsMo
 from email_channels.tls import client_context
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
     from pathlib import Path
 
     from aiokafka import ConsumerRecord
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from email_channels.blobstore import BlobRef
     from email_channels.secretbox import SecretBox
     from email_channels.settings import KafkaSettings
+    from fetcher.sources import MailSource
 
 
 class ChunkNotingStore(LocalBlobStore):
@@ -49,6 +50,25 @@ class ChunkNotingStore(LocalBlobStore):
                 yield chunk
 
         return await super().put_stream(noted())
+
+
+@pytest.fixture
+async def opened(
+    factory: Callable[[ChannelConfig], MailSource],
+) -> AsyncIterator[Callable[[ChannelConfig], Awaitable[MailSource]]]:
+    """``await opened(channel)``: a source from the test module's ``factory`` fixture, opened;
+    every source opened is closed at the end of the test."""
+    sources: list[MailSource] = []
+
+    async def open_(channel: ChannelConfig) -> MailSource:
+        source = factory(channel)
+        sources.append(source)
+        await source.open()
+        return source
+
+    yield open_
+    for source in sources:
+        await source.close()
 
 
 @pytest.fixture

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from email_channels.errors import ChannelMisconfigured
-from email_channels.events import AfterFetch, ChannelConfig, FetchCursor, TlsMode
+from email_channels.events import AfterFetch, FetchCursor, TlsMode
 from email_channels.hostpolicy import HostPolicy
 from fetcher.sources import Outcome, SourceUnavailable
 from fetcher.sources.imap import ImapOptions, ImapSource, ImapSourceFactory
 from fetcher.worker import ChannelWorker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import Sequence
 
     from devstack.dovecot import Dovecot
     from email_channels.events import ChannelStatus, DeadLetter, RawEmail
@@ -53,23 +53,6 @@ def factory(secret_box: SecretBox, options: ImapOptions) -> ImapSourceFactory:
     return ImapSourceFactory(
         secret_box=secret_box, host_policy=HostPolicy.parse("127.0.0.1"), options=options
     )
-
-
-@pytest.fixture
-async def opened(
-    factory: ImapSourceFactory,
-) -> AsyncIterator[Callable[[ChannelConfig], asyncio.Future[ImapSource]]]:
-    sources: list[ImapSource] = []
-
-    async def open_(channel: ChannelConfig) -> ImapSource:
-        source = factory(channel)
-        sources.append(source)
-        await source.open()
-        return source
-
-    yield open_  # type: ignore[misc]
-    for source in sources:
-        await source.close()
 
 
 async def take_all(source: ImapSource, cursor: FetchCursor) -> tuple[FetchCursor, list[bytes]]:

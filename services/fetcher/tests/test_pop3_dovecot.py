@@ -17,8 +17,6 @@ from fetcher.sources import Outcome
 from fetcher.sources.pop3 import Pop3Options, Pop3Source, Pop3SourceFactory
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
-
     from devstack.dovecot import Dovecot
     from email_channels.secretbox import SecretBox
 
@@ -44,23 +42,6 @@ def factory(secret_box: SecretBox, dovecot: Dovecot) -> Pop3SourceFactory:
     return Pop3SourceFactory(
         secret_box=secret_box, host_policy=HostPolicy.parse("127.0.0.1"), options=options
     )
-
-
-@pytest.fixture
-async def opened(
-    factory: Pop3SourceFactory,
-) -> AsyncIterator[Callable[[ChannelConfig], asyncio.Future[Pop3Source]]]:
-    sources: list[Pop3Source] = []
-
-    async def open_(channel: ChannelConfig) -> Pop3Source:
-        source = factory(channel)
-        sources.append(source)
-        await source.open()
-        return source
-
-    yield open_  # type: ignore[misc]
-    for source in sources:
-        await source.close()
 
 
 async def take_all(source: Pop3Source, cursor: FetchCursor) -> tuple[FetchCursor, list[bytes]]:
