@@ -35,7 +35,7 @@ from email_channels.events import AfterFetch
 from email_channels.settings import KafkaSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from devstack.certs import TestPki
@@ -157,6 +157,33 @@ async def run_scenario(
     return ledger, by_service
 
 
+@contextlib.asynccontextmanager
+async def inbound_run(
+    name: str, pipeline: Pipeline, *, mails: int, size: int = 2_000
+) -> AsyncIterator[dict[str, int]]:
+    """Deliver ``mails`` of ``size`` bytes, configure the channel and run the router and the
+    fetcher; the body injects its faults and records them in the dict it gets. On a clean exit:
+    stop the services, take the ledger (with those faults) and check 0 lost, 0 duplicates."""
+    started = time.monotonic()
+    message_ids = await asyncio.to_thread(pipeline.deliver, range(mails), size=size)
+    await pipeline.configure()
+    pipeline.start("router", "fetcher")
+    faults: dict[str, int] = {}
+    try:
+        yield faults
+    finally:
+        pipeline.stop()
+    ledger = await take_ledger(
+        name,
+        pipeline,
+        message_ids=message_ids,
+        outbound_ids=[],
+        seconds=time.monotonic() - started,
+    )
+    ledger.faults.update(faults)
+    assert_no_loss_no_duplicates(ledger)
+
+
 # --- the short version: in make test ---------------------------------------------------------
 
 
@@ -213,13 +240,10 @@ async def test_consumer_group_churn(pipeline: Pipeline) -> None:
     while 2,000 mails flow: ownership and partitions move many times, nothing is lost or
     duplicated."""
     rng = random.Random(66)
-    started = time.monotonic()
-    message_ids = await asyncio.to_thread(pipeline.deliver, range(2000))
-    await pipeline.configure()
-    pipeline.start("router", "fetcher")
-    replicas: list[str] = []
-    changes = 0
-    try:
+    async with inbound_run(
+        "6: fetcher/router replicas added and removed x12, 2000 mails", pipeline, mails=2000
+    ) as faults:
+        replicas: list[str] = []
         async with TopicCounter(
             pipeline.kafka, pipeline.kafka.topics.routed, routed_message_id
         ) as routed:
@@ -230,22 +254,11 @@ async def test_consumer_group_churn(pipeline: Pipeline) -> None:
                 else:
                     service = rng.choice(("fetcher", "router"))
                     replicas.append(pipeline.add_replica(service, number))
-                changes += 1
+                faults["group changes"] = number
             for name in replicas:
                 pipeline.remove_replica(name)
             await wait_for(lambda: len(routed.seen) >= 2000, timeout_s=600, pipeline=pipeline)
             await asyncio.sleep(2.0)
-    finally:
-        pipeline.stop()
-    ledger = await take_ledger(
-        "6: fetcher/router replicas added and removed x12, 2000 mails",
-        pipeline,
-        message_ids=message_ids,
-        outbound_ids=[],
-        seconds=time.monotonic() - started,
-    )
-    ledger.faults["group changes"] = changes
-    assert_no_loss_no_duplicates(ledger)
 
 
 @pytest.mark.chaos
@@ -319,29 +332,20 @@ async def test_config_api_writer_killed_during_writes(pipeline: Pipeline) -> Non
 async def test_dovecot_restarted_mid_fetch(pipeline: Pipeline) -> None:
     """Scenario 5: Dovecot killed and restarted 5 times while 1,000 mails of 100 KB are fetched
     (connections reset during large FETCH responses): no truncated or lost message."""
-    started = time.monotonic()
-    message_ids = await asyncio.to_thread(pipeline.deliver, range(1000), size=100_000)
-    await pipeline.configure()
-    pipeline.start("router", "fetcher")
-    try:
-        async with TopicCounter(
-            pipeline.kafka, pipeline.kafka.topics.routed, routed_message_id
-        ) as routed:
-            for _ in range(5):
-                await asyncio.sleep(2.0)
-                await asyncio.to_thread(pipeline.dovecot.restart, kill=True)
-            await wait_for(lambda: len(routed.seen) >= 1000, timeout_s=600, pipeline=pipeline)
-    finally:
-        pipeline.stop()
-    ledger = await take_ledger(
-        "5: dovecot kill -9 + restart x5 mid-FETCH, 1000 x 100 KB",
-        pipeline,
-        message_ids=message_ids,
-        outbound_ids=[],
-        seconds=time.monotonic() - started,
-    )
-    ledger.faults["dovecot"] = 5
-    assert_no_loss_no_duplicates(ledger)
+    async with (
+        inbound_run(
+            "5: dovecot kill -9 + restart x5 mid-FETCH, 1000 x 100 KB",
+            pipeline,
+            mails=1000,
+            size=100_000,
+        ) as faults,
+        TopicCounter(pipeline.kafka, pipeline.kafka.topics.routed, routed_message_id) as routed,
+    ):
+        for number in range(1, 6):
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(pipeline.dovecot.restart, kill=True)
+            faults["dovecot"] = number
+        await wait_for(lambda: len(routed.seen) >= 1000, timeout_s=600, pipeline=pipeline)
 
 
 @pytest.mark.chaos
@@ -375,18 +379,18 @@ async def test_kafka_broker_killed_and_restarted_under_load(
             mail_user=mail_user.user,
             mail_password=mail_user.password,
         )
-        started = time.monotonic()
-        message_ids = await asyncio.to_thread(pipeline.deliver, range(2000))
-        await pipeline.configure()
-        pipeline.start("router", "fetcher")
-        try:
-            for _ in range(5):
+        async with inbound_run(
+            "4: kafka kill -9 + restart x5, then down 60 s, 2000 mails", pipeline, mails=2000
+        ) as faults:
+            for number in range(1, 6):
                 await asyncio.sleep(4.0)
                 broker.kill()
+                faults["kafka"] = number
                 await asyncio.sleep(2.0)
                 await asyncio.to_thread(broker.start)
             await asyncio.sleep(4.0)
             broker.kill()
+            faults["kafka"] = 6
             left_before = await asyncio.to_thread(pipeline.mailbox_count)
             await asyncio.sleep(60.0)
             left_after = await asyncio.to_thread(pipeline.mailbox_count)
@@ -396,17 +400,6 @@ async def test_kafka_broker_killed_and_restarted_under_load(
             async with TopicCounter(kafka, kafka.topics.routed, routed_message_id) as routed:
                 await wait_for(lambda: len(routed.seen) >= 2000, timeout_s=600, pipeline=pipeline)
             print(f"\ncaught up {time.monotonic() - back:.1f} s after Kafka returned")  # noqa: T201
-        finally:
-            pipeline.stop()
-        ledger = await take_ledger(
-            "4: kafka kill -9 + restart x5, then down 60 s, 2000 mails",
-            pipeline,
-            message_ids=message_ids,
-            outbound_ids=[],
-            seconds=time.monotonic() - started,
-        )
-        ledger.faults["kafka"] = 6
-        assert_no_loss_no_duplicates(ledger)
     finally:
         with contextlib.suppress(Exception):
             broker.stop()
