@@ -8,6 +8,7 @@ its failure policy), :mod:`fetcher.sources` (mail protocols), :mod:`fetcher.sink
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import structlog
@@ -21,6 +22,7 @@ from fetcher.sink import KafkaSink
 from fetcher.sources import SourceRegistry
 from fetcher.sources.graph import GraphOptions, GraphSourceFactory
 from fetcher.sources.imap import ImapOptions, ImapSourceFactory
+from fetcher.sources.mailserver import MailServerOptions
 from fetcher.sources.pop3 import Pop3Options, Pop3SourceFactory
 from fetcher.supervisor import Supervisor
 from fetcher.worker import ChannelWorker, WorkerPolicy
@@ -89,22 +91,27 @@ class FetcherApp:
         settings = self.settings
         common = settings.common
         large_downloads = asyncio.Semaphore(settings.large_downloads)
+        server = asdict(
+            MailServerOptions(
+                command_timeout=settings.command_timeout_s,
+                fetch_timeout=settings.fetch_timeout_s,
+                poll_interval=settings.poll_interval_s,
+                ca_file=common.ca_file,
+                max_message_bytes=settings.max_message_bytes,
+                batch_bytes=settings.batch_bytes,
+                large_message_bytes=settings.large_message_bytes,
+                large_chunk_bytes=settings.large_chunk_bytes,
+            )
+        )
         sources = SourceRegistry(
             {
                 "imap": ImapSourceFactory(
                     secret_box=self._secret_box,
                     host_policy=common.host_policy(),
                     options=ImapOptions(
-                        command_timeout=settings.command_timeout_s,
-                        fetch_timeout=settings.fetch_timeout_s,
+                        **server,
                         use_idle=settings.imap_idle,
                         idle_renew=settings.idle_renew_s,
-                        poll_interval=settings.poll_interval_s,
-                        ca_file=common.ca_file,
-                        max_message_bytes=settings.max_message_bytes,
-                        batch_bytes=settings.batch_bytes,
-                        large_message_bytes=settings.large_message_bytes,
-                        large_chunk_bytes=settings.large_chunk_bytes,
                         hot_window=settings.hot_window_s,
                         hot_poll=settings.hot_poll_s,
                     ),
@@ -114,16 +121,7 @@ class FetcherApp:
                 "pop3": Pop3SourceFactory(
                     secret_box=self._secret_box,
                     host_policy=common.host_policy(),
-                    options=Pop3Options(
-                        command_timeout=settings.command_timeout_s,
-                        fetch_timeout=settings.fetch_timeout_s,
-                        poll_interval=settings.poll_interval_s,
-                        ca_file=common.ca_file,
-                        max_message_bytes=settings.max_message_bytes,
-                        batch_bytes=settings.batch_bytes,
-                        large_message_bytes=settings.large_message_bytes,
-                        large_chunk_bytes=settings.large_chunk_bytes,
-                    ),
+                    options=Pop3Options(**server),
                     large_downloads=large_downloads,
                     blobs=blobs,
                 ),

@@ -1,4 +1,7 @@
-"""What the IMAP and POP3 source factories share: reaching a channel's mail server.
+"""What the IMAP and POP3 sources share: their options and reaching a channel's mail server.
+
+:class:`MailServerOptions` holds the timings, limits and trust both protocols take from the
+fetcher's settings (IMAP adds its IDLE and hot-window timings on top).
 
 Both build a source per channel from the same pieces: the decrypted password, the operator's
 host policy, a TLS context chosen by the channel's ``verify_tls`` flag, the channel's own
@@ -10,7 +13,8 @@ inbound kind and calls its source with :meth:`MailServerSourceFactory.access`.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Generic, Protocol, TypedDict, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
 
 from email_channels.tls import client_contexts
 from fetcher.recipients import channel_recipient
@@ -28,14 +32,27 @@ LARGE_DOWNLOADS_DEFAULT = 4
 """Concurrent large downloads when the caller shares no bound (tests, the probe)."""
 
 
-class TlsOptions(Protocol):
-    """Options that name an extra CA file to trust (the IMAP and POP3 options do)."""
+@dataclass(frozen=True)
+class MailServerOptions:
+    """Timings, limits and trust shared by every IMAP and POP3 channel of this fetcher."""
 
-    @property
-    def ca_file(self) -> Path | None: ...
+    command_timeout: float = 30.0
+    fetch_timeout: float = 300.0
+    poll_interval: float = 60.0
+    ca_file: Path | None = None
+    """An extra CA file to trust besides the system's."""
+    max_message_bytes: int = 50 * 1024 * 1024
+    """Larger messages are not downloaded: their headers go to email.dlq."""
+    batch_bytes: int = 16 * 1024 * 1024
+    """Bodies downloaded by one batch command (a larger message is fetched alone)."""
+    large_message_bytes: int = 1024 * 1024
+    """Messages above this are downloaded one at a time under the process's bound on large
+    downloads, in pieces of ``large_chunk_bytes`` straight into the blob store (when the source
+    has one)."""
+    large_chunk_bytes: int = 1024 * 1024
 
 
-OptionsT = TypeVar("OptionsT", bound=TlsOptions)
+OptionsT = TypeVar("OptionsT", bound=MailServerOptions)
 
 
 class ServerAccess(TypedDict):

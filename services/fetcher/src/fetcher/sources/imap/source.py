@@ -62,13 +62,16 @@ from fetcher.sources.imap.parsing import (
     plan_folder,
     uid_set,
 )
-from fetcher.sources.mailserver import LARGE_DOWNLOADS_DEFAULT, MailServerSourceFactory
+from fetcher.sources.mailserver import (
+    LARGE_DOWNLOADS_DEFAULT,
+    MailServerOptions,
+    MailServerSourceFactory,
+)
 from fetcher.sources.tls import start_tls
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator, Awaitable, Sequence
-    from pathlib import Path
 
     from email_channels.blobstore import BlobStore
     from email_channels.hostpolicy import HostPolicy
@@ -98,23 +101,11 @@ _NOT_SELECTABLE: Final = frozenset({"\\noselect", "\\nonexistent"})
 
 
 @dataclass(frozen=True)
-class ImapOptions:
-    """Timings, limits and trust shared by every IMAP channel of this fetcher."""
+class ImapOptions(MailServerOptions):
+    """The shared mail-server options plus IMAP's own push timings."""
 
-    command_timeout: float = 30.0
-    fetch_timeout: float = 300.0
     use_idle: bool = True
     idle_renew: float = 25 * 60.0
-    poll_interval: float = 60.0
-    ca_file: Path | None = None
-    max_message_bytes: int = 50 * 1024 * 1024
-    """Larger messages are not downloaded: their headers go to email.dlq."""
-    batch_bytes: int = 16 * 1024 * 1024
-    """Bodies downloaded by one UID FETCH (a larger message is fetched alone)."""
-    large_message_bytes: int = 1024 * 1024
-    """Messages above this are downloaded one at a time under ``large_downloads``, in pieces
-    of ``large_chunk_bytes`` straight into the blob store (when the source has one)."""
-    large_chunk_bytes: int = 1024 * 1024
     hot_window: float = 10.0
     """After mail arrived, look with NOOP every ``hot_poll`` for this long before IDLE (0: off)."""
     hot_poll: float = 0.05

@@ -34,7 +34,11 @@ from email_channels.events import AfterFetch, FetchCursor, Pop3Inbound, SourceId
 from fetcher.rawemail import message_id_of
 from fetcher.recipients import addressed_to
 from fetcher.sources import Fetched, Outcome, Pending, SourceUnavailable, StoredBody
-from fetcher.sources.mailserver import LARGE_DOWNLOADS_DEFAULT, MailServerSourceFactory
+from fetcher.sources.mailserver import (
+    LARGE_DOWNLOADS_DEFAULT,
+    MailServerOptions,
+    MailServerSourceFactory,
+)
 from fetcher.sources.pop3.client import BlockStream, Pop3Protocol
 from fetcher.sources.pop3.errors import Mapped, Pop3Refused, Step, map_pop3_error
 from fetcher.sources.pop3.parsing import advance_uidls, parse_list, parse_uidl
@@ -43,7 +47,6 @@ from fetcher.sources.tls import connect, start_tls
 if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator, Iterator, Sequence
-    from pathlib import Path
 
     from email_channels.blobstore import BlobStore
     from email_channels.events import ChannelConfig
@@ -52,31 +55,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-class Pop3Options:
-    """Timings, limits and trust shared by every POP3 channel of this fetcher."""
-
-    def __init__(
-        self,
-        *,
-        command_timeout: float = 30.0,
-        fetch_timeout: float = 300.0,
-        poll_interval: float = 60.0,
-        ca_file: Path | None = None,
-        max_message_bytes: int = 50 * 1024 * 1024,
-        batch_bytes: int = 16 * 1024 * 1024,
-        large_message_bytes: int = 1024 * 1024,
-        large_chunk_bytes: int = 1024 * 1024,
-    ) -> None:
-        self.large_message_bytes = large_message_bytes
-        """Larger messages are streamed (``RETR`` read in pieces into the blob store), one at a
-        time under the process's bound on large downloads."""
-        self.large_chunk_bytes = large_chunk_bytes
-        self.command_timeout = command_timeout
-        self.fetch_timeout = fetch_timeout
-        self.poll_interval = poll_interval
-        self.ca_file = ca_file
-        self.max_message_bytes = max_message_bytes
-        self.batch_bytes = batch_bytes
+class Pop3Options(MailServerOptions):
+    """The shared mail-server options; POP3 has none of its own."""
 
 
 class Pop3Source:
