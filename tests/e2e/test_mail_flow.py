@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from devstack.java_consumer import validate_topic
+from devstack.mail import customer_mail
 from devstack.pytest_plugin import E2E_ADMIN_TOKEN
 from email_channels.codec import decode, header
 from email_channels.compacted import CompactedView
@@ -38,16 +37,6 @@ if TYPE_CHECKING:
     from email_channels.settings import KafkaSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-def _customer_mail(to: str, subject: str) -> bytes:
-    message = EmailMessage()
-    message["From"] = "Alice Customer <alice@customer.example>"
-    message["To"] = to
-    message["Subject"] = subject
-    message["Message-ID"] = make_msgid(domain="customer.example")
-    message.set_content("Where is my order?\n")
-    return message.as_bytes()
 
 
 async def _create_channel(
@@ -117,7 +106,7 @@ async def test_mail_in_a_mailbox_comes_out_routed_and_a_reply_is_sent(
         channel_id, campaign_id = await _create_channel(client, mail_user, dovecot, smtp_server)
 
     subject = f"Order question {uuid.uuid4().hex[:8]}"
-    dovecot.deliver(mail_user.user, _customer_mail(mail_user.address, subject))
+    dovecot.deliver(mail_user.user, customer_mail(mail_user.address, subject))
 
     topics = kafka_settings.topics
     consumer = make_consumer(kafka_settings, topics.routed, group_id=None, client_id="e2e")

@@ -18,8 +18,6 @@ import signal
 import sys
 import threading
 import urllib.request
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 
 from devstack.kafka import running_kafka
+from devstack.mail import customer_mail
 from devstack.processes import ServiceFailed, ServiceProcesses
 from email_channels.admin import ensure_topics
 from email_channels.logconfig import configure_logging
@@ -72,17 +71,6 @@ def _post(url: str, body: dict[str, Any], *, token: str) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
         result: dict[str, Any] = json.loads(response.read())
         return result
-
-
-def _demo_message(number: int) -> bytes:
-    message = EmailMessage()
-    message["From"] = "Alice Customer <alice@customer.example>"
-    message["To"] = "support@demo.example"
-    message["Subject"] = f"Demo message {number}: where is my order?"
-    message["Message-ID"] = make_msgid(domain="customer.example")
-    message["Date"] = formatdate(localtime=False)
-    message.set_content(f"Hello, this is demo message number {number}.\n")
-    return message.as_bytes()
 
 
 def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
@@ -142,6 +130,14 @@ def run(*, demo: bool, port: int, kafka_port: int | None) -> int:
     return 0
 
 
+def _demo_message(to: str, number: int) -> bytes:
+    return customer_mail(
+        to,
+        f"Demo message {number}: where is my order?",
+        body=f"Hello, this is demo message number {number}.\n",
+    )
+
+
 def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
     from devstack.certs import make_test_pki  # noqa: PLC0415 - only the demo needs mail servers
     from devstack.dovecot import Dovecot  # noqa: PLC0415
@@ -151,7 +147,7 @@ def _start_demo_mail(stack: contextlib.ExitStack, var: Path) -> dict[str, str]:
     dovecot = stack.enter_context(Dovecot(pki=pki))
     dovecot.add_user(DEMO_USER, DEMO_PASSWORD)
     for number in range(1, 4):
-        dovecot.deliver(DEMO_USER, _demo_message(number))
+        dovecot.deliver(DEMO_USER, _demo_message("support@demo.example", number))
     smtp = stack.enter_context(SmtpServer(pki, credentials=("demo", DEMO_PASSWORD)))
     graph = _start_demo_exchange(stack, pki)
     return {
@@ -181,7 +177,7 @@ def _start_demo_exchange(stack: contextlib.ExitStack, pki: Any) -> Any:
     for number in range(1, 3):
         graph.deliver(
             DEMO_EXCHANGE_MAILBOX,
-            _demo_message(number).replace(b"support@demo.example", DEMO_EXCHANGE_MAILBOX.encode()),
+            _demo_message(DEMO_EXCHANGE_MAILBOX, number),
         )
     return graph
 

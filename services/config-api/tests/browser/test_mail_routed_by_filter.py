@@ -5,13 +5,12 @@ through the fetcher and router running as processes."""
 from __future__ import annotations
 
 import uuid
-from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import TYPE_CHECKING
 
 import pytest
 from playwright.async_api import expect
 
+from devstack.mail import customer_mail
 from devstack.pytest_plugin import E2E_ADMIN_TOKEN
 from email_channels.codec import decode, header
 from email_channels.consume import make_consumer
@@ -26,16 +25,6 @@ if TYPE_CHECKING:
     from email_channels.settings import KafkaSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-def _customer_mail(to: str, subject: str) -> bytes:
-    message = EmailMessage()
-    message["From"] = "Alice Customer <alice@customer.example>"
-    message["To"] = to
-    message["Subject"] = subject
-    message["Message-ID"] = make_msgid(domain="customer.example")
-    message.set_content("Please send me a copy.\n")
-    return message.as_bytes()
 
 
 async def _sign_in(page: Page, url: str) -> None:
@@ -103,7 +92,9 @@ async def test_mail_is_routed_by_a_filter_set_up_in_the_page(
     await _create_channel_with_filter(page, dovecot, mail_user)
 
     subject = f"Invoice copy please {run}"
-    dovecot.deliver(mail_user.user, _customer_mail(mail_user.address, subject))
+    dovecot.deliver(
+        mail_user.user, customer_mail(mail_user.address, subject, body="Please send me a copy.\n")
+    )
 
     consumer = make_consumer(
         kafka_settings, kafka_settings.topics.routed, group_id=None, client_id="browser-e2e"
