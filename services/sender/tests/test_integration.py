@@ -40,7 +40,9 @@ from email_channels.settings import CommonSettings
 from email_channels.tls import client_context
 from sender.app import SenderApp
 from sender.compose import compose, make_message_id
+from sender.errors import MessageRejected, SendDeferred
 from sender.settings import SenderSettings
+from sender.transports.pipelining import PipelinedConnection
 from sender.transports.smtp import SmtpTransport
 
 if TYPE_CHECKING:
@@ -624,4 +626,103 @@ async def test_a_session_the_server_dropped_is_replaced_transparently(smtp_serve
     finally:
         await transport.aclose()
     await received(smtp_server, second)
+    assert transport.pool.opened == 2
+
+
+# --- RFC 2920 pipelining against the real server --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipelining_server(pki) -> Iterator[SmtpServer]:
+    """The same aiosmtpd server (STARTTLS + AUTH), advertising PIPELINING."""
+    with SmtpServer(pki, credentials=("sender", "sender-secret"), pipelining=True) as server:
+        yield server
+
+
+async def test_a_pipelining_server_gets_pipelined_transactions_over_tls_and_auth(
+    pipelining_server, secret_box, pki
+):
+    """Ten messages in a row and eight at once: pipelined sessions (after STARTTLS and AUTH by
+    aiosmtplib), every message delivered once, encrypted and authenticated."""
+    channel = smtp_channel(secret_box, pipelining_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    addresses = [recipient("pipe") for _ in range(10)]
+    try:
+        for address in addresses:
+            await transport.send(compose(outbound_for(channel, to=address), channel))
+        assert all(isinstance(c, PipelinedConnection) for c, _at, _dirty in transport.pool._idle)
+        concurrent = [recipient("pipe") for _ in range(8)]
+        await asyncio.gather(
+            *(
+                transport.send(compose(outbound_for(channel, to=address), channel))
+                for address in concurrent
+            )
+        )
+    finally:
+        await transport.aclose()
+    for address in [*addresses, *concurrent]:
+        mail = await received(pipelining_server, address)
+        assert mail.tls
+        assert mail.authenticated_as == "sender"
+        assert sum(address in m.rcpt_tos for m in pipelining_server.messages) == 1
+    assert transport.pool.opened <= transport.pool.limits.max_sessions
+
+
+async def test_pipelined_refusals_map_like_lockstep_ones_and_the_session_is_reset(
+    pipelining_server, secret_box, pki
+):
+    """One of two recipients refused: sent, with the refusal; every recipient refused (5xx):
+    MessageRejected; a 4xx refusal: SendDeferred — and the same session then sends the next
+    message (RSET pipelined in front of it)."""
+    tag = uuid.uuid4().hex[:8]
+    pipelining_server.reply_to_recipients(rf"gone-{tag}-.*", "550 5.1.1 No such user")
+    pipelining_server.reply_to_recipients(rf"busy-{tag}-.*", "451 4.3.0 Try again later")
+    channel = smtp_channel(secret_box, pipelining_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    gone, busy, ok, after = (
+        f"gone-{tag}-1@x.example",
+        f"busy-{tag}-1@x.example",
+        recipient(),
+        recipient(),
+    )
+    try:
+        partly = await transport.send(
+            compose(outbound_for(channel, to=ok, cc=[{"address": gone}]), channel)
+        )
+        with pytest.raises(MessageRejected) as rejected:
+            await transport.send(compose(outbound_for(channel, to=gone), channel))
+        with pytest.raises(SendDeferred) as deferred:
+            await transport.send(compose(outbound_for(channel, to=busy), channel))
+        await transport.send(compose(outbound_for(channel, to=after), channel))
+    finally:
+        await transport.aclose()
+    assert partly.refused == {gone: "550 5.1.1 No such user"}
+    assert rejected.value.reply is not None
+    assert rejected.value.reply.code == 550
+    assert deferred.value.reply is not None
+    assert deferred.value.reply.code == 451
+    await received(pipelining_server, ok)
+    await received(pipelining_server, after)
+    assert transport.pool.opened == 1  # refusals never cost the session
+    assert not any(gone in m.rcpt_tos or busy in m.rcpt_tos for m in pipelining_server.messages)
+
+
+async def test_a_pipelined_session_the_server_dropped_is_replaced_transparently(
+    pipelining_server, secret_box, pki
+):
+    """The server closed an idle pipelined session: the next message opens a new one."""
+    channel = smtp_channel(secret_box, pipelining_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    first, second = recipient("drop"), recipient("drop")
+    try:
+        await transport.send(compose(outbound_for(channel, to=first), channel))
+        idle = transport.pool._idle[0][0]
+        assert isinstance(idle, PipelinedConnection)
+        assert idle.transport is not None
+        idle.transport.abort()
+        await asyncio.sleep(0.1)
+        await transport.send(compose(outbound_for(channel, to=second), channel))
+    finally:
+        await transport.aclose()
+    await received(pipelining_server, second)
     assert transport.pool.opened == 2

@@ -90,7 +90,9 @@ class SenderApp:
             stack.push_async_callback(blobs.aclose)
             stack.push_async_callback(transports.aclose)
 
-            producer = EventProducer(kafka, client_id=client_id)
+            producer = EventProducer(
+                kafka, client_id=client_id, compression_type=settings.compression_type
+            )
             await producer.start()
             stack.push_async_callback(producer.stop)
 

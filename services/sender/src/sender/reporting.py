@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
@@ -42,7 +42,7 @@ from email_channels.events import (
     utcnow,
 )
 from sender.errors import ChannelUnavailable, DeliveryUncertain, MessageRejected, ServerReply
-from sender.metrics import DELIVERIES
+from sender.metrics import deliveries
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,7 +127,9 @@ class DeliveryReporter:
 
     # --- events of one outbound ---
 
-    async def sending(self, outbound: OutboundEmail, *, attempt: int, transport: str) -> None:
+    async def sending(
+        self, outbound: OutboundEmail, *, attempt: int, transport: TransportLabel
+    ) -> None:
         """The intent: published (and acknowledged) before the message goes out."""
         await self._publish(
             _event(outbound, DeliveryStatus.SENDING, transport=transport, attempt=attempt)
@@ -164,7 +166,7 @@ class DeliveryReporter:
         error: PipelineError,
         *,
         attempt: int,
-        transport: str,
+        transport: TransportLabel,
         level: int,
         due: float,
     ) -> None:
@@ -185,7 +187,7 @@ class DeliveryReporter:
         )
 
     async def unknown_after_takeover(
-        self, outbound: OutboundEmail, *, attempt: int, transport: str
+        self, outbound: OutboundEmail, *, attempt: int, transport: TransportLabel
     ) -> None:
         """An intent without an outcome, found by a new owner: maybe sent, not sent again."""
         await self._publish(
@@ -243,7 +245,7 @@ class DeliveryReporter:
     async def _publish(self, event: DeliveryEvent) -> None:
         await self._publisher.publish(self._topics.delivery, event.outbound_id, event)
         self._ledger.record(event.outbound_id, event.status, event.retry_level or 0)
-        DELIVERIES.labels(event.status.value, event.transport).inc()
+        deliveries(event.status.value, event.transport).inc()
 
     # --- channel health ---
 
@@ -278,21 +280,21 @@ def _event(
     outbound: OutboundEmail,
     status: DeliveryStatus,
     *,
-    transport: str,
+    transport: TransportLabel,
     attempt: int,
-    **fields: object,
+    **fields: Any,
 ) -> DeliveryEvent:
-    return DeliveryEvent.model_validate(
-        {
-            "outbound_id": outbound.outbound_id,
-            "channel_id": outbound.channel_id,
-            "conversation_id": outbound.conversation_id,
-            "campaign_id": outbound.campaign_id,  # the router's thread affinity for sent mail
-            "status": status,
-            "transport": transport,
-            "attempt": attempt,
-            **fields,
-        }
+    """An event of ``outbound`` (validated when it was read) built without validating it
+    again: every other field is ours (statuses, replies, counts)."""
+    return DeliveryEvent.model_construct(
+        outbound_id=outbound.outbound_id,
+        channel_id=outbound.channel_id,
+        conversation_id=outbound.conversation_id,
+        campaign_id=outbound.campaign_id,  # the router's thread affinity for sent mail
+        status=status,
+        transport=transport,
+        attempt=attempt,
+        **fields,
     )
 
 
