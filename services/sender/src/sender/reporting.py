@@ -284,17 +284,19 @@ def _event(
     attempt: int,
     **fields: Any,
 ) -> DeliveryEvent:
-    """An event of ``outbound`` (validated when it was read) built without validating it
-    again: every other field is ours (statuses, replies, counts)."""
-    return DeliveryEvent.model_construct(
-        outbound_id=outbound.outbound_id,
-        channel_id=outbound.channel_id,
-        conversation_id=outbound.conversation_id,
-        campaign_id=outbound.campaign_id,  # the router's thread affinity for sent mail
-        status=status,
-        transport=transport,
-        attempt=attempt,
-        **fields,
+    # model_validate (pydantic-core, in C) rather than model_construct: for this model the
+    # latter costs about five times as much (its defaults go through Python-level helpers).
+    return DeliveryEvent.model_validate(
+        {
+            "outbound_id": outbound.outbound_id,
+            "channel_id": outbound.channel_id,
+            "conversation_id": outbound.conversation_id,
+            "campaign_id": outbound.campaign_id,  # the router's thread affinity for sent mail
+            "status": status,
+            "transport": transport,
+            "attempt": attempt,
+            **fields,
+        }
     )
 
 

@@ -198,9 +198,10 @@ class SessionPool:
 
 
 async def _acquire(semaphore: asyncio.Semaphore, timeout_s: float) -> None:
-    """``semaphore.acquire()`` within ``timeout_s``; no timer when it is free (the common case:
-    ``wait_for`` costs a task and a timer per call)."""
+    """``semaphore.acquire()`` within ``timeout_s``; no timer when it is free (the common case),
+    and ``asyncio.timeout`` (one timer) rather than ``wait_for`` (a task and a timer) when not."""
     if not semaphore.locked():
         await semaphore.acquire()
         return
-    await asyncio.wait_for(semaphore.acquire(), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        await semaphore.acquire()
