@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +104,10 @@ class SenderApp:
             stack.push_async_callback(channels.stop)
 
             ledger = DeliveryLedger()
-            deliveries = delivery_view(kafka, ledger, client_id=f"{client_id}-ledger")
+            instance = uuid.uuid4().hex.encode()  # this life of this process, on its events
+            deliveries = delivery_view(
+                kafka, ledger, client_id=f"{client_id}-ledger", instance=instance
+            )
             await deliveries.start()
             stack.push_async_callback(deliveries.stop)
             self._views = [("channels", channels), ("delivery", deliveries)]
@@ -117,6 +121,7 @@ class SenderApp:
                 blobs=blobs,
                 retries=retries,
                 max_attachment_bytes=settings.max_attachment_bytes,
+                instance=instance,
             )
 
             async def catch_up_deliveries(assigned: set[TopicPartition]) -> None:

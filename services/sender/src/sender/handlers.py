@@ -85,6 +85,7 @@ class OutboundHandler:
         blobs: BlobStore,
         retries: RetrySchedule | None = None,
         max_attachment_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+        instance: bytes | None = None,
     ) -> None:
         self._channels = channels
         self._transports = transports
@@ -94,7 +95,11 @@ class OutboundHandler:
         self._retries = retries
         self._max_attachment_bytes = max_attachment_bytes
         self.reporter = DeliveryReporter(
-            publisher=publisher, topics=topics, ledger=ledger, transport_of=self._transport_name
+            publisher=publisher,
+            topics=topics,
+            ledger=ledger,
+            transport_of=self._transport_name,
+            instance=instance,
         )
         self._mine: set[str] = set()
         """Outbound ids whose intent this process published: their outcome is known here."""

@@ -41,6 +41,7 @@ from email_channels.events import (
     Id,
     utcnow,
 )
+from email_channels.headers import PUBLISHER_HEADER
 from sender.errors import ChannelUnavailable, DeliveryUncertain, MessageRejected, ServerReply
 from sender.metrics import deliveries
 
@@ -117,8 +118,12 @@ class DeliveryReporter:
         topics: TopicNames,
         ledger: DeliveryLedger,
         transport_of: Callable[[str], TransportLabel],
+        instance: bytes | None = None,
     ) -> None:
+        """``instance``: stamped on every delivery event as the ``publisher-instance`` header
+        (this process's ledger reader skips its own events)."""
         self._publisher = publisher
+        self._headers = [(PUBLISHER_HEADER, instance)] if instance is not None else None
         self._topics = topics
         self._ledger = ledger
         self._transport_of = transport_of
@@ -243,7 +248,9 @@ class DeliveryReporter:
             )
 
     async def _publish(self, event: DeliveryEvent) -> None:
-        await self._publisher.publish(self._topics.delivery, event.outbound_id, event)
+        await self._publisher.publish(
+            self._topics.delivery, event.outbound_id, event, headers=self._headers
+        )
         self._ledger.record(event.outbound_id, event.status, event.retry_level or 0)
         deliveries(event.status.value, event.transport).inc()
 
