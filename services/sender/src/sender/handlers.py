@@ -25,6 +25,7 @@ Two records of the same outbound id are never handled at the same time in one pr
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from sender.transports.factory import TransportFactory
 
 log = structlog.get_logger(__name__)
+_debug_enabled = logging.getLogger(__name__).isEnabledFor
 
 
 class Channels(Protocol):
@@ -178,17 +180,19 @@ class OutboundHandler:
         send_seconds(result.transport).observe(elapsed)
         await self.reporter.sent(outbound, result, attempt=tries)
         self._mine.discard(outbound.outbound_id)
-        await self.reporter.channel(channel.id, ChannelState.ACTIVE)
-        log.debug(  # one line per message only at debug: info would cost CPU at full rate
-            "outbound handled",
-            outcome="sent",
-            message_id=result.message_id,
-            response=result.response,
-            recipients=len(composed.envelope.recipients),
-            refused=len(result.refused),
-            attempt=tries,
-            send_s=round(elapsed, 3),
-        )
+        if not self.reporter.reported_active(channel.id):
+            await self.reporter.channel(channel.id, ChannelState.ACTIVE)
+        if _debug_enabled(logging.DEBUG):  # one line per message only at debug: info would cost
+            log.debug(  # CPU at full rate, and so would building a line that is dropped
+                "outbound handled",
+                outcome="sent",
+                message_id=result.message_id,
+                response=result.response,
+                recipients=len(composed.envelope.recipients),
+                refused=len(result.refused),
+                attempt=tries,
+                send_s=round(elapsed, 3),
+            )
 
     async def _may_send(
         self,

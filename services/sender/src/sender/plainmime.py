@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from collections import Counter
@@ -189,6 +190,13 @@ def _boundary(*parts: bytes) -> str:
             return boundary
 
 
+@functools.lru_cache(maxsize=256)
+def _expected(names: tuple[str, ...]) -> list[bytes]:
+    """The header names a block must hold, as :func:`check_header_block` compares them (the
+    same few header sets come back for every message)."""
+    return sorted(name.lower().encode("ascii", "replace") for name in names)
+
+
 _FOLDING = b" \t"
 """A line starting with one of these continues the header above it."""
 
@@ -209,7 +217,7 @@ def check_header_block(block: bytes, names: Sequence[str]) -> None:
         if not colon:
             raise MessageRejected("a generated header line is not a header; refused as injection")
         seen.append(name.lower())
-    if sorted(seen) != sorted(name.lower().encode("ascii", "replace") for name in names):
+    if sorted(seen) != _expected(tuple(names)):
         seen_names = Counter(n.decode("ascii", "replace") for n in seen)
         wanted = Counter(name.lower() for name in names)
         grown = ", ".join(sorted((seen_names - wanted).elements())) or "none"

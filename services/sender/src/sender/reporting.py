@@ -256,6 +256,10 @@ class DeliveryReporter:
 
     # --- channel health ---
 
+    def reported_active(self, channel_id: str) -> bool:
+        """True when this replica last reported the channel's outbound active."""
+        return self._reported.get(channel_id) is ChannelState.ACTIVE
+
     async def channel(
         self,
         channel_id: str,

@@ -179,7 +179,6 @@ class SmtpTransport:
                         session.discard()
                     raise map_smtp_error(exc, step="send", where=self.where) from exc
             break
-        log.debug("smtp accepted", server=self.where, refused=len(refused))
         return SendResult(
             transport="smtp",
             message_id=email.message_id,
