@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Self
 
+import aiosmtplib
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -588,8 +589,10 @@ async def test_a_black_holed_channel_never_stalls_a_healthy_one(
 # --- the session pool against the real server ----------------------------------------------
 
 
-async def test_pooled_sessions_are_reused_across_messages(smtp_server, secret_box, pki):
-    """Ten messages one after another: one TLS+AUTH session, every message delivered."""
+async def test_pooled_sessions_are_reused_across_messages(lockstep_server, secret_box, pki):
+    """Ten messages one after another: one TLS+AUTH session, every message delivered (a server
+    without PIPELINING: aiosmtplib, one command at a time)."""
+    smtp_server = lockstep_server
     channel = smtp_channel(secret_box, smtp_server)
     transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
     addresses = [recipient("pool") for _ in range(10)]
@@ -611,8 +614,12 @@ async def test_pooled_sessions_are_reused_across_messages(smtp_server, secret_bo
     assert transport.pool.opened >= 1
 
 
-async def test_a_session_the_server_dropped_is_replaced_transparently(smtp_server, secret_box, pki):
-    """The server closed an idle pooled session: the next message opens a new one and goes."""
+async def test_a_session_the_server_dropped_is_replaced_transparently(
+    lockstep_server, secret_box, pki
+):
+    """The server closed an idle pooled session: the next message opens a new one and goes
+    (without PIPELINING)."""
+    smtp_server = lockstep_server
     channel = smtp_channel(secret_box, smtp_server)
     transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
     first, second = recipient("drop"), recipient("drop")
@@ -633,18 +640,24 @@ async def test_a_session_the_server_dropped_is_replaced_transparently(smtp_serve
 
 
 @pytest.fixture(scope="module")
-def pipelining_server(pki) -> Iterator[SmtpServer]:
-    """The same aiosmtpd server (STARTTLS + AUTH), advertising PIPELINING."""
-    with SmtpServer(pki, credentials=("sender", "sender-secret"), pipelining=True) as server:
+def lockstep_server(pki) -> Iterator[SmtpServer]:
+    """The same aiosmtpd server (STARTTLS + AUTH) without PIPELINING: one command at a time."""
+    with SmtpServer(pki, credentials=("sender", "sender-secret")) as server:
         yield server
 
 
-async def test_a_pipelining_server_gets_pipelined_transactions_over_tls_and_auth(
-    pipelining_server, secret_box, pki
+@pytest.fixture(params=["pipelining", "lockstep"])
+def any_server(request, smtp_server, lockstep_server) -> SmtpServer:
+    """Each server kind in turn (the session's smtp_server advertises PIPELINING)."""
+    return smtp_server if request.param == "pipelining" else lockstep_server
+
+
+async def test_a_smtp_server_gets_pipelined_transactions_over_tls_and_auth(
+    smtp_server, secret_box, pki
 ):
     """Ten messages in a row and eight at once: pipelined sessions (after STARTTLS and AUTH by
     aiosmtplib), every message delivered once, encrypted and authenticated."""
-    channel = smtp_channel(secret_box, pipelining_server)
+    channel = smtp_channel(secret_box, smtp_server)
     transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
     addresses = [recipient("pipe") for _ in range(10)]
     try:
@@ -661,23 +674,24 @@ async def test_a_pipelining_server_gets_pipelined_transactions_over_tls_and_auth
     finally:
         await transport.aclose()
     for address in [*addresses, *concurrent]:
-        mail = await received(pipelining_server, address)
+        mail = await received(smtp_server, address)
         assert mail.tls
         assert mail.authenticated_as == "sender"
-        assert sum(address in m.rcpt_tos for m in pipelining_server.messages) == 1
+        assert sum(address in m.rcpt_tos for m in smtp_server.messages) == 1
     assert transport.pool.opened <= transport.pool.limits.max_sessions
 
 
-async def test_pipelined_refusals_map_like_lockstep_ones_and_the_session_is_reset(
-    pipelining_server, secret_box, pki
+async def test_refusals_map_alike_pipelined_or_not_and_the_session_is_reset(
+    any_server, secret_box, pki
 ):
     """One of two recipients refused: sent, with the refusal; every recipient refused (5xx):
     MessageRejected; a 4xx refusal: SendDeferred — and the same session then sends the next
-    message (RSET pipelined in front of it)."""
+    message (after RSET; pipelined in front of it where the server pipelines)."""
+    server = any_server
     tag = uuid.uuid4().hex[:8]
-    pipelining_server.reply_to_recipients(rf"gone-{tag}-.*", "550 5.1.1 No such user")
-    pipelining_server.reply_to_recipients(rf"busy-{tag}-.*", "451 4.3.0 Try again later")
-    channel = smtp_channel(secret_box, pipelining_server)
+    server.reply_to_recipients(rf"gone-{tag}-.*", "550 5.1.1 No such user")
+    server.reply_to_recipients(rf"busy-{tag}-.*", "451 4.3.0 Try again later")
+    channel = smtp_channel(secret_box, server)
     transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
     gone, busy, ok, after = (
         f"gone-{tag}-1@x.example",
@@ -694,24 +708,26 @@ async def test_pipelined_refusals_map_like_lockstep_ones_and_the_session_is_rese
         with pytest.raises(SendDeferred) as deferred:
             await transport.send(compose(outbound_for(channel, to=busy), channel))
         await transport.send(compose(outbound_for(channel, to=after), channel))
+        kinds = {type(client) for client, _at, _dirty in transport.pool._idle}
     finally:
         await transport.aclose()
+    assert kinds == {PipelinedConnection if server.pipelining else aiosmtplib.SMTP}
     assert partly.refused == {gone: "550 5.1.1 No such user"}
     assert rejected.value.reply is not None
     assert rejected.value.reply.code == 550
     assert deferred.value.reply is not None
     assert deferred.value.reply.code == 451
-    await received(pipelining_server, ok)
-    await received(pipelining_server, after)
+    await received(server, ok)
+    await received(server, after)
     assert transport.pool.opened == 1  # refusals never cost the session
-    assert not any(gone in m.rcpt_tos or busy in m.rcpt_tos for m in pipelining_server.messages)
+    assert not any(gone in m.rcpt_tos or busy in m.rcpt_tos for m in server.messages)
 
 
 async def test_a_pipelined_session_the_server_dropped_is_replaced_transparently(
-    pipelining_server, secret_box, pki
+    smtp_server, secret_box, pki
 ):
     """The server closed an idle pipelined session: the next message opens a new one."""
-    channel = smtp_channel(secret_box, pipelining_server)
+    channel = smtp_channel(secret_box, smtp_server)
     transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
     first, second = recipient("drop"), recipient("drop")
     try:
@@ -724,5 +740,5 @@ async def test_a_pipelined_session_the_server_dropped_is_replaced_transparently(
         await transport.send(compose(outbound_for(channel, to=second), channel))
     finally:
         await transport.aclose()
-    await received(pipelining_server, second)
+    await received(smtp_server, second)
     assert transport.pool.opened == 2
