@@ -103,7 +103,8 @@ class PipelinedConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self.extensions = frozenset(e.lower() for e in extensions)
-        self._buffer = bytearray()
+        self._tail = b""
+        self._partial: list[bytes] = []
         self._pending: deque[_Pending] = deque()
         self._last_progress = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -217,25 +218,29 @@ class PipelinedConnection(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer.extend(data)
-        position = taken = 0  # taken: the end of the last complete reply
-        lines: list[bytes] = []
-        while (end := buffer.find(b"\n", position)) != -1:
-            line = bytes(buffer[position:end]).rstrip(b"\r")
-            position = end + 1
-            if len(line) < 3 or not line[:3].isdigit():  # noqa: PLR2004 - "250"
+        if self._tail:
+            data = self._tail + data
+        lines = data.split(b"\n")
+        self._tail = lines.pop()  # after the last LF: part of a line still to come
+        if len(self._tail) > MAX_LINE:
+            self._fail(aiosmtplib.SMTPResponseException(-1, "reply line too long"))
+            return
+        partial = self._partial
+        for raw in lines:
+            line = raw[:-1] if raw[-1:] == b"\r" else raw
+            code = line[:3]
+            if len(code) < 3 or not code.isdigit():  # noqa: PLR2004 - "250"
                 self._fail(aiosmtplib.SMTPResponseException(-1, f"malformed reply {line[:80]!r}"))
                 return
-            lines.append(line)
-            if line[3:4] != b"-":  # the last line of a reply
-                text = b"\n".join(x[4:].strip() for x in lines).decode("utf-8", "surrogateescape")
-                lines = []
-                taken = position
-                self._reply(Reply(int(line[:3]), text))
-        del buffer[:taken]
-        if len(buffer) > MAX_LINE * 4:
-            self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
+            if line[3:4] == b"-":  # more lines of this reply follow
+                partial.append(line[4:].strip())
+                continue
+            text = line[4:].strip()
+            if partial:
+                partial.append(text)
+                text = b"\n".join(partial)
+                partial.clear()
+            self._reply(Reply(int(code), text.decode("utf-8", "surrogateescape")))
 
     def _reply(self, reply: Reply) -> None:
         self._last_progress = self._loop.time()
