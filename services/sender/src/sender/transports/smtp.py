@@ -10,7 +10,6 @@ MAIL/RCPT/DATA on them (step ``send``):
   (``[RSET] MAIL RCPT... DATA``, then the content) on a
   :class:`~sender.transports.pipelining.PipelinedConnection` that took the session over from
   aiosmtplib; any other server gets aiosmtplib's one command at a time;
-
 - a reused session that turns out dead (421, reset, timeout) *before DATA* is discarded and the
   message tried once more on a fresh session;
 - the intent callback (``before_data``) runs once the message is admitted by the pool (at most
@@ -105,11 +104,8 @@ class SmtpTransport:
         timeout: float = 60.0,
         local_hostname: str | None = None,
         limits: PoolLimits | None = None,
-        pipelining: bool = True,
     ) -> None:
-        """``pipelining=False`` never pipelines, even where the server offers it."""
         self._server = server
-        self._pipelining = pipelining
         self._host_policy = host_policy
         self._secrets = secrets
         self._tls_context = tls_context or client_context(verify=server.verify_tls)
@@ -134,7 +130,7 @@ class SmtpTransport:
             timeout=self._timeout,
             local_hostname=self._local_hostname,
         )
-        if not (self._pipelining and client.supports_extension("pipelining")):
+        if not client.supports_extension("pipelining"):
             return client
         try:
             return PipelinedConnection.take_over(client, timeout=self._timeout)
