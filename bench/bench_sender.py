@@ -45,7 +45,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-CEILING_S = 300.0
+CEILING_S = float(os.environ.get("BENCH_SENDER_CEILING_S", "300"))
 PUBLISH_BATCH = 500
 BODY_BYTES = 5 * 1024
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
@@ -171,22 +171,32 @@ def peer_messages(count: int) -> list[tuple[str, str, bytes]]:
     return messages
 
 
-def run_peer(port: int, count: int) -> float:
+def run_peer(port: int, count: int) -> tuple[float, float]:
+    """Seconds of the loop, and the machine's busy CPU seconds meanwhile (messages pre-built)."""
     messages = peer_messages(count)
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo()
+        busy = _machine_busy()
         started = time.perf_counter()
         for mail_from, to, data in messages:
             client.sendmail(mail_from, [to], data)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, _machine_busy() - busy
 
 
 # --- ours: the sender process -----------------------------------------------------------------
 
 
 async def run_ours(
-    bootstrap: str, sink_port: int, count: int, conversations: int, sessions: int
+    bootstrap: str,
+    sink_port: int,
+    count: int,
+    conversations: int,
+    sessions: int,
+    *,
+    replicas: int = 1,
+    ceiling: bool = False,
 ) -> dict[str, Any]:
+    """``replicas`` sender processes in one group; ``ceiling``: the Kafka-only consumer instead."""
     from aiokafka import AIOKafkaConsumer  # noqa: PLC0415 - bench process only
 
     from email_channels.admin import ensure_topics  # noqa: PLC0415
@@ -247,7 +257,10 @@ async def run_ours(
         "SENDER_POOL_MAX_SESSIONS": str(sessions),
     }
     log_path = os.environ.get("BENCH_SENDER_LOG")
-    sender, log = _start_sender(env, Path(log_path) if log_path else None)
+    started = [
+        _start_sender(env, Path(log_path) if log_path and i == 0 else None, ceiling=ceiling)
+        for i in range(replicas)
+    ]
     try:
         events, cpu_s = await _collect_deliveries(
             AIOKafkaConsumer,
@@ -256,15 +269,17 @@ async def run_ours(
             count=count,
             decode=decode,
             model=DeliveryEvent,
-            pid=sender.pid,
+            pids=[process.pid for process, _log in started],
+            alive=lambda: all(process.poll() is None for process, _log in started),
         )
     finally:
-        sender.send_signal(signal.SIGTERM)
-        try:
-            sender.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            sender.kill()
-        log.close()
+        for process, log in started:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
     intents = [e.at for e in events if e.status is DeliveryStatus.SENDING]
     sent = [e for e in events if e.status is DeliveryStatus.SENT]
     others = [e for e in events if e.status not in {DeliveryStatus.SENDING, DeliveryStatus.SENT}]
@@ -292,65 +307,190 @@ finally:
 
 
 def _start_sender(
-    env: dict[str, str], log_path: Path | None
+    env: dict[str, str], log_path: Path | None, *, ceiling: bool = False
 ) -> tuple[subprocess.Popen[bytes], Any]:
     log = log_path.open("wb") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
     profile = os.environ.get("BENCH_SENDER_PROFILE")  # cProfile output of the sender process
     command = [sys.executable, "-m", "sender"]
-    if profile:  # CPU time, not wall time: on a loaded machine wall time shows the scheduler
+    if ceiling:
+        command = [sys.executable, __file__, "--ceiling"]
+    elif profile:  # CPU time, not wall time: on a loaded machine wall time shows the scheduler
         command = [sys.executable, "-c", _PROFILED.format(path=profile)]
     process = subprocess.Popen(command, env=env, stderr=log, stdout=log)
     return process, log
 
 
+def _machine_busy() -> float:
+    """CPU seconds all cores of the machine spent busy so far (/proc/stat, every process:
+    the broker, the sink, this script — and any other work on a shared machine)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pids: list[int]) -> tuple[float, float, float]:
+    """(user, system) CPU seconds of ``pids``, and the machine's busy seconds."""
+    splits = [_cpu_split(pid) for pid in pids]
+    return sum(u for u, _ in splits), sum(s for _, s in splits), _machine_busy()
+
+
 async def _collect_deliveries(
-    consumer_class: Any, kafka: Any, topic: str, *, count: int, decode: Any, model: Any, pid: int
-) -> tuple[list[Any], tuple[float, float]]:
-    """Every delivery event until ``count`` are final; the sender's (user, system) CPU seconds
-    from the first to the last of them."""
+    consumer_class: Any,
+    kafka: Any,
+    topic: str,
+    *,
+    count: int,
+    decode: Any,
+    model: Any,
+    pids: list[int],
+    alive: Any,
+) -> tuple[list[Any], tuple[float, float, float]]:
+    """Every delivery event until ``count`` are final; the (user, system) CPU seconds of the
+    processes from the first to the last of them."""
     consumer = consumer_class(
         topic, **kafka.client_kwargs(), group_id=None, auto_offset_reset="earliest"
     )
     await consumer.start()
     events: list[Any] = []
     final = 0
-    split_at_first: tuple[float, float] | None = None
+    split_at_first: tuple[float, float, float] | None = None
     deadline = time.monotonic() + CEILING_S
     try:
         while final < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {final} of {count} outcomes within {CEILING_S}s")
+            if not alive():
+                raise RuntimeError(f"a measured process exited after {final} of {count} outcomes")
             batches = await consumer.getmany(timeout_ms=100)
             if batches and split_at_first is None:
-                split_at_first = _cpu_split(pid)
+                split_at_first = _cpu_of(pids)
             for records in batches.values():
                 for record in records:
                     event = decode(model, record.value)
                     events.append(event)
                     final += event.status.final
-        user, system = _cpu_split(pid)
-        first_user, first_system = split_at_first or (0.0, 0.0)
-        cpu = (user - first_user, system - first_system)
+        user, system, machine = _cpu_of(pids)
+        first_user, first_system, first_machine = split_at_first or (0.0, 0.0, 0.0)
+        cpu = (user - first_user, system - first_system, machine - first_machine)
     finally:
         await consumer.stop()
     return events, cpu
 
 
+# --- the Kafka-only ceiling (a separate process, as the sender) --------------------------------
+
+
+async def run_ceiling() -> None:
+    """A bare aiokafka consumer of email.outbound producing two delivery-sized events per record.
+
+    What the sender does with Kafka and nothing else: the same records consumed in a group
+    (manual commits), per record the intent (``sending``) acknowledged before its outcome
+    (``sent``), both real DeliveryEvent JSON of the same size, acks=all and idempotent, the
+    sender's compression (SENDER_PRODUCER_COMPRESSION). No SMTP, no compose, no ledger: the
+    upper bound of this design's Kafka side on this machine. Stops on SIGTERM.
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: PLC0415
+
+    from email_channels.events import DeliveryEvent, DeliveryStatus  # noqa: PLC0415
+    from email_channels.settings import KafkaSettings  # noqa: PLC0415
+
+    kafka = KafkaSettings()
+    compression = os.environ.get("SENDER_PRODUCER_COMPRESSION", "none")
+    consumer = AIOKafkaConsumer(
+        kafka.topics.outbound,
+        **kafka.client_kwargs(),
+        group_id=f"{kafka.topic_prefix}ceiling",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        **kafka.client_kwargs(),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        compression_type=None if compression == "none" else compression,
+    )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await consumer.start()
+    await producer.start()
+    topic = kafka.topics.delivery
+
+    def event(outbound: dict[str, Any], status: DeliveryStatus) -> bytes:
+        return (
+            DeliveryEvent(
+                outbound_id=outbound["outbound_id"],
+                channel_id=outbound["channel_id"],
+                conversation_id=outbound.get("conversation_id"),
+                status=status,
+                transport="smtp",
+                server_response="250 2.0.0 Ok: queued as 4F1A2B3C" if status.final else None,
+                smtp_code=250 if status.final else None,
+                message_id="<0123456789abcdef0123456789abcdef@shop.example>"
+                if status.final
+                else None,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    async def produce(outbounds: list[dict[str, Any]], status: DeliveryStatus) -> None:
+        futures = [
+            await producer.send(topic, event(o, status), key=o["outbound_id"].encode())
+            for o in outbounds
+        ]
+        await asyncio.gather(*futures)
+
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=256)
+            outbounds = [json.loads(r.value) for rs in batches.values() for r in rs]
+            if not outbounds:
+                continue
+            await produce(outbounds, DeliveryStatus.SENDING)  # the intents, acknowledged first
+            await produce(outbounds, DeliveryStatus.SENT)
+            await consumer.commit()
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
 # --- the table --------------------------------------------------------------------------------
 
 
-def _ours_row(name: str, sessions: int, ours: dict[str, Any], peer_rate: float) -> tuple[str, ...]:
+def _ours_row(name: str, what: str, ours: dict[str, Any], peer_rate: float) -> tuple[str, ...]:
     rate = ours["sent"] / ours["seconds"]
     sent = max(ours["sent"], 1)
-    user, system = ours["cpu_s"]
+    user, system, machine = ours["cpu_s"]
     return (
         name,
-        f"sender, {sessions} sessions per channel (ours)",
+        what,
         str(ours["sent"]),
         f"{ours['seconds']:.2f}",
         f"{rate:.0f}",
         f"{1000 * (user + system) / sent:.2f} ({1000 * system / sent:.2f} sys)",
+        f"{1000 * machine / sent:.2f}",
         f"{rate / peer_rate:.2f}x",
+    )
+
+
+def _print_table(
+    rows: list[tuple[str, ...]], notes: list[str], count: int, load_before: float, load_after: float
+) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print(f"sender throughput, {count} x {BODY_BYTES // 1024} KB per run, loopback")
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(
+        "target: ours >= 3x the peer on the same sink. CPU: the measured process(es), user "
+        "and system; machine: every core's busy time (broker, sink, this script, other work) "
+        "per message, from the first to the last delivery event"
+    )
+    for note in notes:
+        print(note)
+    print(
+        f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}, on "
+        f"{os.cpu_count()} cores: a shared machine, other work may have loaded the CPU"
     )
 
 
@@ -366,10 +506,20 @@ def main() -> int:
     parser.add_argument(
         "--sinks", default="aiosmtpd,smtp-sink", help="which sinks, comma-separated"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="also run this many sender processes in one group (16 sessions each; 1: skip)",
+    )
     parser.add_argument("--sink", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink is not None:
         run_sink(args.sink)
+        return 0
+    if args.ceiling:
+        asyncio.run(run_ceiling())
         return 0
 
     from devstack.kafka import running_kafka  # noqa: PLC0415
@@ -381,7 +531,9 @@ def main() -> int:
     elif "smtp-sink" in wanted:
         print(f"{SMTP_SINK} missing (apt-get install postfix): smtp-sink rows skipped")
     sessions_list = [int(n) for n in args.sessions.split(",")]
-    rows = [("sink", "what", "messages", "seconds", "msg/s", "CPU ms/msg", "ratio")]
+    rows = [
+        ("sink", "what", "messages", "seconds", "msg/s", "CPU ms/msg", "machine ms/msg", "ratio")
+    ]
     notes = []
     load_before = os.getloadavg()
     with running_kafka() as endpoint:  # the peers run beside the same idle broker
@@ -389,13 +541,19 @@ def main() -> int:
             sink = sink_class()
             others = 0
             try:
-                peer_s = run_peer(sink.port, args.count)
+                peer_s, busy = run_peer(sink.port, args.count)
                 peer_rate = args.count / peer_s
                 rows.append(
                     (name, "smtplib loop, one connection (peer)", str(args.count),
-                     f"{peer_s:.2f}", f"{peer_rate:.0f}", "", "")
+                     f"{peer_s:.2f}", f"{peer_rate:.0f}", "",
+                     f"{1000 * busy / args.count:.2f}", "")
                 )  # fmt: skip
-                for sessions in sessions_list:
+                runs = [(f"sender, {n} sessions per channel (ours)", n, 1) for n in sessions_list]
+                if args.replicas > 1:
+                    runs.append(
+                        (f"{args.replicas} sender processes, 16 sessions each", 16, args.replicas)
+                    )
+                for what, sessions, replicas in runs:
                     ours = asyncio.run(
                         run_ours(
                             endpoint.bootstrap_servers,
@@ -403,28 +561,26 @@ def main() -> int:
                             args.count,
                             args.conversations,
                             sessions,
+                            replicas=replicas,
                         )
                     )
                     others += ours["other"]
-                    rows.append(_ours_row(name, sessions, ours, peer_rate))
+                    rows.append(_ours_row(name, what, ours, peer_rate))
             finally:
                 summary = sink.stop()
             notes.append(
                 f"{name}: {summary['messages']} messages taken, {summary['duplicates']} duplicate "
                 f"Message-IDs; sender outcomes other than sent: {others}"
             )
+        ceiling = asyncio.run(
+            run_ours(
+                endpoint.bootstrap_servers, 25, args.count, args.conversations, 0, ceiling=True
+            )
+        )
+        what = "Kafka only: consume + 2 events/record (ceiling)"
+        rows.append((*_ours_row("(any)", what, ceiling, 1.0)[:-1], ""))
     load_after = os.getloadavg()
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print(f"sender throughput, {args.count} x {BODY_BYTES // 1024} KB per run, loopback")
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print("target: ours >= 3x the peer on the same sink")
-    for note in notes:
-        print(note)
-    print(
-        f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}, on "
-        f"{os.cpu_count()} cores: a shared machine, other work may have loaded the CPU"
-    )
+    _print_table(rows, notes, args.count, load_before[0], load_after[0])
     return 0
 
 

@@ -207,6 +207,39 @@ async def test_a_view_that_does_not_retain_only_reports_changes(
         await view.stop()
 
 
+async def test_a_view_passes_over_records_its_skip_predicate_names(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """skip(headers) true: the record is neither decoded nor reported, yet the view's position
+    moves past it (catch_up returns); the other records are applied."""
+    topic = kafka_settings.topics.campaigns
+    seen: list[str] = []
+
+    async def observe(key: str, _campaign: Campaign | None) -> None:
+        seen.append(key)
+
+    def mine(headers: Any) -> bool:
+        return ("publisher-instance", b"me") in headers
+
+    view = CompactedView(
+        kafka_settings, topic, Campaign, client_id="skip-test", on_change=observe, skip=mine
+    )
+    await view.start()
+    try:
+        async with EventProducer(kafka_settings, client_id="skip-test") as producer:
+            own = [("publisher-instance", b"me")]
+            other = [("publisher-instance", b"someone-else")]
+            await producer.publish(topic, "c1", Campaign(id="c1", name="One"), headers=own)
+            await producer.publish(topic, "c2", Campaign(id="c2", name="Two"), headers=other)
+            last = await producer.publish_raw(topic, b"c3", b"not json", own)
+        await view.wait_for(last.partition, last.offset)
+        await view.catch_up()
+        assert seen == ["c2"]
+        assert view.poison_count == 0  # the undecodable record was never decoded
+    finally:
+        await view.stop()
+
+
 async def test_a_view_whose_reader_dies_is_no_longer_caught_up(
     kafka_settings: KafkaSettings,
 ) -> None:

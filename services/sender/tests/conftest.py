@@ -26,7 +26,9 @@ class FakePublisher:
         self.fail_with: list[Exception | None] = []
         """One entry per next publish: raise it, or None to let that publish through."""
 
-    async def publish(self, topic: str, key: str, event: Contract | None) -> object:
+    async def publish(
+        self, topic: str, key: str, event: Contract | None, *, headers: Any = None
+    ) -> object:
         failure = self.fail_with.pop(0) if self.fail_with else None
         if failure is not None:
             raise failure

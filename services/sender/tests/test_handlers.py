@@ -591,3 +591,24 @@ def test_retry_schedule_due_times_come_from_the_record_headers():
     assert schedule.level(plain) == 0
     assert not schedule.has_next(1)
     assert schedule.has_next(0)
+
+
+class SlowTransport(MemoryTransport):
+    """MemoryTransport whose send takes a moment (other records run meanwhile)."""
+
+    async def send(self, email, *, before_data=None):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.02)
+        return await super().send(email, before_data=before_data)
+
+
+async def test_two_records_of_one_outbound_id_at_once_send_it_once(harness, make_outbound):
+    """The same outbound id in two records handled at the same moment (two lanes): the second
+    waits for the first and then finds it sent; the message goes out once, nothing is left
+    held."""
+    harness.transport = SlowTransport()
+    outbound = make_outbound()
+    await asyncio.gather(harness.feed(outbound), harness.feed(outbound))
+
+    assert len(harness.transport.sent) == 1
+    assert [e.status for e in harness.deliveries()] == [DeliveryStatus.SENT]
+    assert harness.handler._busy == {}

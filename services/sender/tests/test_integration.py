@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Self
 
+import aiosmtplib
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -40,7 +41,9 @@ from email_channels.settings import CommonSettings
 from email_channels.tls import client_context
 from sender.app import SenderApp
 from sender.compose import compose, make_message_id
+from sender.errors import MessageRejected, SendDeferred
 from sender.settings import SenderSettings
+from sender.transports.pipelining import PipelinedConnection
 from sender.transports.smtp import SmtpTransport
 
 if TYPE_CHECKING:
@@ -586,8 +589,10 @@ async def test_a_black_holed_channel_never_stalls_a_healthy_one(
 # --- the session pool against the real server ----------------------------------------------
 
 
-async def test_pooled_sessions_are_reused_across_messages(smtp_server, secret_box, pki):
-    """Ten messages one after another: one TLS+AUTH session, every message delivered."""
+async def test_pooled_sessions_are_reused_across_messages(lockstep_server, secret_box, pki):
+    """Ten messages one after another: one TLS+AUTH session, every message delivered (a server
+    without PIPELINING: aiosmtplib, one command at a time)."""
+    smtp_server = lockstep_server
     channel = smtp_channel(secret_box, smtp_server)
     transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
     addresses = [recipient("pool") for _ in range(10)]
@@ -609,8 +614,12 @@ async def test_pooled_sessions_are_reused_across_messages(smtp_server, secret_bo
     assert transport.pool.opened >= 1
 
 
-async def test_a_session_the_server_dropped_is_replaced_transparently(smtp_server, secret_box, pki):
-    """The server closed an idle pooled session: the next message opens a new one and goes."""
+async def test_a_session_the_server_dropped_is_replaced_transparently(
+    lockstep_server, secret_box, pki
+):
+    """The server closed an idle pooled session: the next message opens a new one and goes
+    (without PIPELINING)."""
+    smtp_server = lockstep_server
     channel = smtp_channel(secret_box, smtp_server)
     transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
     first, second = recipient("drop"), recipient("drop")
@@ -619,6 +628,114 @@ async def test_a_session_the_server_dropped_is_replaced_transparently(smtp_serve
         idle = transport.pool._idle[0][0]
         assert idle.transport is not None
         idle.transport.abort()  # the connection is gone, as after a server-side timeout
+        await asyncio.sleep(0.1)
+        await transport.send(compose(outbound_for(channel, to=second), channel))
+    finally:
+        await transport.aclose()
+    await received(smtp_server, second)
+    assert transport.pool.opened == 2
+
+
+# --- RFC 2920 pipelining against the real server --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lockstep_server(pki) -> Iterator[SmtpServer]:
+    """The same aiosmtpd server (STARTTLS + AUTH) without PIPELINING: one command at a time."""
+    with SmtpServer(pki, credentials=("sender", "sender-secret")) as server:
+        yield server
+
+
+@pytest.fixture(params=["pipelining", "lockstep"])
+def any_server(request, smtp_server, lockstep_server) -> SmtpServer:
+    """Each server kind in turn (the session's smtp_server advertises PIPELINING)."""
+    return smtp_server if request.param == "pipelining" else lockstep_server
+
+
+async def test_a_smtp_server_gets_pipelined_transactions_over_tls_and_auth(
+    smtp_server, secret_box, pki
+):
+    """Ten messages in a row and eight at once: pipelined sessions (after STARTTLS and AUTH by
+    aiosmtplib), every message delivered once, encrypted and authenticated."""
+    channel = smtp_channel(secret_box, smtp_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    addresses = [recipient("pipe") for _ in range(10)]
+    try:
+        for address in addresses:
+            await transport.send(compose(outbound_for(channel, to=address), channel))
+        assert all(isinstance(c, PipelinedConnection) for c, _at, _dirty in transport.pool._idle)
+        concurrent = [recipient("pipe") for _ in range(8)]
+        await asyncio.gather(
+            *(
+                transport.send(compose(outbound_for(channel, to=address), channel))
+                for address in concurrent
+            )
+        )
+    finally:
+        await transport.aclose()
+    for address in [*addresses, *concurrent]:
+        mail = await received(smtp_server, address)
+        assert mail.tls
+        assert mail.authenticated_as == "sender"
+        assert sum(address in m.rcpt_tos for m in smtp_server.messages) == 1
+    assert transport.pool.opened <= transport.pool.limits.max_sessions
+
+
+async def test_refusals_map_alike_pipelined_or_not_and_the_session_is_reset(
+    any_server, secret_box, pki
+):
+    """One of two recipients refused: sent, with the refusal; every recipient refused (5xx):
+    MessageRejected; a 4xx refusal: SendDeferred — and the same session then sends the next
+    message (after RSET; pipelined in front of it where the server pipelines)."""
+    server = any_server
+    tag = uuid.uuid4().hex[:8]
+    server.reply_to_recipients(rf"gone-{tag}-.*", "550 5.1.1 No such user")
+    server.reply_to_recipients(rf"busy-{tag}-.*", "451 4.3.0 Try again later")
+    channel = smtp_channel(secret_box, server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    gone, busy, ok, after = (
+        f"gone-{tag}-1@x.example",
+        f"busy-{tag}-1@x.example",
+        recipient(),
+        recipient(),
+    )
+    try:
+        partly = await transport.send(
+            compose(outbound_for(channel, to=ok, cc=[{"address": gone}]), channel)
+        )
+        with pytest.raises(MessageRejected) as rejected:
+            await transport.send(compose(outbound_for(channel, to=gone), channel))
+        with pytest.raises(SendDeferred) as deferred:
+            await transport.send(compose(outbound_for(channel, to=busy), channel))
+        await transport.send(compose(outbound_for(channel, to=after), channel))
+        kinds = {type(client) for client, _at, _dirty in transport.pool._idle}
+    finally:
+        await transport.aclose()
+    assert kinds == {PipelinedConnection if server.pipelining else aiosmtplib.SMTP}
+    assert partly.refused == {gone: "550 5.1.1 No such user"}
+    assert rejected.value.reply is not None
+    assert rejected.value.reply.code == 550
+    assert deferred.value.reply is not None
+    assert deferred.value.reply.code == 451
+    await received(server, ok)
+    await received(server, after)
+    assert transport.pool.opened == 1  # refusals never cost the session
+    assert not any(gone in m.rcpt_tos or busy in m.rcpt_tos for m in server.messages)
+
+
+async def test_a_pipelined_session_the_server_dropped_is_replaced_transparently(
+    smtp_server, secret_box, pki
+):
+    """The server closed an idle pipelined session: the next message opens a new one."""
+    channel = smtp_channel(secret_box, smtp_server)
+    transport = transport_for(channel, secret_box, ca_file=pki.ca_cert)
+    first, second = recipient("drop"), recipient("drop")
+    try:
+        await transport.send(compose(outbound_for(channel, to=first), channel))
+        idle = transport.pool._idle[0][0]
+        assert isinstance(idle, PipelinedConnection)
+        assert idle.transport is not None
+        idle.transport.abort()
         await asyncio.sleep(0.1)
         await transport.send(compose(outbound_for(channel, to=second), channel))
     finally:

@@ -22,7 +22,7 @@ from email_channels.errors import PoisonRecord, TransientError
 from email_channels.events import Contract
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from email_channels.settings import KafkaSettings
 
@@ -67,9 +67,12 @@ class CompactedView(Generic[M]):
         partitions: set[int] | None = None,
         on_change: Callable[[str, M | None], Awaitable[None]] | None = None,
         retain: bool = True,
+        skip: Callable[[Sequence[tuple[str, bytes]]], bool] | None = None,
     ) -> None:
         """``retain=False`` keeps no items, only calls ``on_change``: for readers that fold
-        the topic into state of their own and would otherwise hold everything twice."""
+        the topic into state of their own and would otherwise hold everything twice.
+        ``skip(headers)`` true: the record is passed over without decoding (e.g. what this
+        very process wrote and has applied already)."""
         self.topic = topic
         self._model = model
         self._settings = settings
@@ -77,6 +80,7 @@ class CompactedView(Generic[M]):
         self._partitions = partitions
         self._on_change = on_change
         self._retain = retain
+        self._skip = skip
         self._items: dict[str, M] = {}
         self._positions: dict[int, int] = {}
         self._caught_up = asyncio.Event()
@@ -217,9 +221,11 @@ class CompactedView(Generic[M]):
         consumer = self._consumer
         while True:
             batches = await consumer.getmany(timeout_ms=1000)
+            skip = self._skip
             for tp, records in batches.items():
                 for record in records:
-                    await self._apply(record.key, record.value, record.offset)
+                    if skip is None or not skip(record.headers):
+                        await self._apply(record.key, record.value, record.offset)
                     self._positions[tp.partition] = record.offset + 1
             # Positions also advance past transaction markers and compacted gaps.
             for tp in consumer.assignment():

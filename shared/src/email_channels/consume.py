@@ -25,6 +25,7 @@ per-key order: :class:`email_channels.lanes.LaneConsumer`.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -51,6 +52,13 @@ RECORDS = Counter(
     "Records consumed, by stage and outcome (ok, retried, dead_lettered)",
     ["stage", "outcome"],
 )
+
+
+@functools.cache
+def _records(stage: str, outcome: str) -> Counter:
+    """The ``RECORDS`` child of these labels, looked up once (settled for every record)."""
+    return RECORDS.labels(stage, outcome)
+
 
 Record: TypeAlias = ConsumerRecord  # ConsumerRecord[bytes, bytes]; aiokafka ships no types
 RecordHandler = Callable[[Record], Awaitable[None]]
@@ -272,7 +280,7 @@ async def settle(
             )
             return
         else:
-            RECORDS.labels(stage, "ok").inc()
+            _records(stage, "ok").inc()
             return
 
 

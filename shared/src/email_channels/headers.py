@@ -32,3 +32,8 @@ re-published record; its value locates the dead letter it came from:
 ``<dlq topic>/<partition>/<offset>``. Its presence alone makes the sender send an outbound whose
 earlier outcome was failed, rejected or deferred (never one that was sent or whose outcome is
 unknown)."""
+
+PUBLISHER_HEADER: Final = "publisher-instance"
+"""Kafka record header on ``email.delivery``: a random id of the sender process (one life of
+it) that published the event. That process already applied its own events to its ledger, so its
+reader of the topic skips them without decoding; every other reader ignores the header."""

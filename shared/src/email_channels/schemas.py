@@ -19,6 +19,7 @@ from email_channels.headers import (
     CAMPAIGN_HEADER,
     LOOP_HEADER,
     ORIGINAL_TOPIC_HEADER,
+    PUBLISHER_HEADER,
     REPLAY_HEADER,
     RETRY_DUE_HEADER,
     RETRY_LEVEL_HEADER,
@@ -58,6 +59,13 @@ RECORD_HEADERS: dict[str, tuple[frozenset[Topic], str]] = {
             "on a record re-published from email.dlq (email-channels dlq replay): "
             "<dlq topic>/<partition>/<offset> of its dead letter; the sender then sends again an "
             "outbound whose earlier outcome was failed, rejected or deferred"
+        ),
+    ),
+    PUBLISHER_HEADER: (
+        frozenset({Topic.DELIVERY}),
+        (
+            "a random id of the sender process (one life of it) that published the event; "
+            "that process's own ledger reader skips it, other readers may ignore it"
         ),
     ),
 }

@@ -155,7 +155,8 @@ def mail_user(dovecot: Dovecot) -> MailUser:
 
 @pytest.fixture(scope="session")
 def smtp_server(pki: TestPki) -> Iterator[SmtpServer]:
-    with SmtpServer(pki, credentials=("sender", "sender-secret")) as server:
+    """STARTTLS + AUTH, advertising PIPELINING as production MTAs do (Postfix, Exchange)."""
+    with SmtpServer(pki, credentials=("sender", "sender-secret"), pipelining=True) as server:
         yield server
 
 

@@ -4,7 +4,8 @@ By default it behaves like a submission server: STARTTLS with the test certifica
 AUTH PLAIN/LOGIN offered and required only after TLS (before that, `MAIL` is answered with
 "530 Must issue a STARTTLS command first"). `credentials=None` makes an open server that needs no
 AUTH (STARTTLS is still offered); `implicit_tls=True` speaks TLS from the first byte (port 465
-style) instead of STARTTLS.
+style) instead of STARTTLS. `pipelining=True` also advertises PIPELINING (RFC 2920; aiosmtpd reads
+commands one line at a time, so pipelined commands work whether advertised or not).
 
 Tests read what arrived through `messages` or `wait_for()`, and can make the server answer
 a chosen reply for matching recipients (`reply_to_recipients(r".*@gone\\.example", "550 ...")`)
@@ -74,8 +75,10 @@ class SmtpServer:
         implicit_tls: bool = False,
         recipient_replies: Mapping[str, str] | None = None,
         data_size_limit: int = 32 * 1024 * 1024,
+        pipelining: bool = False,
     ) -> None:
         self.pki = pki
+        self.pipelining = pipelining
         self.credentials = credentials
         self.implicit_tls = implicit_tls
         self.data_size_limit = data_size_limit
@@ -234,6 +237,14 @@ class _Handler:
             auth_data.password, credentials[1].encode()
         )
         return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+        self, _server: Any, session: Any, _envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self._owner.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
         self, _server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]

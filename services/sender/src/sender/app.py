@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +91,9 @@ class SenderApp:
             stack.push_async_callback(blobs.aclose)
             stack.push_async_callback(transports.aclose)
 
-            producer = EventProducer(kafka, client_id=client_id)
+            producer = EventProducer(
+                kafka, client_id=client_id, compression_type=settings.compression_type
+            )
             await producer.start()
             stack.push_async_callback(producer.stop)
 
@@ -101,7 +104,10 @@ class SenderApp:
             stack.push_async_callback(channels.stop)
 
             ledger = DeliveryLedger()
-            deliveries = delivery_view(kafka, ledger, client_id=f"{client_id}-ledger")
+            instance = uuid.uuid4().hex.encode()  # this life of this process, on its events
+            deliveries = delivery_view(
+                kafka, ledger, client_id=f"{client_id}-ledger", instance=instance
+            )
             await deliveries.start()
             stack.push_async_callback(deliveries.stop)
             self._views = [("channels", channels), ("delivery", deliveries)]
@@ -115,6 +121,7 @@ class SenderApp:
                 blobs=blobs,
                 retries=retries,
                 max_attachment_bytes=settings.max_attachment_bytes,
+                instance=instance,
             )
 
             async def catch_up_deliveries(assigned: set[TopicPartition]) -> None:

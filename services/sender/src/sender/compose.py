@@ -26,6 +26,7 @@ write, or a malformed message id raise :class:`~sender.errors.MessageRejected`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from datetime import UTC, datetime
@@ -158,7 +159,10 @@ def _address(address: Address, field: str) -> HeaderAddress:
     return _address_of(address.name, address.address, field)
 
 
+@functools.lru_cache(maxsize=1024)
 def _address_of(name: str | None, addr_spec: str, field: str) -> HeaderAddress:
+    """The checked header address (cached: the channel's own address comes with every message;
+    a refused one raises every time, errors are not cached)."""
     safe_header_text(name or "", f"{field}.name")
     safe_header_text(addr_spec, f"{field}.address")
     simple = _DOT_ATOM_ADDRESS.match(addr_spec.strip())

@@ -11,8 +11,9 @@ with per-conversation order, and applies the error policy; reporting lives in
    a later retry level -> skip; an intent (``sending``) of another process without an outcome ->
    ``unknown``, not sent — unless the channel's ``delivery_guarantee`` is at-least-once;
 3. channel, attachments, compose (header-injection checks), then the transport sends; the
-   intent ``sending`` is published and acknowledged after the server accepted the envelope and
-   before DATA;
+   intent ``sending`` is published and acknowledged when the message's turn to be sent came,
+   before its first SMTP command (MAIL FROM; so a refused envelope gives the intent and then
+   ``rejected`` or ``deferred``), always before DATA;
 4. ``sent`` with the server's reply and the generated Message-ID; channel reported active;
 5. a transient failure goes to the next retry topic with a ``deferred`` event; after the last
    level, or on any permanent error, the loop gives up: ``DeliveryReporter.gave_up`` publishes
@@ -24,11 +25,12 @@ Two records of the same outbound id are never handled at the same time in one pr
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from email_channels.codec import decode, header
 from email_channels.consume import Publisher
@@ -38,7 +40,7 @@ from email_channels.headers import REPLAY_HEADER
 from sender.attachments import DEFAULT_MAX_TOTAL_BYTES, load_attachments
 from sender.compose import compose
 from sender.errors import ChannelUnavailable
-from sender.metrics import DUPLICATES, SEND_SECONDS
+from sender.metrics import DUPLICATES, send_seconds
 from sender.reporting import DeliveryReporter, TransportLabel, delivery_outcome
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from sender.transports.factory import TransportFactory
 
 log = structlog.get_logger(__name__)
+_debug_enabled = logging.getLogger(__name__).isEnabledFor
 
 
 class Channels(Protocol):
@@ -84,6 +87,7 @@ class OutboundHandler:
         blobs: BlobStore,
         retries: RetrySchedule | None = None,
         max_attachment_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+        instance: bytes | None = None,
     ) -> None:
         self._channels = channels
         self._transports = transports
@@ -93,25 +97,53 @@ class OutboundHandler:
         self._retries = retries
         self._max_attachment_bytes = max_attachment_bytes
         self.reporter = DeliveryReporter(
-            publisher=publisher, topics=topics, ledger=ledger, transport_of=self._transport_name
+            publisher=publisher,
+            topics=topics,
+            ledger=ledger,
+            transport_of=self._transport_name,
+            instance=instance,
         )
         self._mine: set[str] = set()
         """Outbound ids whose intent this process published: their outcome is known here."""
-        self._busy: dict[str, asyncio.Lock] = {}
+        self._busy: dict[str, asyncio.Future[None] | None] = {}
+        """Outbound ids being handled -> a future for those waiting their turn (None: nobody)."""
 
     async def __call__(self, record: Record, attempt: int) -> None:
         outbound = decode(OutboundEmail, record.value)
         level = self._retries.level(record) if self._retries is not None else 0
-        with bound_contextvars(
+        tokens = bind_contextvars(
             outbound_id=outbound.outbound_id, channel_id=outbound.channel_id, retry_level=level
-        ):
-            lock = self._busy.setdefault(outbound.outbound_id, asyncio.Lock())
+        )
+        try:
+            await self._exclusive(outbound.outbound_id)
             try:
-                async with lock:
-                    await self._handle(record, outbound, attempt, level)
+                await self._handle(record, outbound, attempt, level)
             finally:
-                if not lock.locked() and self._busy.get(outbound.outbound_id) is lock:
-                    del self._busy[outbound.outbound_id]
+                self._release(outbound.outbound_id)
+        finally:
+            reset_contextvars(**tokens)
+
+    async def _exclusive(self, outbound_id: str) -> None:
+        """Wait until no other record of ``outbound_id`` is being handled here, then take it.
+
+        The lanes keep one conversation's records in order, but the same outbound id can come
+        in two lanes (a retry topic, a record published twice under two keys). Two dict
+        operations when nobody else holds the id (the common case); a future only when one
+        must wait. ``asyncio.wait`` (not ``await future``): a cancelled waiter must not cancel
+        the future others wait on.
+        """
+        busy = self._busy
+        while outbound_id in busy:
+            waiter = busy[outbound_id]
+            if waiter is None:
+                waiter = busy[outbound_id] = asyncio.get_running_loop().create_future()
+            await asyncio.wait({waiter})
+        busy[outbound_id] = None
+
+    def _release(self, outbound_id: str) -> None:
+        waiter = self._busy.pop(outbound_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _handle(
         self, record: Record, outbound: OutboundEmail, attempt: int, level: int
@@ -145,20 +177,22 @@ class OutboundHandler:
                 return
             raise
         elapsed = time.perf_counter() - started
-        SEND_SECONDS.labels(result.transport).observe(elapsed)
+        send_seconds(result.transport).observe(elapsed)
         await self.reporter.sent(outbound, result, attempt=tries)
         self._mine.discard(outbound.outbound_id)
-        await self.reporter.channel(channel.id, ChannelState.ACTIVE)
-        log.debug(  # one line per message only at debug: info would cost CPU at full rate
-            "outbound handled",
-            outcome="sent",
-            message_id=result.message_id,
-            response=result.response,
-            recipients=len(composed.envelope.recipients),
-            refused=len(result.refused),
-            attempt=tries,
-            send_s=round(elapsed, 3),
-        )
+        if not self.reporter.reported_active(channel.id):
+            await self.reporter.channel(channel.id, ChannelState.ACTIVE)
+        if _debug_enabled(logging.DEBUG):  # one line per message only at debug: info would cost
+            log.debug(  # CPU at full rate, and so would building a line that is dropped
+                "outbound handled",
+                outcome="sent",
+                message_id=result.message_id,
+                response=result.response,
+                recipients=len(composed.envelope.recipients),
+                refused=len(result.refused),
+                attempt=tries,
+                send_s=round(elapsed, 3),
+            )
 
     async def _may_send(
         self,

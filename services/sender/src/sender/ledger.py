@@ -32,8 +32,11 @@ from typing import TYPE_CHECKING
 
 from email_channels.compacted import CompactedView
 from email_channels.events import Contract, DeliveryStatus
+from email_channels.headers import PUBLISHER_HEADER
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from email_channels.settings import KafkaSettings
 
 
@@ -89,9 +92,22 @@ SentLedger = DeliveryLedger
 
 
 def delivery_view(
-    settings: KafkaSettings, ledger: DeliveryLedger, *, client_id: str
+    settings: KafkaSettings,
+    ledger: DeliveryLedger,
+    *,
+    client_id: str,
+    instance: bytes | None = None,
 ) -> CompactedView[DeliveryOutcome]:
-    """A view of email.delivery that feeds ``ledger``; ``await view.start()`` fills it."""
+    """A view of email.delivery that feeds ``ledger``; ``await view.start()`` fills it.
+
+    ``instance``: this process's ``publisher-instance`` header value; its own events (already
+    recorded in the ledger when published) are passed over without decoding.
+    """
+    mine = (PUBLISHER_HEADER, instance)
+
+    def own(headers: Sequence[tuple[str, bytes]]) -> bool:
+        return mine in headers
+
     return CompactedView(
         settings,
         settings.topics.delivery,
@@ -99,4 +115,5 @@ def delivery_view(
         client_id=client_id,
         on_change=ledger.observe,
         retain=False,  # the ledger holds the outcomes; the view need not hold every event
+        skip=own if instance is not None else None,
     )

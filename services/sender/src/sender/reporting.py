@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
@@ -41,8 +41,9 @@ from email_channels.events import (
     Id,
     utcnow,
 )
+from email_channels.headers import PUBLISHER_HEADER
 from sender.errors import ChannelUnavailable, DeliveryUncertain, MessageRejected, ServerReply
-from sender.metrics import DELIVERIES
+from sender.metrics import deliveries
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -117,8 +118,12 @@ class DeliveryReporter:
         topics: TopicNames,
         ledger: DeliveryLedger,
         transport_of: Callable[[str], TransportLabel],
+        instance: bytes | None = None,
     ) -> None:
+        """``instance``: stamped on every delivery event as the ``publisher-instance`` header
+        (this process's ledger reader skips its own events)."""
         self._publisher = publisher
+        self._headers = [(PUBLISHER_HEADER, instance)] if instance is not None else None
         self._topics = topics
         self._ledger = ledger
         self._transport_of = transport_of
@@ -127,7 +132,9 @@ class DeliveryReporter:
 
     # --- events of one outbound ---
 
-    async def sending(self, outbound: OutboundEmail, *, attempt: int, transport: str) -> None:
+    async def sending(
+        self, outbound: OutboundEmail, *, attempt: int, transport: TransportLabel
+    ) -> None:
         """The intent: published (and acknowledged) before the message goes out."""
         await self._publish(
             _event(outbound, DeliveryStatus.SENDING, transport=transport, attempt=attempt)
@@ -164,7 +171,7 @@ class DeliveryReporter:
         error: PipelineError,
         *,
         attempt: int,
-        transport: str,
+        transport: TransportLabel,
         level: int,
         due: float,
     ) -> None:
@@ -185,7 +192,7 @@ class DeliveryReporter:
         )
 
     async def unknown_after_takeover(
-        self, outbound: OutboundEmail, *, attempt: int, transport: str
+        self, outbound: OutboundEmail, *, attempt: int, transport: TransportLabel
     ) -> None:
         """An intent without an outcome, found by a new owner: maybe sent, not sent again."""
         await self._publish(
@@ -241,11 +248,17 @@ class DeliveryReporter:
             )
 
     async def _publish(self, event: DeliveryEvent) -> None:
-        await self._publisher.publish(self._topics.delivery, event.outbound_id, event)
+        await self._publisher.publish(
+            self._topics.delivery, event.outbound_id, event, headers=self._headers
+        )
         self._ledger.record(event.outbound_id, event.status, event.retry_level or 0)
-        DELIVERIES.labels(event.status.value, event.transport).inc()
+        deliveries(event.status.value, event.transport).inc()
 
     # --- channel health ---
+
+    def reported_active(self, channel_id: str) -> bool:
+        """True when this replica last reported the channel's outbound active."""
+        return self._reported.get(channel_id) is ChannelState.ACTIVE
 
     async def channel(
         self,
@@ -278,10 +291,12 @@ def _event(
     outbound: OutboundEmail,
     status: DeliveryStatus,
     *,
-    transport: str,
+    transport: TransportLabel,
     attempt: int,
-    **fields: object,
+    **fields: Any,
 ) -> DeliveryEvent:
+    # model_validate (pydantic-core, in C) rather than model_construct: for this model the
+    # latter costs about five times as much (its defaults go through Python-level helpers).
     return DeliveryEvent.model_validate(
         {
             "outbound_id": outbound.outbound_id,

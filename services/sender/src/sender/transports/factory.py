@@ -75,7 +75,7 @@ class ChannelTransports:
         match channel.outbound:
             case SmtpOutbound() as smtp:
                 known = self._smtp.get(channel.id)
-                if known is not None and known[0] == smtp:
+                if known is not None and (known[0] is smtp or known[0] == smtp):
                     return known[1]
                 if known is not None:  # settings changed: new sessions from now on
                     task = asyncio.create_task(known[1].aclose())
@@ -101,7 +101,7 @@ class ChannelTransports:
         """One per channel's settings: msal's token cache (and a rotated refresh token) and the
         HTTP connections live as long as the channel's Exchange settings do."""
         known = self._graph.get(channel.id)
-        if known is not None and known[0] == graph:
+        if known is not None and (known[0] is graph or known[0] == graph):
             return known[1]
         if known is not None:  # settings changed: the old connections close at shutdown
             self._retired_graph.append(known[1])

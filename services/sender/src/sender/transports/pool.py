@@ -34,7 +34,7 @@ from email_channels.errors import PipelineError, TransientError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    import aiosmtplib
+    from sender.transports.smtp import SmtpClient
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +51,7 @@ class PoolLimits:
 class Session:
     """One pooled SMTP session lent to one send."""
 
-    def __init__(self, client: aiosmtplib.SMTP, *, reused: bool, dirty: bool = False) -> None:
+    def __init__(self, client: SmtpClient, *, reused: bool, dirty: bool = False) -> None:
         self.client = client
         self.reused = reused
         self._dirty = dirty
@@ -69,16 +69,15 @@ class Session:
     def dirty(self) -> bool:
         return self._dirty
 
-    async def reset_if_needed(self) -> None:
-        if self._dirty:
-            await self.client.rset()
-            self._dirty = False
+    def was_reset(self) -> None:
+        """RSET went through: the session is clean again."""
+        self._dirty = False
 
 
 class SessionPool:
     def __init__(
         self,
-        open_session: Callable[[], Awaitable[aiosmtplib.SMTP]],
+        open_session: Callable[[], Awaitable[SmtpClient]],
         limits: PoolLimits,
         *,
         where: str,
@@ -88,7 +87,7 @@ class SessionPool:
         self._where = where
         self._slots = asyncio.Semaphore(limits.max_sessions)
         self._admission = asyncio.Semaphore(max(limits.max_admitted, limits.max_sessions))
-        self._idle: list[tuple[aiosmtplib.SMTP, float, bool]] = []
+        self._idle: list[tuple[SmtpClient, float, bool]] = []
         self._cooldown_until = 0.0
         self._cooldown_reason = ""
         self._closing: set[asyncio.Task[None]] = set()
@@ -144,7 +143,7 @@ class SessionPool:
                 f"{self._cooldown_reason}"
             )
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> SmtpClient:
         try:
             client = await self._open()
         except PipelineError as exc:
@@ -182,7 +181,7 @@ class SessionPool:
                 keep.append((client, since, dirty))
         self._idle = keep
 
-    def _close_later(self, client: aiosmtplib.SMTP) -> None:
+    def _close_later(self, client: SmtpClient) -> None:
         from sender.transports.smtp import close_session  # noqa: PLC0415 - smtp imports us
 
         task = asyncio.create_task(close_session(client))
@@ -199,9 +198,10 @@ class SessionPool:
 
 
 async def _acquire(semaphore: asyncio.Semaphore, timeout_s: float) -> None:
-    """``semaphore.acquire()`` within ``timeout_s``; no timer when it is free (the common case:
-    ``wait_for`` costs a task and a timer per call)."""
+    """``semaphore.acquire()`` within ``timeout_s``; no timer when it is free (the common case),
+    and ``asyncio.timeout`` (one timer) rather than ``wait_for`` (a task and a timer) when not."""
     if not semaphore.locked():
         await semaphore.acquire()
         return
-    await asyncio.wait_for(semaphore.acquire(), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        await semaphore.acquire()

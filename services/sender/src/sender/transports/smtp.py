@@ -6,6 +6,10 @@ connect, STARTTLS, AUTH — naming each step, so an error says where it happened
 keeps those sessions in a per-channel :class:`~sender.transports.pool.SessionPool` and runs
 MAIL/RCPT/DATA on them (step ``send``):
 
+- a server that advertises ``PIPELINING`` (RFC 2920) gets each transaction in two writes
+  (``[RSET] MAIL RCPT... DATA``, then the content) on a
+  :class:`~sender.transports.pipelining.PipelinedConnection` that took the session over from
+  aiosmtplib; any other server gets aiosmtplib's one command at a time;
 - a reused session that turns out dead (421, reset, timeout) *before DATA* is discarded and the
   message tried once more on a fresh session;
 - the intent callback (``before_data``) runs once the message is admitted by the pool (at most
@@ -55,6 +59,7 @@ from email_channels.secretbox import SecretDecryptError
 from email_channels.tls import client_context
 from sender.errors import DeliveryUncertain, MessageRejected, SendDeferred, ServerReply
 from sender.transports.base import SendResult, TransportName
+from sender.transports.pipelining import DataStarted, PipelinedConnection, check_argument
 from sender.transports.pool import PoolLimits, SessionPool
 
 if TYPE_CHECKING:
@@ -116,8 +121,8 @@ class SmtpTransport:
     def where(self) -> str:
         return f"{self._server.host}:{self._server.port}"
 
-    async def _open(self) -> aiosmtplib.SMTP:
-        return await open_session(
+    async def _open(self) -> SmtpClient:
+        client = await open_session(
             self._server,
             host_policy=self._host_policy,
             secrets=self._secrets,
@@ -125,6 +130,13 @@ class SmtpTransport:
             timeout=self._timeout,
             local_hostname=self._local_hostname,
         )
+        if not client.supports_extension("pipelining"):
+            return client
+        try:
+            return PipelinedConnection.take_over(client, timeout=self._timeout)
+        except Exception as exc:
+            await close_session(client)
+            raise map_smtp_error(exc, step="tcp", where=self.where) from exc
 
     async def send(
         self, email: ComposedEmail, *, before_data: BeforeData | None = None
@@ -138,7 +150,10 @@ class SmtpTransport:
         for tries_left in (1, 0):
             async with self.pool.session() as session:
                 try:
-                    refused, reply = await _transaction(session, email)
+                    if isinstance(session.client, PipelinedConnection):
+                        refused, reply = await _pipelined(session, session.client, email)
+                    else:
+                        refused, reply = await _transaction(session, session.client, email)
                 except _StaleSession as stale:
                     session.discard()
                     if tries_left:
@@ -160,7 +175,6 @@ class SmtpTransport:
                         session.discard()
                     raise map_smtp_error(exc, step="send", where=self.where) from exc
             break
-        log.debug("smtp accepted", server=self.where, refused=len(refused))
         return SendResult(
             transport="smtp",
             message_id=email.message_id,
@@ -189,13 +203,61 @@ class _DataLost(Exception):
         self.cause = cause
 
 
-async def _transaction(
-    session: Session, email: ComposedEmail
-) -> tuple[dict[str, aiosmtplib.SMTPResponse], aiosmtplib.SMTPResponse]:
-    """MAIL, RCPT..., DATA on one session (the intent is already acknowledged)."""
-    refused = await _envelope(session, email)
+Refused = dict[str, aiosmtplib.SMTPResponse]
+
+
+async def _pipelined(
+    session: Session, client: PipelinedConnection, email: ComposedEmail
+) -> tuple[Refused, aiosmtplib.SMTPResponse]:
+    """One pipelined transaction (RFC 2920) on one session (the intent is acknowledged)."""
+    mail, recipients = _commands(email, size=client.supports("size"))
+    reset = session.dirty
     try:
-        reply = await session.client.data(email.data)
+        result = await client.transaction(
+            reset=reset,
+            mail=b" ".join(mail),
+            recipients=[(a, b" ".join(command)) for a, command in recipients],
+            content=email.data,
+        )
+    except DataStarted as lost:
+        raise _DataLost(lost.cause) from lost.cause
+    except (OSError, TimeoutError) as exc:  # before the content: nothing was delivered
+        if session.reused:
+            raise _StaleSession(exc) from exc
+        raise
+    except aiosmtplib.SMTPResponseException as exc:
+        if exc.code == 421 and session.reused:  # noqa: PLR2004 - "closing channel"
+            raise _StaleSession(exc) from exc
+        session.needs_reset()
+        raise
+    if reset:
+        session.was_reset()
+    return result.refused, result.reply
+
+
+def _commands(
+    email: ComposedEmail, *, size: bool
+) -> tuple[tuple[bytes, ...], list[tuple[str, tuple[bytes, ...]]]]:
+    """The MAIL command's words and each recipient's RCPT words (no control characters)."""
+    encoding = "utf-8" if email.utf8 else "ascii"
+    options = [f"SIZE={len(email.data)}".encode()] if size else []
+    if email.utf8:
+        options.append(b"SMTPUTF8")
+    mail = (b"MAIL", check_argument(_path(b"FROM:", email.envelope.mail_from, encoding)), *options)
+    recipients: list[tuple[str, tuple[bytes, ...]]] = [
+        (address, (b"RCPT", check_argument(_path(b"TO:", address, encoding))))
+        for address in email.envelope.recipients
+    ]
+    return mail, recipients
+
+
+async def _transaction(
+    session: Session, client: aiosmtplib.SMTP, email: ComposedEmail
+) -> tuple[Refused, aiosmtplib.SMTPResponse]:
+    """MAIL, RCPT..., DATA one at a time (aiosmtplib; the intent is already acknowledged)."""
+    refused = await _envelope(session, client, email)
+    try:
+        reply = await client.data(email.data)
     except aiosmtplib.SMTPResponseException:
         session.needs_reset()
         raise
@@ -204,21 +266,15 @@ async def _transaction(
     return refused, reply
 
 
-async def _envelope(session: Session, email: ComposedEmail) -> dict[str, aiosmtplib.SMTPResponse]:
+async def _envelope(session: Session, client: aiosmtplib.SMTP, email: ComposedEmail) -> Refused:
     """MAIL FROM and RCPT TO; returns the refused recipients (raises when all are refused)."""
-    client = session.client
     envelope = email.envelope
-    encoding = "utf-8" if email.utf8 else "ascii"
-    options = ["SMTPUTF8"] if email.utf8 else []
-    if client.supports_extension("size"):
-        options.insert(0, f"SIZE={len(email.data)}")
+    mail, recipients = _commands(email, size=client.supports_extension("size"))
     try:
-        await session.reset_if_needed()
-        reply = await client.execute_command(
-            b"MAIL",
-            _path(b"FROM:", envelope.mail_from, encoding),
-            *[o.encode("ascii") for o in options],
-        )
+        if session.dirty:
+            await client.rset()
+            session.was_reset()
+        reply = await client.execute_command(*mail)
         if reply.code != 250:  # noqa: PLR2004 - SMTP "completed"
             raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.mail_from)
     except (OSError, TimeoutError) as exc:
@@ -230,9 +286,9 @@ async def _envelope(session: Session, email: ComposedEmail) -> dict[str, aiosmtp
             raise _StaleSession(exc) from exc
         session.needs_reset()
         raise
-    refused: dict[str, aiosmtplib.SMTPResponse] = {}
-    for address in envelope.recipients:
-        reply = await client.execute_command(b"RCPT", _path(b"TO:", address, encoding))
+    refused: Refused = {}
+    for address, command in recipients:
+        reply = await client.execute_command(*command)
         if reply.code not in {250, 251}:  # completed, will forward
             refused[address] = reply
     if len(refused) == len(envelope.recipients):
@@ -251,8 +307,8 @@ def _path(prefix: bytes, address: str, encoding: str) -> bytes:
 
     Written here rather than by aiosmtplib's ``mail()``/``rcpt()``, which re-parse every
     address with the stdlib's ``parseaddr`` (a tenth of the sender's CPU per message): the
-    composer has validated these addresses already, and ``execute_command`` still refuses any
-    control character (ValueError, mapped to MessageRejected) — no CR/LF reaches the wire.
+    composer has validated these addresses already, and :func:`check_argument` still refuses
+    any control character (ValueError, mapped to MessageRejected) — no CR/LF reaches the wire.
     """
     if "<" in address or ">" in address:
         raise ValueError(f"address {address!r} cannot be sent as an SMTP path")
@@ -335,7 +391,11 @@ def _password(server: SmtpOutbound, secrets: SecretBox | None) -> str | None:
         ) from exc
 
 
-async def close_session(client: aiosmtplib.SMTP) -> None:
+SmtpClient = aiosmtplib.SMTP | PipelinedConnection
+"""A pooled session: aiosmtplib's (one command at a time) or taken over for pipelining."""
+
+
+async def close_session(client: SmtpClient) -> None:
     """Say goodbye; a failure here never turns an accepted message into a failed send."""
     try:
         if client.is_connected:
