@@ -12,6 +12,8 @@ email.raw first; then
 
 Both run as child processes with the same batch size and compression. Bounded: N records and
 a time limit per measurement. Set KAFKA_BOOTSTRAP_SERVERS to use an existing broker.
+``BENCH_ROUTER_PROFILE=path`` runs the router under cProfile (CPU time): one file per mail
+size, ``path.<size>`` (read with ``python -m pstats``).
 """
 
 from __future__ import annotations
@@ -150,6 +152,30 @@ async def rate_on(
     return counted / (last - first), counted / max(cpu_last - cpu_first, 1e-9)
 
 
+_PROFILED = """
+import cProfile, runpy, time
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    runpy.run_module("router", run_name="__main__")
+finally:
+    profile.disable()
+    profile.dump_stats({path!r})
+"""
+
+
+def router_command(size: int) -> list[str]:
+    """``python -m router``, under cProfile when ``BENCH_ROUTER_PROFILE`` names a file.
+
+    CPU time, not wall time: on a loaded machine wall time shows the scheduler. The child is
+    stopped with SIGTERM, which the router turns into a clean stop, so the profile is written.
+    """
+    profile = os.environ.get("BENCH_ROUTER_PROFILE")
+    if not profile:
+        return [sys.executable, "-m", "router"]
+    return [sys.executable, "-c", _PROFILED.format(path=f"{profile}.{size}")]
+
+
 def child_env(settings: KafkaSettings, blobs: Path) -> dict[str, str]:
     return {
         **os.environ,
@@ -176,7 +202,7 @@ async def measure(
         )
         await ensure_topics(settings)
         mime_size = await feed(settings, size, count)
-        command = [sys.executable, "-m", "router"]
+        command = router_command(size)
         topic = settings.topics.routed
         if mode == "pass-through":
             command = [sys.executable, __file__, "--pass-through"]

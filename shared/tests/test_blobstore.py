@@ -419,6 +419,16 @@ async def test_local_batch_durability_syncs_all_puts_at_once(tmp_path: Path):
     assert each._unsynced == set()
 
 
+async def test_local_put_recreates_a_blob_directory_removed_meanwhile(tmp_path: Path):
+    """The store remembers the directories it made; one removed behind its back (a clean-up)
+    is made again by the next put there, which stores the blob."""
+    store = LocalBlobStore(tmp_path)
+    ref = await store.put(MIME)
+    shutil.rmtree(tmp_path / "sha256")
+    assert await store.put(MIME) == ref
+    assert await store.get(ref) == MIME
+
+
 async def test_local_batch_sync_failure_is_transient_and_keeps_the_blobs_pending(tmp_path: Path):
     """A sync that cannot run raises BlobStoreUnavailable and leaves the puts for the next."""
     store = LocalBlobStore(tmp_path / "root", durability="batch")
