@@ -271,12 +271,16 @@ class LocalBlobStore:
         else:
             self._unsynced.update((target, target.parent))
 
-    async def put_many(self, blobs: Sequence[tuple[BlobRef, bytes]]) -> None:
+    async def put_many(
+        self, blobs: Sequence[tuple[BlobRef, bytes]], *, verify: bool = True
+    ) -> None:
         """Store several blobs whose references the caller already holds
         (:meth:`BlobRef.of`), in one worker-thread call instead of one per blob. Each is
-        checked against its reference there first (hashing releases the GIL)."""
+        checked against its reference there first (hashing releases the GIL), unless
+        ``verify=False``: for a caller that made each reference from the same bytes object
+        itself (bytes are immutable, so a second hash can only agree)."""
         if blobs:
-            await asyncio.to_thread(self._put_many_sync, blobs)
+            await asyncio.to_thread(self._put_many_sync, blobs, verify)
 
     async def get(self, ref: BlobRef) -> bytes:
         data = await asyncio.to_thread(self._read_sync, ref)
@@ -350,9 +354,9 @@ class LocalBlobStore:
                 f"cannot write blob {ref.uri} under {self.root}: {exc}"
             ) from exc
 
-    def _put_many_sync(self, blobs: Sequence[tuple[BlobRef, bytes]]) -> None:
+    def _put_many_sync(self, blobs: Sequence[tuple[BlobRef, bytes]], verify: bool) -> None:  # noqa: FBT001 - private
         for ref, data in blobs:
-            self._put_sync(ref, verified(ref, data))
+            self._put_sync(ref, verified(ref, data) if verify else data)
 
     def _read_sync(self, ref: BlobRef) -> bytes:
         try:
