@@ -1,19 +1,25 @@
 """Router throughput with exactly-once on, against a bare aiokafka pass-through (same run).
 
-For 25 KB and 2 KB mail: N RawEmail records (inline MIME, one channel per partition) are put on
-email.raw first; then
+For 25 KB and 2 KB mail: N RawEmail records (inline MIME, six channels as keys) are put
+on email.raw first (gzip, as the fetcher's producer writes them); then
 
-- **router**: ``python -m router`` (transactions per batch, marks, blob store on local disk)
-  routes them; the rate is taken between the first and the last routed record a
+- **router**: ``python -m router`` (transactions per batch, marks, a fresh blob store on local
+  disk) routes them; the rate is taken between the first and the last routed record a
   read_committed reader sees;
+- **router x2**: two ``python -m router`` processes in one consumer group (each its own
+  instance id; the 3 partitions split 2:1), as replicas scale in production; 2N records,
+  counted once the group is stable (the second member's join costs a rebalance first);
 - **pass-through**: this script in ``--pass-through`` mode, a bare aiokafka consumer ->
   transactional producer copying the same records to another topic, one transaction per
   batch with ``send_offsets_to_transaction`` (the ceiling of consume -> produce here).
 
-Both run as child processes with the same batch size and compression. Bounded: N records and
-a time limit per measurement. Set KAFKA_BOOTSTRAP_SERVERS to use an existing broker.
-``BENCH_ROUTER_PROFILE=path`` runs the router under cProfile (CPU time): one file per mail
-size, ``path.<size>`` (read with ``python -m pstats``).
+All run as child processes with the same batch size and compression (the router's default,
+or ``ROUTER_COMPRESSION``). Bounded: N records and a time limit per measurement. Set
+KAFKA_BOOTSTRAP_SERVERS to use an existing broker. ``BENCH_SCALE=0.5`` halves N,
+``BENCH_ROUTER_SIZES=2000`` runs one size. ``BENCH_ROUTER_PROFILE=path`` runs the single
+router under cProfile (CPU time; one file per mail size, ``path.<size>``, read with
+``python -m pstats``); cProfile charges a call that releases the GIL (hashing, compression)
+with the CPU other threads use meanwhile (the blob writer), so check with py-spy.
 """
 
 from __future__ import annotations
