@@ -1,17 +1,25 @@
 """Router throughput with exactly-once on, against a bare aiokafka pass-through (same run).
 
-For 25 KB and 2 KB mail: N RawEmail records (inline MIME, one channel per partition) are put on
-email.raw first; then
+For 25 KB and 2 KB mail: N RawEmail records (inline MIME, six channels as keys) are put
+on email.raw first (gzip, as the fetcher's producer writes them); then
 
-- **router**: ``python -m router`` (transactions per batch, marks, blob store on local disk)
-  routes them; the rate is taken between the first and the last routed record a
+- **router**: ``python -m router`` (transactions per batch, marks, a fresh blob store on local
+  disk) routes them; the rate is taken between the first and the last routed record a
   read_committed reader sees;
+- **router x2**: two ``python -m router`` processes in one consumer group (each its own
+  instance id; the 3 partitions split 2:1), as replicas scale in production; 2N records,
+  counted once the group is stable (the second member's join costs a rebalance first);
 - **pass-through**: this script in ``--pass-through`` mode, a bare aiokafka consumer ->
   transactional producer copying the same records to another topic, one transaction per
   batch with ``send_offsets_to_transaction`` (the ceiling of consume -> produce here).
 
-Both run as child processes with the same batch size and compression. Bounded: N records and
-a time limit per measurement. Set KAFKA_BOOTSTRAP_SERVERS to use an existing broker.
+All run as child processes with the same batch size and compression (the router's default,
+or ``ROUTER_COMPRESSION``). Bounded: N records and a time limit per measurement. Set
+KAFKA_BOOTSTRAP_SERVERS to use an existing broker. ``BENCH_SCALE=0.5`` halves N,
+``BENCH_ROUTER_SIZES=2000`` runs one size. ``BENCH_ROUTER_PROFILE=path`` runs the single
+router under cProfile (CPU time; one file per mail size, ``path.<size>``, read with
+``python -m pstats``); cProfile charges a call that releases the GIL (hashing, compression)
+with the CPU other threads use meanwhile (the blob writer), so check with py-spy.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from devstack.kafka import running_kafka
 from email_channels.admin import ensure_topics
@@ -38,6 +47,7 @@ from email_channels.events import ChannelConfig, RawEmail, SourceIdentity
 from email_channels.producer import EventProducer
 from email_channels.settings import KafkaSettings
 from router.app import MAX_BATCH_BYTES
+from router.settings import RouterSettings
 
 PARTITIONS = 3
 BATCH = 500
@@ -45,8 +55,14 @@ TIME_LIMIT_S = 180.0
 FEED_CHUNK = 1000
 LARGE = 25_000
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))  # e.g. 0.1 for a quick smoke run
-SIZES = ((25_000, int(4_000 * SCALE)), (2_000, int(10_000 * SCALE)))  # (mail bytes, records)
-COMPRESSION = os.environ.get("ROUTER_COMPRESSION", "gzip")
+SIZES = tuple(  # (mail bytes, records); BENCH_ROUTER_SIZES=2000 runs one size
+    (size, int(records * SCALE))
+    for size, records in ((25_000, 4_000), (2_000, 10_000))
+    if str(size) in os.environ.get("BENCH_ROUTER_SIZES", "25000,2000").split(",")
+)
+COMPRESSION = os.environ.get(  # both sides alike; the router's default unless set
+    "ROUTER_COMPRESSION", RouterSettings.model_fields["compression"].default
+)
 PARAGRAPH = (
     "Hello, I ordered a blue kettle three weeks ago and it has not arrived yet. Could you "
     "please tell me where it is? The order number is in the subject. Kind regards.\n"
@@ -66,37 +82,70 @@ def corpus_mail(n: int, size: int) -> bytes:
     return message.as_bytes()
 
 
-async def feed(settings: KafkaSettings, size: int, count: int) -> int:
-    """Channels and ``count`` RawEmail records of about ``size`` bytes; returns the mail size."""
-    topics = settings.topics
-    channels = [f"ch-{n}" for n in range(PARTITIONS * 2)]
-    mime_size = 0
-    async with EventProducer(settings, client_id="bench-feed") as producer:
-        for channel_id in channels:
+def corpus(size: int, count: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """(mail size, ``count`` RawEmail records (key, value) of about ``size`` bytes), built
+    before any child starts so that building them does not load the machine meanwhile."""
+    records, mime_size = [], 0
+    for n in range(count):
+        mime = corpus_mail(n, size)
+        mime_size = len(mime)
+        raw = RawEmail(
+            email_id=f"e-{n}",
+            channel_id=CHANNELS[n % len(CHANNELS)],
+            source=SourceIdentity(protocol="imap", folder="INBOX", uidvalidity=1, uid=n + 1),
+            size=len(mime),
+            sha256=hashlib.sha256(mime).hexdigest(),
+            raw_mime=mime,
+        )
+        records.append((raw.channel_id.encode(), raw.model_dump_json().encode()))
+    return mime_size, records
+
+
+CHANNELS = [f"ch-{n}" for n in range(PARTITIONS * 2)]
+
+
+async def configure(settings: KafkaSettings) -> None:
+    """The channels the corpus names."""
+    async with EventProducer(settings, client_id="bench-config") as producer:
+        for channel_id in CHANNELS:
             channel = ChannelConfig(id=channel_id, name=channel_id, default_campaign_id="c")
-            await producer.publish(topics.channels, channel_id, channel)
+            await producer.publish(settings.topics.channels, channel_id, channel)
+
+
+async def feed(settings: KafkaSettings, records: list[tuple[bytes, bytes]]) -> None:
+    """Put the records on email.raw."""
+    async with EventProducer(settings, client_id="bench-feed") as producer:
         pending = []
-        for n in range(count):
-            mime = corpus_mail(n, size)
-            mime_size = len(mime)
-            raw = RawEmail(
-                email_id=f"e-{n}",
-                channel_id=channels[n % len(channels)],
-                source=SourceIdentity(protocol="imap", folder="INBOX", uidvalidity=1, uid=n + 1),
-                size=len(mime),
-                sha256=hashlib.sha256(mime).hexdigest(),
-                raw_mime=mime,
-            )
-            pending.append(
-                await producer.raw.send(
-                    topics.raw, key=raw.channel_id.encode(), value=raw.model_dump_json().encode()
-                )
-            )
+        for key, value in records:
+            pending.append(await producer.raw.send(settings.topics.raw, key=key, value=value))
             if len(pending) >= FEED_CHUNK:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
-    return mime_size
+
+
+async def group_ready(settings: KafkaSettings, group: str, members: int) -> None:
+    """Wait until every child joined ``group`` (Stable, ``members`` members): the records come
+    only then, so a second router joining late does not rebalance the group mid-run."""
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    await admin.start()
+    try:
+        deadline = time.monotonic() + TIME_LIMIT_S
+        while time.monotonic() < deadline:
+            try:
+                responses = await admin.describe_consumer_groups([group])
+            except KafkaError as exc:  # e.g. the coordinator is only just being elected
+                if not exc.retriable:
+                    raise
+                responses = []
+            for response in responses:
+                # each group a tuple: its state at [2], its members at [5] (DescribeGroups)
+                if any(g[2] == "Stable" and len(g[5]) == members for g in response.groups):
+                    return
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    raise RuntimeError(f"group {group} did not reach {members} members in {TIME_LIMIT_S}s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -106,13 +155,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def rate_on(
-    settings: KafkaSettings, topic: str, count: int, child: subprocess.Popen[bytes]
+    settings: KafkaSettings,
+    topic: str,
+    count: int,
+    children: list[subprocess.Popen[bytes]],
+    ready: asyncio.Task[None],
 ) -> tuple[float, float]:
-    """Records/s on ``topic`` from the first committed transaction seen to the last record,
-    and records per CPU-second of the child over the same span (less noisy on a busy machine).
+    """Records/s on ``topic`` from the first committed transaction seen once the children's
+    group is ``ready`` to the last record, and records per CPU-second of the children
+    (together) over the same span (less noisy on a busy machine).
 
-    Committed records become visible a transaction at a time: the first burst marks the start
-    and is not counted, so start-up (config, group join) is not in the figure.
+    Committed records become visible a transaction at a time: what is seen until the group is
+    ready and the first burst after it are not counted, so start-up (config, group join, and
+    with two routers the rebalance when the second joins) is not in the figure.
     """
     consumer = AIOKafkaConsumer(
         topic,
@@ -124,33 +179,62 @@ async def rate_on(
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
     await consumer.start()
-    seen, first_burst, first, last = 0, 0, 0.0, 0.0
+    seen, not_counted, first, last = 0, 0, 0.0, 0.0
     cpu_first = cpu_last = 0.0
+    counting = False
     deadline = time.monotonic() + TIME_LIMIT_S
     try:
         while seen < count and time.monotonic() < deadline:
-            if child.poll() is not None:
-                raise RuntimeError(f"child exited with {child.returncode}")
+            for child in children:
+                if child.poll() is not None:
+                    raise RuntimeError(f"child exited with {child.returncode}")
             got = sum(len(r) for r in (await consumer.getmany(timeout_ms=50)).values())
             if not got:
                 continue
-            if not seen:
-                first, first_burst = time.monotonic(), got
-                cpu_first = cpu_seconds(child.pid)
             seen += got
+            if not counting:
+                if ready.done():
+                    ready.result()  # its failure, if any
+                    counting, not_counted, first = True, seen, time.monotonic()
+                    cpu_first = sum(cpu_seconds(child.pid) for child in children)
+                continue
             last = time.monotonic()
-            cpu_last = cpu_seconds(child.pid)
+            cpu_last = sum(cpu_seconds(child.pid) for child in children)
     finally:
         await consumer.stop()
     if seen < count:
         raise RuntimeError(f"only {seen} of {count} records within {TIME_LIMIT_S}s")
     if last <= first:
-        raise RuntimeError(f"all {count} records came in one burst: use more records")
-    counted = seen - first_burst
+        raise RuntimeError(f"all {count} records came before the group was ready: use more")
+    counted = seen - not_counted
     return counted / (last - first), counted / max(cpu_last - cpu_first, 1e-9)
 
 
-def child_env(settings: KafkaSettings, blobs: Path) -> dict[str, str]:
+_PROFILED = """
+import cProfile, runpy, time
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    runpy.run_module("router", run_name="__main__")
+finally:
+    profile.disable()
+    profile.dump_stats({path!r})
+"""
+
+
+def router_command(size: int, *, profiled: bool = True) -> list[str]:
+    """``python -m router``, under cProfile when ``BENCH_ROUTER_PROFILE`` names a file.
+
+    CPU time, not wall time: on a loaded machine wall time shows the scheduler. The child is
+    stopped with SIGTERM, which the router turns into a clean stop, so the profile is written.
+    """
+    profile = os.environ.get("BENCH_ROUTER_PROFILE")
+    if not profile or not profiled:
+        return [sys.executable, "-m", "router"]
+    return [sys.executable, "-c", _PROFILED.format(path=f"{profile}.{size}")]
+
+
+def child_env(settings: KafkaSettings, blobs: Path, instance: str = "bench") -> dict[str, str]:
     return {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -159,48 +243,73 @@ def child_env(settings: KafkaSettings, blobs: Path) -> dict[str, str]:
         "EMAIL_CHANNELS_BLOB_STORE_URL": os.environ.get("BENCH_BLOB_STORE_URL", f"file://{blobs}"),
         "EMAIL_CHANNELS_LOG_LEVEL": "warning",
         "ROUTER_BATCH_MAX_RECORDS": str(BATCH),
-        "ROUTER_INSTANCE_ID": "bench",
+        "ROUTER_INSTANCE_ID": instance,
         "ROUTER_COMPRESSION": COMPRESSION,
     }
 
 
+MODES = ("router", "router x2", "pass-through")
+"""One router process; two (one consumer group, the partitions split 2:1, as replicas in
+production); the pass-through peer."""
+
+
 async def measure(
     bootstrap: str, size: int, count: int, workdir: Path
-) -> tuple[int, tuple[float, float], tuple[float, float]]:
-    rates: list[tuple[float, float]] = []
-    for mode in ("router", "pass-through"):
+) -> tuple[int, dict[str, tuple[float, float]]]:
+    """(mail size, {mode: (msg/s, msg per CPU-second)}) for each of :data:`MODES`."""
+    rates: dict[str, tuple[float, float]] = {}
+    mime_size = 0
+    for mode in MODES:
         settings = KafkaSettings(
             bootstrap_servers=bootstrap,
             topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.",
             partitions=PARTITIONS,
         )
         await ensure_topics(settings)
-        mime_size = await feed(settings, size, count)
-        command = [sys.executable, "-m", "router"]
+        # two routers: twice the records, as the second one's join costs a rebalance first
+        mime_size, records = corpus(size, count * (2 if mode == "router x2" else 1))
+        await configure(settings)
+        await feed(settings, records)
+        blobs = workdir / "blobs"
+        group = RouterSettings(kafka=settings).app_id
         topic = settings.topics.routed
         if mode == "pass-through":
-            command = [sys.executable, __file__, "--pass-through"]
+            commands = [([sys.executable, __file__, "--pass-through"], child_env(settings, blobs))]
             topic = f"{settings.topic_prefix}bench.pass-through"
+            group = f"{settings.topic_prefix}bench-pass-through"
             admin = AIOKafkaAdminClient(**settings.client_kwargs())
             await admin.start()
             try:
                 await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
             finally:
                 await admin.close()
-        log = (workdir / f"{mode}-{size}.log").open("wb")
-        child = subprocess.Popen(
-            command, env=child_env(settings, workdir / "blobs"), stdout=log, stderr=log
-        )
+        elif mode == "router":
+            commands = [(router_command(size), child_env(settings, blobs))]
+        else:
+            commands = [
+                (router_command(size, profiled=False), child_env(settings, blobs, f"bench-{n}"))
+                for n in (1, 2)
+            ]
+        logs = [(workdir / f"{mode}-{size}-{n}.log").open("wb") for n in range(len(commands))]
+        children = [
+            subprocess.Popen(command, env=env, stdout=log, stderr=log)
+            for (command, env), log in zip(commands, logs, strict=True)
+        ]
+        ready = asyncio.create_task(group_ready(settings, group, len(children)))
         try:
-            rates.append(await rate_on(settings, topic, count, child))
+            rates[mode] = await rate_on(settings, topic, len(records), children, ready)
         finally:
-            child.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=30)
-            if child.poll() is None:
-                child.kill()
-            log.close()
-    return mime_size, rates[0], rates[1]
+            ready.cancel()
+            for child in children:
+                child.terminate()
+            for child in children:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=30)
+                if child.poll() is None:
+                    child.kill()
+            for log in logs:
+                log.close()
+    return mime_size, rates
 
 
 async def pass_through() -> None:
@@ -208,7 +317,7 @@ async def pass_through() -> None:
     settings = KafkaSettings()
     topics = settings.topics
     out = f"{settings.topic_prefix}bench.pass-through"
-    group = f"{settings.topic_prefix}bench-pass-through"
+    group = f"{settings.topic_prefix}bench-pass-through"  # as group_ready() expects
     consumer = AIOKafkaConsumer(
         topics.raw,
         **settings.client_kwargs(),
@@ -252,26 +361,32 @@ async def pass_through() -> None:
 
 
 async def main() -> None:
-    rows: list[tuple[int, int, int, tuple[float, float], tuple[float, float]]] = []
+    rows: list[tuple[int, int, int, dict[str, tuple[float, float]]]] = []
     with running_kafka() as kafka, tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
         for size, count in SIZES:
-            mime_size, router, peer = await measure(kafka.bootstrap_servers, size, count, Path(tmp))
-            rows.append((size, count, mime_size, router, peer))
+            mime_size, rates = await measure(kafka.bootstrap_servers, size, count, Path(tmp))
+            rows.append((size, count, mime_size, rates))
     print(
         f"\nrouter vs bare aiokafka pass-through, exactly-once (one transaction per batch "
         f"of {BATCH}), compression {COMPRESSION}, {PARTITIONS} partitions, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; 'x2': two router processes in one group (CPU of both)"
     )
     print(
-        f"{'mail':>8} {'records':>8} {'router msg/s':>13} {'pass-through msg/s':>19} "
-        f"{'ratio':>6} {'router msg/CPU-s':>17} {'pass msg/CPU-s':>15} {'target':>15}"
+        f"{'mail':>8} {'records':>8} {'routers':>8} {'router msg/s':>13} "
+        f"{'pass-through msg/s':>19} {'ratio':>6} {'router msg/CPU-s':>17} "
+        f"{'pass msg/CPU-s':>15} {'target':>15}"
     )
-    for size, count, mime_size, (ours, ours_cpu), (bare, bare_cpu) in rows:
+    for size, count, mime_size, rates in rows:
         target = 2_000 if size >= LARGE else 5_000
-        print(
-            f"{mime_size:>7}B {count:>8} {ours:>13.0f} {bare:>19.0f} {ours / bare:>6.2f} "
-            f"{ours_cpu:>17.0f} {bare_cpu:>15.0f} {f'>={target}, >=0.5x':>15}"
-        )
+        bare, bare_cpu = rates["pass-through"]
+        for mode, processes in (("router", 1), ("router x2", 2)):
+            ours, ours_cpu = rates[mode]
+            records = count * processes
+            print(
+                f"{mime_size:>7}B {records:>8} {processes:>8} {ours:>13.0f} {bare:>19.0f} "
+                f"{ours / bare:>6.2f} {ours_cpu:>17.0f} {bare_cpu:>15.0f} "
+                f"{f'>={target}, >=0.5x':>15}"
+            )
 
 
 if __name__ == "__main__":

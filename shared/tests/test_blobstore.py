@@ -411,12 +411,22 @@ async def test_local_batch_durability_syncs_all_puts_at_once(tmp_path: Path):
     store = LocalBlobStore(tmp_path, durability="batch")
     first, second = await store.put(MIME), await store.put(b"second blob")
     assert await store.get(first) == MIME
-    assert store.path_for(second) in store._unsynced
+    assert str(store.path_for(second)) in store._unsynced
     await store.sync()
     assert store._unsynced == set()
     each = LocalBlobStore(tmp_path / "each")
     await each.put(MIME)
     assert each._unsynced == set()
+
+
+async def test_local_put_recreates_a_blob_directory_removed_meanwhile(tmp_path: Path):
+    """The store remembers the directories it made; one removed behind its back (a clean-up)
+    is made again by the next put there, which stores the blob."""
+    store = LocalBlobStore(tmp_path)
+    ref = await store.put(MIME)
+    shutil.rmtree(tmp_path / "sha256")
+    assert await store.put(MIME) == ref
+    assert await store.get(ref) == MIME
 
 
 async def test_local_batch_sync_failure_is_transient_and_keeps_the_blobs_pending(tmp_path: Path):
@@ -426,7 +436,7 @@ async def test_local_batch_sync_failure_is_transient_and_keeps_the_blobs_pending
     shutil.rmtree(tmp_path / "root")
     with pytest.raises(BlobStoreUnavailable):
         await store.sync()
-    assert store.path_for(ref) in store._unsynced
+    assert str(store.path_for(ref)) in store._unsynced
 
 
 # --- streaming puts --------------------------------------------------------------------------

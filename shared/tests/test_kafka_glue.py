@@ -7,10 +7,11 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from email_channels.admin import TopicMismatch, ensure_topics
-from email_channels.codec import decode, header
+from email_channels.codec import decode, encode, header
 from email_channels.compacted import CompactedView
 from email_channels.consume import DeadLetters, RetryPolicy, consume, make_consumer
 from email_channels.errors import PermanentError, TransientError
@@ -236,6 +237,28 @@ async def test_a_view_passes_over_records_its_skip_predicate_names(
         await view.catch_up()
         assert seen == ["c2"]
         assert view.poison_count == 0  # the undecodable record was never decoded
+    finally:
+        await view.stop()
+
+
+async def test_a_view_reads_zstd_records(kafka_settings: KafkaSettings) -> None:
+    """Records compressed with zstd (the router's default) are read by every reader built on
+    email_channels: the package brings aiokafka's zstd codec (cramjam) with it."""
+    topic = kafka_settings.topics.campaigns
+    producer = AIOKafkaProducer(**kafka_settings.client_kwargs(), compression_type="zstd")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, key=b"z1", value=encode(Campaign(id="z1", name="Zstd")), headers=[]
+        )
+    finally:
+        await producer.stop()
+    view = CompactedView(kafka_settings, topic, Campaign, client_id="zstd-test")
+    await view.start()
+    try:
+        campaign = view.get("z1")
+        assert campaign is not None
+        assert campaign.name == "Zstd"
     finally:
         await view.stop()
 

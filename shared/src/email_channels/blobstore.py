@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 from contextlib import AsyncExitStack
@@ -53,6 +54,9 @@ SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
 BLOB_URI_PREFIX = "blob://sha256/"
 
 AddressingStyle = Literal["auto", "path", "virtual"]
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class BlobNotFound(PermanentError):
@@ -219,7 +223,12 @@ class LocalBlobStore:
     def __init__(self, root: Path, *, durability: Literal["each", "batch"] = "each") -> None:
         self.root = Path(root)
         self.durability = durability
-        self._unsynced: set[Path] = set()
+        self._blob_root = str(self.root / "sha256")
+        self._directories: set[str] = set()
+        """Blob directories created or found by this store (no ``mkdir`` per put)."""
+        self._unsynced: set[str] = set()
+        """Files and directories written since the last :meth:`sync` (``durability="batch"``),
+        as strings: hashing a Path per blob showed in profiles."""
 
     def __repr__(self) -> str:
         return f"LocalBlobStore(root={str(self.root)!r})"
@@ -262,14 +271,18 @@ class LocalBlobStore:
         if self.durability == "each":
             _fsync_directory(target.parent)
         else:
-            self._unsynced.update((target, target.parent))
+            self._unsynced.update((str(target), str(target.parent)))
 
-    async def put_many(self, blobs: Sequence[tuple[BlobRef, bytes]]) -> None:
+    async def put_many(
+        self, blobs: Sequence[tuple[BlobRef, bytes]], *, verify: bool = True
+    ) -> None:
         """Store several blobs whose references the caller already holds
         (:meth:`BlobRef.of`), in one worker-thread call instead of one per blob. Each is
-        checked against its reference there first (hashing releases the GIL)."""
+        checked against its reference there first (hashing releases the GIL), unless
+        ``verify=False``: for a caller that made each reference from the same bytes object
+        itself (bytes are immutable, so a second hash can only agree)."""
         if blobs:
-            await asyncio.to_thread(self._put_many_sync, blobs)
+            await asyncio.to_thread(self._put_many_sync, blobs, verify)
 
     async def get(self, ref: BlobRef) -> bytes:
         data = await asyncio.to_thread(self._read_sync, ref)
@@ -293,38 +306,59 @@ class LocalBlobStore:
             raise BlobStoreUnavailable(f"cannot sync blobs under {self.root}: {exc}") from exc
 
     def _put_sync(self, ref: BlobRef, data: bytes) -> None:
-        target = self.path_for(ref)
+        """Write one blob: a new temporary file in its directory, renamed to its address.
+
+        Plain ``os`` calls and a set of the directories known to exist: the router puts one
+        blob per mail, and pathlib, ``mkstemp`` and a ``mkdir`` per put cost more than the
+        write (measured: 56 -> ~20 us of Python per blob). A directory removed meanwhile is
+        created again.
+        """
+        digest = ref.sha256
+        directory = os.path.join(self._blob_root, digest[:2], digest[2:4])  # noqa: PTH118 - see docstring
+        target = os.path.join(directory, digest)  # noqa: PTH118
         each = self.durability == "each"
         try:
-            if target.is_file() and target.stat().st_size == ref.size:
-                return
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(
-                dir=target.parent, prefix=f".{ref.sha256}.", suffix=".tmp"
-            )
+            with contextlib.suppress(FileNotFoundError):
+                found = os.stat(target)  # noqa: PTH116 - see docstring
+                if stat.S_ISREG(found.st_mode) and found.st_size == ref.size:
+                    return
+            if directory not in self._directories:
+                os.makedirs(directory, exist_ok=True)  # noqa: PTH103
+                self._directories.add(directory)
+            temporary = os.path.join(directory, f".{digest}.{os.urandom(8).hex()}.tmp")  # noqa: PTH118
             try:
-                with os.fdopen(fd, "wb") as tmp:
-                    tmp.write(data)
-                    tmp.flush()
+                fd = os.open(temporary, _NEW_FILE, 0o600)
+            except FileNotFoundError:  # the directory was removed since
+                self._directories.discard(directory)
+                os.makedirs(directory, exist_ok=True)  # noqa: PTH103
+                self._directories.add(directory)
+                fd = os.open(temporary, _NEW_FILE, 0o600)
+            try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
                     if each:
-                        os.fsync(tmp.fileno())
-                Path(tmp_name).replace(target)
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(temporary, target)  # noqa: PTH105
             except BaseException:
                 with contextlib.suppress(OSError):
-                    Path(tmp_name).unlink()
+                    os.unlink(temporary)  # noqa: PTH108
                 raise
             if each:
-                _fsync_directory(target.parent)
+                _fsync_directory(Path(directory))
             else:
-                self._unsynced.update((target, target.parent))
+                self._unsynced.update((target, directory))
         except OSError as exc:
             raise BlobStoreUnavailable(
                 f"cannot write blob {ref.uri} under {self.root}: {exc}"
             ) from exc
 
-    def _put_many_sync(self, blobs: Sequence[tuple[BlobRef, bytes]]) -> None:
+    def _put_many_sync(self, blobs: Sequence[tuple[BlobRef, bytes]], verify: bool) -> None:  # noqa: FBT001 - private
         for ref, data in blobs:
-            self._put_sync(ref, verified(ref, data))
+            self._put_sync(ref, verified(ref, data) if verify else data)
 
     def _read_sync(self, ref: BlobRef) -> bytes:
         try:
@@ -345,7 +379,7 @@ class LocalBlobStore:
             ) from exc
 
 
-def _sync_filesystem(root: Path, paths: set[Path]) -> None:
+def _sync_filesystem(root: Path, paths: set[str]) -> None:
     """One ``syncfs`` of ``root``'s filesystem (Linux); else fsync each of ``paths``."""
     libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
     syncfs = getattr(libc, "syncfs", None)
@@ -358,7 +392,7 @@ def _sync_filesystem(root: Path, paths: set[Path]) -> None:
         finally:
             os.close(fd)
         return
-    for path in sorted(paths):
+    for path in map(Path, sorted(paths)):
         if path.is_dir():
             _fsync_directory(path)
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from router.parsing import ParsedEmail
 
 log = structlog.get_logger(__name__)
+_STDLIB_LOG = logging.getLogger(__name__)
+"""The stdlib logger behind ``log`` (its level is what ``filter_by_level`` checks)."""
 
 M_co = TypeVar("M_co", covariant=True)
 
@@ -361,40 +364,49 @@ class RawRecordHandler:
 
     async def __call__(self, record: Record) -> None:
         prepared = await self._prepared(record)
-        raw, parsed = prepared.raw, prepared.parsed
-        with structlog.contextvars.bound_contextvars(
+        raw = prepared.raw
+        # bind/reset rather than bound_contextvars(): no context manager per record (~3 us)
+        bound = structlog.contextvars.bind_contextvars(
             channel_id=raw.channel_id, email_id=raw.email_id
-        ):
-            if self._marks.seen(raw.email_id):
-                EMAILS.labels("duplicate_email_id").inc()
-                log.info("duplicate dropped: email id already routed")
-                return
-            thread = self._marks.thread_of(raw.channel_id, parsed.in_reply_to, parsed.references)
-            decided = self._router.decide_record(prepared, thread)
-            routed = decided.email
-            content = content_sha256(routed)
-            earlier = self._marks.duplicate_of(
-                raw.channel_id, routed.message_id, content, now=datetime.now(UTC)
+        )
+        try:
+            await self._handle(prepared)
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
+
+    async def _handle(self, prepared: Prepared) -> None:
+        raw, parsed = prepared.raw, prepared.parsed
+        if self._marks.seen(raw.email_id):
+            EMAILS.labels("duplicate_email_id").inc()
+            log.info("duplicate dropped: email id already routed")
+            return
+        thread = self._marks.thread_of(raw.channel_id, parsed.in_reply_to, parsed.references)
+        decided = self._router.decide_record(prepared, thread)
+        routed = decided.email
+        content = content_sha256(routed)
+        earlier = self._marks.duplicate_of(
+            raw.channel_id, routed.message_id, content, now=datetime.now(UTC)
+        )
+        if earlier is not None:
+            seen = earlier.model_copy(update={"email_id": raw.email_id})
+            await self._publish_mark(email_key(raw.email_id), seen)
+            EMAILS.labels("duplicate_message").inc()
+            log.info(
+                "duplicate dropped: same Message-ID and content already routed",
+                message_id=routed.message_id,
+                earlier_email_id=earlier.email_id,
             )
-            if earlier is not None:
-                seen = earlier.model_copy(update={"email_id": raw.email_id})
-                await self._publish_mark(email_key(raw.email_id), seen)
-                EMAILS.labels("duplicate_message").inc()
-                log.info(
-                    "duplicate dropped: same Message-ID and content already routed",
-                    message_id=routed.message_id,
-                    earlier_email_id=earlier.email_id,
-                )
-                return
-            await self._publisher.publish_encoded(
-                self._publisher.topics.routed,
-                routed.conversation_id,
-                routed,
-                decided.value,
-                headers=[(CAMPAIGN_HEADER, routed.campaign_id.encode())],
-            )
-            await self._publish_mark(email_key(raw.email_id), routed_mark(routed, content))
-            (ROUTED_BY_THREAD if thread is not None else ROUTED).inc()
+            return
+        await self._publisher.publish_encoded(
+            self._publisher.topics.routed,
+            routed.conversation_id,
+            routed,
+            decided.value,
+            headers=[(CAMPAIGN_HEADER, routed.campaign_id.encode())],
+        )
+        await self._publish_mark(email_key(raw.email_id), routed_mark(routed, content))
+        (ROUTED_BY_THREAD if thread is not None else ROUTED).inc()
+        if _STDLIB_LOG.isEnabledFor(logging.INFO):  # the one line per mail: built only if kept
             log.info(
                 "email routed",
                 campaign_id=routed.campaign_id,
