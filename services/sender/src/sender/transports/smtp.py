@@ -63,6 +63,8 @@ from sender.transports.pipelining import DataStarted, PipelinedConnection, check
 from sender.transports.pool import PoolLimits, SessionPool
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from email_channels.events import SmtpOutbound
     from email_channels.hostpolicy import HostPolicy
     from email_channels.secretbox import SecretBox
@@ -213,15 +215,28 @@ async def _pipelined(
     mail, recipients = _commands(email, size=client.supports("size"))
     reset = session.dirty
     try:
-        result = await client.transaction(
-            reset=reset,
-            mail=b" ".join(mail),
-            recipients=[(a, b" ".join(command)) for a, command in recipients],
-            content=email.data,
-        )
+        with _before_content(session):
+            result = await client.transaction(
+                reset=reset,
+                mail=b" ".join(mail),
+                recipients=[(a, b" ".join(command)) for a, command in recipients],
+                content=email.data,
+            )
     except DataStarted as lost:
         raise _DataLost(lost.cause) from lost.cause
-    except (OSError, TimeoutError) as exc:  # before the content: nothing was delivered
+    if reset:
+        session.was_reset()
+    return result.refused, result.reply
+
+
+@contextlib.contextmanager
+def _before_content(session: Session) -> Iterator[None]:
+    """Failures before any content reached the server (nothing was delivered): on a reused
+    session a lost connection, a timeout or a 421 means the session went stale (the caller
+    retries once on a fresh one); any other refusal leaves the session to be reset."""
+    try:
+        yield
+    except (OSError, TimeoutError) as exc:
         if session.reused:
             raise _StaleSession(exc) from exc
         raise
@@ -230,9 +245,6 @@ async def _pipelined(
             raise _StaleSession(exc) from exc
         session.needs_reset()
         raise
-    if reset:
-        session.was_reset()
-    return result.refused, result.reply
 
 
 def _commands(
@@ -270,22 +282,13 @@ async def _envelope(session: Session, client: aiosmtplib.SMTP, email: ComposedEm
     """MAIL FROM and RCPT TO; returns the refused recipients (raises when all are refused)."""
     envelope = email.envelope
     mail, recipients = _commands(email, size=client.supports_extension("size"))
-    try:
+    with _before_content(session):
         if session.dirty:
             await client.rset()
             session.was_reset()
         reply = await client.execute_command(*mail)
         if reply.code != 250:  # noqa: PLR2004 - SMTP "completed"
             raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, envelope.mail_from)
-    except (OSError, TimeoutError) as exc:
-        if session.reused:
-            raise _StaleSession(exc) from exc
-        raise
-    except aiosmtplib.SMTPResponseException as exc:
-        if exc.code == 421 and session.reused:  # noqa: PLR2004 - "closing channel"
-            raise _StaleSession(exc) from exc
-        session.needs_reset()
-        raise
     refused: Refused = {}
     for address, command in recipients:
         reply = await client.execute_command(*command)
