@@ -28,6 +28,7 @@ def test_help_lists_the_settings_with_their_variables(capsys):
     ):
         assert f"  {variable} " in text
     assert "KAFKA_SASL_PASSWORD (default: None)" in text
+    assert "SENDER_PRODUCER_COMPRESSION (default: 'none')" in text  # an enum as it is written
 
 
 def test_no_help_flag_returns_without_output(capsys):

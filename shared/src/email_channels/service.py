@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import structlog
@@ -60,8 +61,9 @@ def _settings_lines(settings: type[BaseSettings]) -> Iterator[str]:
             default = " (default: computed)"
         elif field.is_required():
             default = " (required)"
-        else:
-            default = f" (default: {field.default!r})"
+        else:  # an enum member as it is written in the environment
+            value = field.default.value if isinstance(field.default, Enum) else field.default
+            default = f" (default: {value!r})"
         yield f"  {prefix}{name.upper()}{default}"
         if field.description:
             yield f"      {field.description}"

@@ -7,6 +7,7 @@ so a user can point everything at their own cluster.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,25 @@ from email_channels.errors import PermanentError
 from email_channels.hostpolicy import HostPolicy
 from email_channels.secretbox import SECRET_KEYS_ENV, SecretBox
 from email_channels.topics import TopicNames
+
+
+class Compression(StrEnum):
+    """Compression of the records a service produces (its ``*_COMPRESSION`` setting).
+
+    aiokafka's gzip is level 9 (costly on mail); zstd, lz4 and snappy use the ``cramjam``
+    package, a dependency of this one, so every reader built on it decodes them.
+    """
+
+    NONE = "none"
+    GZIP = "gzip"
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+    @property
+    def kafka_name(self) -> str | None:
+        """As aiokafka's ``compression_type`` takes it (``None``: uncompressed)."""
+        return None if self is Compression.NONE else self.value
 
 
 class SecretKeysMissing(PermanentError):

@@ -7,26 +7,14 @@ Built once in ``main()`` and passed down; there is no module-level settings obje
 from __future__ import annotations
 
 import socket
-from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from email_channels.settings import CommonSettings, KafkaSettings
+from email_channels.settings import CommonSettings, Compression, KafkaSettings
 
 Seconds = Annotated[float, Field(gt=0)]
-
-
-class Compression(StrEnum):
-    """Compression of the fetcher's records (lz4 / zstd would need the cramjam package)."""
-
-    NONE = "none"
-    GZIP = "gzip"
-
-    @property
-    def kafka_name(self) -> str | None:
-        return None if self is Compression.NONE else self.value
 
 
 class FetcherSettings(BaseSettings):

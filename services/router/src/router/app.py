@@ -202,7 +202,7 @@ class RouterApp:
             linger_ms=5,
             max_batch_size=MAX_BATCH_BYTES,
             max_request_size=MAX_REQUEST_BYTES,
-            compression_type=None if settings.compression == "none" else settings.compression,
+            compression_type=settings.compression.kafka_name,
         )
 
     def _routing_loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> RoutingLoop:

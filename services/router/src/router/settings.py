@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import socket
 from dataclasses import replace
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from email_channels.settings import CommonSettings, KafkaSettings
+from email_channels.settings import CommonSettings, Compression, KafkaSettings
 from router.handlers import MAX_ROUTED_BYTES, PARSE_INLINE_MAX_BYTES
 from router.marks import DEFAULT_MAX_ENTRIES, DEFAULT_RETENTION
 from router.parse_limits import DEFAULT_LIMITS, ParseLimits
@@ -112,8 +112,8 @@ class RouterSettings(BaseSettings):
             "mail up to this size is parsed on the event loop, larger mail in a worker thread"
         ),
     )
-    compression: Literal["zstd", "gzip", "lz4", "none"] = Field(
-        default="zstd",
+    compression: Compression = Field(
+        default=Compression.ZSTD,
         description=(
             "compression of the records the router produces (zstd: a tenth of aiokafka's "
             "gzip level 9 CPU; consumers need zstd support, e.g. aiokafka with cramjam)"

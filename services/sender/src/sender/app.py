@@ -92,7 +92,9 @@ class SenderApp:
             stack.push_async_callback(transports.aclose)
 
             producer = EventProducer(
-                kafka, client_id=client_id, compression_type=settings.compression_type
+                kafka,
+                client_id=client_id,
+                compression_type=settings.producer_compression.kafka_name,
             )
             await producer.start()
             stack.push_async_callback(producer.stop)

@@ -6,13 +6,11 @@ Built once in :func:`sender.__main__.main` and passed down; there is no settings
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from email_channels.consume import RetryPolicy
-from email_channels.settings import CommonSettings, KafkaSettings
+from email_channels.settings import CommonSettings, Compression, KafkaSettings
 from sender.attachments import DEFAULT_MAX_TOTAL_BYTES
 from sender.retries import DEFAULT_DELAYS_S
 from sender.transports.pool import PoolLimits
@@ -90,12 +88,11 @@ class SenderSettings(BaseSettings):
         description="a Graph Retry-After (429/503) up to this long is waited out in place for "
         "that mailbox; a longer one sends the message to the retry topics",
     )
-    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        default="none",
+    producer_compression: Compression = Field(
+        default=Compression.NONE,
         description="compression of what the sender produces (delivery events, retries, dead "
         "letters): delivery events are a few hundred bytes and go out in small batches, where "
-        "gzip costs the sender and every reader of email.delivery more CPU than it saves "
-        "(snappy, lz4, zstd need the cramjam package)",
+        "gzip costs the sender and every reader of email.delivery more CPU than it saves",
     )
     session_wait_s: float = Field(
         default=30.0, gt=0, description="wait at most this long for a free session of a channel"
@@ -114,11 +111,6 @@ class SenderSettings(BaseSettings):
             cooldown_s=self.connect_cooldown_s,
             acquire_wait_s=self.session_wait_s,
         )
-
-    @property
-    def compression_type(self) -> str | None:
-        """``producer_compression`` as aiokafka takes it."""
-        return None if self.producer_compression == "none" else self.producer_compression
 
     @property
     def retry_policy(self) -> RetryPolicy:
