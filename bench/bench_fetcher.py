@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from child_process import cpu_seconds, rss_kib
 
 from devstack.dovecot import Dovecot
 from devstack.kafka import running_kafka
@@ -207,16 +208,12 @@ class Fetcher:
 
     def rss_kib(self) -> int:
         assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        return rss_kib(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process used so far."""
         assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def count(self, marker: str) -> int:
         return self.log.read_text(errors="replace").count(marker)

@@ -40,6 +40,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
+from child_process import cpu_seconds, service_command
 
 from devstack.kafka import running_kafka
 from email_channels.admin import ensure_topics
@@ -148,12 +149,6 @@ async def group_ready(settings: KafkaSettings, group: str, members: int) -> None
     raise RuntimeError(f"group {group} did not reach {members} members in {TIME_LIMIT_S}s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def rate_on(
     settings: KafkaSettings,
     topic: str,
@@ -210,18 +205,6 @@ async def rate_on(
     return counted / (last - first), counted / max(cpu_last - cpu_first, 1e-9)
 
 
-_PROFILED = """
-import cProfile, runpy, time
-profile = cProfile.Profile(time.process_time)
-profile.enable()
-try:
-    runpy.run_module("router", run_name="__main__")
-finally:
-    profile.disable()
-    profile.dump_stats({path!r})
-"""
-
-
 def router_command(size: int, *, profiled: bool = True) -> list[str]:
     """``python -m router``, under cProfile when ``BENCH_ROUTER_PROFILE`` names a file.
 
@@ -229,9 +212,7 @@ def router_command(size: int, *, profiled: bool = True) -> list[str]:
     stopped with SIGTERM, which the router turns into a clean stop, so the profile is written.
     """
     profile = os.environ.get("BENCH_ROUTER_PROFILE")
-    if not profile or not profiled:
-        return [sys.executable, "-m", "router"]
-    return [sys.executable, "-c", _PROFILED.format(path=f"{profile}.{size}")]
+    return service_command("router", f"{profile}.{size}" if profile and profiled else None)
 
 
 def child_env(settings: KafkaSettings, blobs: Path, instance: str = "bench") -> dict[str, str]:

@@ -45,6 +45,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from child_process import cpu_split, machine_busy_seconds, service_command
+
 CEILING_S = float(os.environ.get("BENCH_SENDER_CEILING_S", "300"))
 PUBLISH_BATCH = 500
 BODY_BYTES = 5 * 1024
@@ -176,11 +178,11 @@ def run_peer(port: int, count: int) -> tuple[float, float]:
     messages = peer_messages(count)
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo()
-        busy = _machine_busy()
+        busy = machine_busy_seconds()
         started = time.perf_counter()
         for mail_from, to, data in messages:
             client.sendmail(mail_from, [to], data)
-        return time.perf_counter() - started, _machine_busy() - busy
+        return time.perf_counter() - started, machine_busy_seconds() - busy
 
 
 # --- ours: the sender process -----------------------------------------------------------------
@@ -287,51 +289,22 @@ async def run_ours(
     return {"seconds": span, "sent": len(sent), "other": len(others), "cpu_s": cpu_s}
 
 
-def _cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds the process used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-_PROFILED = """
-import cProfile, runpy, time
-profile = cProfile.Profile(time.process_time)
-profile.enable()
-try:
-    runpy.run_module("sender", run_name="__main__")
-finally:
-    profile.disable()
-    profile.dump_stats({path!r})
-"""
-
-
 def _start_sender(
     env: dict[str, str], log_path: Path | None, *, ceiling: bool = False
 ) -> tuple[subprocess.Popen[bytes], Any]:
     log = log_path.open("wb") if log_path else tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
     profile = os.environ.get("BENCH_SENDER_PROFILE")  # cProfile output of the sender process
-    command = [sys.executable, "-m", "sender"]
+    command = service_command("sender", profile)
     if ceiling:
         command = [sys.executable, __file__, "--ceiling"]
-    elif profile:  # CPU time, not wall time: on a loaded machine wall time shows the scheduler
-        command = [sys.executable, "-c", _PROFILED.format(path=profile)]
     process = subprocess.Popen(command, env=env, stderr=log, stdout=log)
     return process, log
 
 
-def _machine_busy() -> float:
-    """CPU seconds all cores of the machine spent busy so far (/proc/stat, every process:
-    the broker, the sink, this script — and any other work on a shared machine)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_of(pids: list[int]) -> tuple[float, float, float]:
     """(user, system) CPU seconds of ``pids``, and the machine's busy seconds."""
-    splits = [_cpu_split(pid) for pid in pids]
-    return sum(u for u, _ in splits), sum(s for _, s in splits), _machine_busy()
+    splits = [cpu_split(pid) for pid in pids]
+    return sum(u for u, _ in splits), sum(s for _, s in splits), machine_busy_seconds()
 
 
 async def _collect_deliveries(
