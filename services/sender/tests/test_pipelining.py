@@ -176,3 +176,37 @@ async def test_an_unsolicited_421_closes_the_connection():
         assert connection.unsolicited == (421, "4.4.2 idle too long")
         with pytest.raises(aiosmtplib.SMTPServerDisconnected):
             await connection.request(b"NOOP\r\n", 1)
+
+
+async def test_a_refused_rset_closes_the_session_and_sends_no_content():
+    """RSET refused in front of MAIL/RCPT/DATA: the refusal is raised and the connection
+    closed, never ended with '.' (a DATA the server took could deliver an empty message)."""
+    seen: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.extend(await read_lines(reader, 4))
+        writer.write(b"500 5.5.1 no\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n")
+        await writer.drain()
+        seen.append(await reader.read())  # whatever comes until the client closes
+
+    async with scripted(script) as connection:
+        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+            await connection.transaction(
+                reset=True,
+                mail=b"MAIL FROM:<a@x.example>",
+                recipients=[("b@x.example", b"RCPT TO:<b@x.example>")],
+                content=b"Subject: hi\r\n\r\nbody\r\n",
+            )
+        assert refused.value.code == 500
+        assert not connection.is_connected
+        for _ in range(50):
+            if len(seen) == 5:
+                break
+            await asyncio.sleep(0.01)
+    assert seen[:4] == [
+        b"RSET\r\n",
+        b"MAIL FROM:<a@x.example>\r\n",
+        b"RCPT TO:<b@x.example>\r\n",
+        b"DATA\r\n",
+    ]
+    assert seen[4] == b""

@@ -168,6 +168,10 @@ class PipelinedConnection(asyncio.Protocol):
         group.append(b"DATA")
         replies = await self.request(b"\r\n".join(group) + b"\r\n", len(group))
         if reset and replies[0].code != 250:  # noqa: PLR2004 - SMTP "completed"
+            # The session is in a state nobody knows (the MAIL/RCPT/DATA behind the refused
+            # RSET may have been taken; ending a DATA with "." could send an empty message):
+            # close it, the pool opens a fresh one.
+            self.close()
             raise aiosmtplib.SMTPResponseException(replies[0].code, replies[0].message)
         mail_reply, data_reply = replies[int(reset)], replies[-1]
         rcpt_replies = replies[int(reset) + 1 : -1]
