@@ -235,8 +235,12 @@ class LocalBlobStore:
 
     def path_for(self, ref: BlobRef) -> Path:
         """Where the blob ``ref`` lives (whether or not it exists)."""
-        digest = ref.sha256
-        return self.root / "sha256" / digest[:2] / digest[2:4] / digest
+        return Path(self._directory_of(ref.sha256), ref.sha256)
+
+    def _directory_of(self, digest: str) -> str:
+        """The directory of a blob: two levels of its hash's first hex digits (a string: the
+        put path avoids pathlib, see :meth:`_put_sync`)."""
+        return os.path.join(self._blob_root, digest[:2], digest[2:4])  # noqa: PTH118
 
     async def put(self, data: bytes) -> BlobRef:
         ref = BlobRef.of(data)
@@ -314,7 +318,7 @@ class LocalBlobStore:
         created again.
         """
         digest = ref.sha256
-        directory = os.path.join(self._blob_root, digest[:2], digest[2:4])  # noqa: PTH118 - see docstring
+        directory = self._directory_of(digest)
         target = os.path.join(directory, digest)  # noqa: PTH118
         each = self.durability == "each"
         try:
